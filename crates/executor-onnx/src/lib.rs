@@ -1,0 +1,189 @@
+//! ONNX Runtime executor: runs the optimum ONNX Stable Diffusion layout
+//! in-process, on the CUDA execution provider where a GPU is present and on
+//! the CPU elsewhere.
+//!
+//! The ONNX Runtime shared library is loaded at run time (`ort`'s
+//! `load-dynamic`), so one binary runs with the CPU library or the CUDA one.
+
+mod device;
+mod runtime;
+mod session;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyaccel_executor::{
+    Capabilities, Component, DeviceKind, Dtype, Executor, ExecutorError, Shapes, Tensor, TokenIds,
+    UnetInput,
+};
+
+pub use device::{DeviceError, DeviceRequest};
+pub use runtime::{RuntimeError, library_path};
+
+use session::ComponentSession;
+
+/// How to build the executor.
+#[derive(Debug, Clone)]
+pub struct OnnxConfig {
+    pub device: DeviceRequest,
+    /// Threads one operator may use; `None` lets ONNX Runtime use all cores.
+    pub intra_threads: Option<usize>,
+    /// Threads running independent operators in parallel; 1 keeps the graph sequential.
+    pub inter_threads: Option<usize>,
+    /// Explicit path of `libonnxruntime.so`; else `ORT_DYLIB_PATH`, else the repo cache.
+    pub library: Option<PathBuf>,
+    pub optimization: Optimization,
+}
+
+impl Default for OnnxConfig {
+    fn default() -> Self {
+        Self {
+            device: DeviceRequest::Auto,
+            intra_threads: None,
+            inter_threads: None,
+            library: None,
+            optimization: Optimization::All,
+        }
+    }
+}
+
+/// ONNX Runtime graph optimisation level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Optimization {
+    Disable,
+    Basic,
+    Extended,
+    All,
+}
+
+impl FromStr for Optimization {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "disable" => Ok(Self::Disable),
+            "basic" => Ok(Self::Basic),
+            "extended" => Ok(Self::Extended),
+            "all" => Ok(Self::All),
+            other => Err(format!(
+                "unknown optimization level `{other}`; expected one of disable, basic, extended, all"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("{path}: {message}")]
+    Load { path: PathBuf, message: String },
+    #[error("{path} is missing; expected the ONNX model of the {component} component")]
+    MissingFile { path: PathBuf, component: Component },
+    #[error("{component} ({path}): {message}")]
+    Signature {
+        component: Component,
+        path: PathBuf,
+        message: String,
+    },
+}
+
+/// Runs the four components of an optimum-layout ONNX model folder.
+pub struct OnnxExecutor {
+    capabilities: Capabilities,
+    text_encoder: ComponentSession,
+    unet: ComponentSession,
+    vae_decoder: ComponentSession,
+    vae_encoder: Option<ComponentSession>,
+}
+
+impl OnnxExecutor {
+    /// Loads `text_encoder/`, `unet/`, `vae_decoder/` and, if present, `vae_encoder/`.
+    pub fn load(model_dir: &Path, config: &OnnxConfig) -> Result<Self, OnnxError> {
+        runtime::ensure_loaded(config.library.as_deref())?;
+        let device = device::select(config.device)?;
+        let open = |component: Component| -> Result<ComponentSession, OnnxError> {
+            let path = model_dir.join(component.folder()).join("model.onnx");
+            if !path.is_file() {
+                return Err(OnnxError::MissingFile { path, component });
+            }
+            ComponentSession::open(component, &path, &device, config)
+        };
+        let text_encoder = open(Component::TextEncoder)?;
+        let unet = open(Component::Unet)?;
+        let vae_decoder = open(Component::VaeDecoder)?;
+        let vae_encoder = match open(Component::VaeEncoder) {
+            Ok(s) => Some(s),
+            Err(OnnxError::MissingFile { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let capabilities = Capabilities {
+            executor: "onnx",
+            device: device.kind,
+            device_name: device.name.clone(),
+            dtype: unet.dtype(),
+            shapes: Shapes::Dynamic,
+            memory_bytes: device.memory_bytes,
+            vae_encoder: vae_encoder.is_some(),
+        };
+        tracing::info!(
+            device = %capabilities.device,
+            device_name = %capabilities.device_name,
+            dtype = %capabilities.dtype,
+            img2img = capabilities.vae_encoder,
+            "onnx executor ready"
+        );
+        Ok(Self {
+            capabilities,
+            text_encoder,
+            unet,
+            vae_decoder,
+            vae_encoder,
+        })
+    }
+}
+
+impl Executor for OnnxExecutor {
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    fn encode_text(&self, ids: &TokenIds) -> Result<Tensor, ExecutorError> {
+        self.text_encoder.encode_text(ids)
+    }
+
+    fn unet(&self, input: UnetInput<'_>) -> Result<Tensor, ExecutorError> {
+        self.unet.unet(input)
+    }
+
+    fn vae_decode(&self, latents: &Tensor) -> Result<Tensor, ExecutorError> {
+        self.vae_decoder.single(latents)
+    }
+
+    fn vae_encode(&self, image: &Tensor) -> Result<Tensor, ExecutorError> {
+        match &self.vae_encoder {
+            Some(s) => s.single(image),
+            None => Err(ExecutorError::Missing {
+                component: Component::VaeEncoder,
+                reason: "the model folder has no vae_encoder/model.onnx, so img2img is unavailable"
+                    .into(),
+            }),
+        }
+    }
+}
+
+/// The dtype a model runs in, read from the UNet's `sample` input.
+pub(crate) fn dtype_of(ty: ort::value::TensorElementType) -> Option<Dtype> {
+    use ort::value::TensorElementType as T;
+    match ty {
+        T::Float32 => Some(Dtype::F32),
+        T::Float16 => Some(Dtype::F16),
+        T::Bfloat16 => Some(Dtype::Bf16),
+        _ => None,
+    }
+}
+
+pub(crate) fn is_gpu(kind: DeviceKind) -> bool {
+    kind == DeviceKind::Cuda
+}

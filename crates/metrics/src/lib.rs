@@ -1,0 +1,66 @@
+//! Every metric the server publishes is named here, and every query that
+//! autoscaling runs against them is built here, so the server, the rendered
+//! KEDA ScaledObjects and the docs cannot drift apart.
+
+/// Labels every series carries; values come from the environment the
+/// Deployment sets (`ANYACCEL_POOL`, `ANYACCEL_ACCELERATOR`) and the loaded model.
+pub mod labels {
+    pub const MODEL: &str = "model";
+    pub const ACCELERATOR: &str = "accelerator";
+    pub const POOL: &str = "pool";
+    pub const ENDPOINT: &str = "endpoint";
+    pub const STATUS: &str = "status";
+    pub const STAGE: &str = "stage";
+}
+
+/// Environment variables through which a Deployment tells a pod who it is.
+pub mod env {
+    pub const POOL: &str = "ANYACCEL_POOL";
+    pub const ACCELERATOR: &str = "ANYACCEL_ACCELERATOR";
+    pub const MODEL: &str = "ANYACCEL_MODEL";
+}
+
+pub const REQUESTS_TOTAL: &str = "anyaccel_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "anyaccel_request_duration_seconds";
+pub const QUEUE_WAIT_SECONDS: &str = "anyaccel_queue_wait_seconds";
+pub const STAGE_DURATION_SECONDS: &str = "anyaccel_stage_duration_seconds";
+pub const STEP_DURATION_SECONDS: &str = "anyaccel_denoise_step_duration_seconds";
+pub const IMAGES_TOTAL: &str = "anyaccel_images_generated_total";
+pub const QUEUE_DEPTH: &str = "anyaccel_queue_depth";
+pub const IN_FLIGHT: &str = "anyaccel_in_flight_requests";
+pub const BATCH_SIZE: &str = "anyaccel_batch_size";
+/// Estimated seconds of work waiting or running, from measured step times:
+/// the signal KEDA scales on.
+pub const BACKLOG_SECONDS: &str = "anyaccel_backlog_seconds";
+
+/// PromQL for the per-pool backlog KEDA's Prometheus scaler divides by the
+/// per-replica target: total seconds of queued work across the pool's pods.
+pub fn backlog_query(pool: &str) -> String {
+    format!("sum({BACKLOG_SECONDS}{{{p}=\"{pool}\"}})", p = labels::POOL)
+}
+
+/// PromQL for the per-pool queue depth (requests waiting, not yet running).
+pub fn queue_depth_query(pool: &str) -> String {
+    format!("sum({QUEUE_DEPTH}{{{p}=\"{pool}\"}})", p = labels::POOL)
+}
+
+/// PromQL for the per-pool request rate over the last minute.
+pub fn request_rate_query(pool: &str) -> String {
+    format!(
+        "sum(rate({REQUESTS_TOTAL}{{{p}=\"{pool}\"}}[1m]))",
+        p = labels::POOL
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_name_the_published_metric_and_pool() {
+        let q = backlog_query("g5");
+        assert_eq!(q, "sum(anyaccel_backlog_seconds{pool=\"g5\"})");
+        assert!(queue_depth_query("g5").contains(QUEUE_DEPTH));
+        assert!(request_rate_query("g5").contains("[1m]"));
+    }
+}

@@ -1,0 +1,218 @@
+//! Generation requests: what callers send ([`GenerationParams`]) and the
+//! validated form the pipeline runs ([`GenerationRequest`]).
+
+use std::fmt;
+
+use image::RgbImage;
+use serde::Serialize;
+
+use crate::scheduler::SchedulerKind;
+
+/// A caller's request before validation. `None` means "the default".
+#[derive(Debug, Clone, Default)]
+pub struct GenerationParams {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub steps: Option<u32>,
+    pub guidance_scale: Option<f32>,
+    pub scheduler: Option<String>,
+    pub seed: Option<u64>,
+    /// Number of images; image `i` uses seed `seed + i`.
+    pub n: Option<u32>,
+    /// img2img source, already decoded.
+    pub init_image: Option<RgbImage>,
+    pub strength: Option<f32>,
+}
+
+/// Server- or operator-set bounds on requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    pub max_images: u32,
+    pub max_steps: u32,
+    pub min_size: u32,
+    pub max_size: u32,
+    pub max_prompt_chars: usize,
+    pub max_guidance: f32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_images: 8,
+            max_steps: 150,
+            min_size: 64,
+            max_size: 2048,
+            max_prompt_chars: 4000,
+            max_guidance: 30.0,
+        }
+    }
+}
+
+/// Defaults applied when a request leaves a field out.
+#[derive(Debug, Clone, Serialize)]
+pub struct Defaults {
+    pub steps: u32,
+    pub guidance_scale: f32,
+    pub strength: f32,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            steps: 25,
+            guidance_scale: 7.5,
+            strength: 0.75,
+        }
+    }
+}
+
+/// A request field that failed validation, and what is allowed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// img2img input: the source image at the output size, and how far to move from it.
+#[derive(Debug, Clone)]
+pub struct InitImage {
+    pub(crate) image: RgbImage,
+    pub(crate) strength: f32,
+}
+
+impl InitImage {
+    pub fn strength(&self) -> f32 {
+        self.strength
+    }
+}
+
+/// A request the pipeline can run: every field present and within limits.
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub(crate) prompt: String,
+    pub(crate) negative_prompt: String,
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    pub(crate) steps: u32,
+    pub(crate) guidance_scale: f32,
+    pub(crate) scheduler: SchedulerKind,
+    pub(crate) seeds: Vec<u64>,
+    pub(crate) init: Option<InitImage>,
+}
+
+/// Requests with equal keys can share UNet calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchKey {
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub scheduler: SchedulerKind,
+    pub guidance: bool,
+    /// img2img strength in thousandths (it sets the first step), or `None` for txt2img.
+    pub strength_millis: Option<u32>,
+}
+
+impl GenerationRequest {
+    pub fn prompt(&self) -> &str {
+        &self.prompt
+    }
+    pub fn negative_prompt(&self) -> &str {
+        &self.negative_prompt
+    }
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+    pub fn steps(&self) -> u32 {
+        self.steps
+    }
+    pub fn guidance_scale(&self) -> f32 {
+        self.guidance_scale
+    }
+    pub fn scheduler(&self) -> SchedulerKind {
+        self.scheduler
+    }
+    /// One seed per image.
+    pub fn seeds(&self) -> &[u64] {
+        &self.seeds
+    }
+    pub fn init(&self) -> Option<&InitImage> {
+        self.init.as_ref()
+    }
+    /// Classifier-free guidance runs (and doubles UNet work) only above 1.
+    pub fn uses_guidance(&self) -> bool {
+        self.guidance_scale > 1.0
+    }
+
+    pub fn batch_key(&self) -> BatchKey {
+        BatchKey {
+            width: self.width,
+            height: self.height,
+            steps: self.steps,
+            scheduler: self.scheduler,
+            guidance: self.uses_guidance(),
+            strength_millis: self.init.as_ref().map(|i| (i.strength * 1000.0).round() as u32),
+        }
+    }
+
+    /// Work units for admission control: pixels × steps × images (× 2 with guidance).
+    pub fn work(&self) -> u64 {
+        let unet_evals = if self.uses_guidance() { 2 } else { 1 };
+        let steps = match &self.init {
+            Some(i) => ((self.steps as f32 * i.strength) as u64).max(1),
+            None => self.steps as u64,
+        };
+        self.width as u64 * self.height as u64 * steps * self.seeds.len() as u64 * unet_evals
+    }
+
+    /// Denoising steps actually run (fewer than `steps` for img2img).
+    pub fn denoise_steps(&self) -> u32 {
+        match &self.init {
+            Some(i) => ((self.steps as f32 * i.strength) as u32).min(self.steps),
+            None => self.steps,
+        }
+    }
+}
+
+impl fmt::Display for GenerationRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}x{} {} steps {} cfg {} x{}",
+            self.width,
+            self.height,
+            self.steps,
+            self.scheduler,
+            self.guidance_scale,
+            self.seeds.len()
+        )
+    }
+}
+
+/// A seed for callers that gave none.
+pub fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    // A1111 and torch users pass 32-bit seeds; keep ours in that range.
+    h.finish() & 0xffff_ffff
+}
