@@ -21,6 +21,8 @@ pub(crate) struct ComponentSession {
     session: Mutex<Session>,
     /// Name and element type of each declared input.
     inputs: Vec<(String, TensorElementType)>,
+    /// Rank the graph declares for `timestep`: optimum exports a scalar (0), older exports `[1]`.
+    timestep_rank: usize,
     output: String,
 }
 
@@ -75,6 +77,12 @@ impl ComponentSession {
             .iter()
             .filter_map(|o| element_type(o.dtype()).map(|t| (o.name().to_string(), t)))
             .collect();
+        let timestep_rank = session
+            .inputs()
+            .iter()
+            .find(|o| o.name() == "timestep")
+            .and_then(|o| o.dtype().tensor_shape().map(|s| s.len()))
+            .unwrap_or(1);
         let output = session
             .outputs()
             .first()
@@ -84,6 +92,7 @@ impl ComponentSession {
             component,
             session: Mutex::new(session),
             inputs,
+            timestep_rank,
             output,
         };
         this.check_signature(path)?;
@@ -197,14 +206,16 @@ impl ComponentSession {
             input.encoder_hidden_states.shape(),
             input.encoder_hidden_states.data(),
         )?;
-        // Like diffusers' ONNX pipeline: one timestep, broadcast over the batch by the graph.
+        // One timestep for the whole batch; the graph broadcasts it.
+        let shape: &[usize] = if self.timestep_rank == 0 { &[] } else { &[1] };
         let timestep = match self.input_type("timestep") {
             Some(TensorElementType::Int64) => {
-                ort::value::Tensor::from_array((vec![1i64], vec![input.timestep.round() as i64]))
+                let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+                ort::value::Tensor::from_array((dims, vec![input.timestep.round() as i64]))
                     .map(|t| t.into_dyn())
                     .map_err(|e| self.err(e))?
             }
-            _ => self.float_value("timestep", &[1], &[input.timestep])?,
+            _ => self.float_value("timestep", shape, &[input.timestep])?,
         };
         self.run(vec![
             ("sample", sample),

@@ -36,6 +36,7 @@ pub struct ClipTokenizer {
     bos: i64,
     eos: i64,
     pad: i64,
+    pad_text: String,
     max_len: usize,
 }
 
@@ -106,12 +107,10 @@ impl ClipTokenizer {
         };
         let bos = id(BOS)?;
         let eos = id(EOS)?;
-        let pad = match pad {
-            Some(p) => id(p)?,
-            None => eos,
-        };
+        let pad_text = pad.unwrap_or(EOS).to_string();
+        let pad = id(&pad_text)?;
         let word = Regex::new(
-            r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
+            r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
         )
         .map_err(|e| TokenizerError::Invalid(e.to_string()))?;
         Ok(Self {
@@ -121,6 +120,7 @@ impl ClipTokenizer {
             bos,
             eos,
             pad,
+            pad_text,
             max_len,
         })
     }
@@ -141,28 +141,45 @@ impl ClipTokenizer {
         Ok(Encoded { ids, truncated })
     }
 
-    /// The BPE ids of `text`, without special tokens or padding.
+    /// The BPE ids of `text`, without BOS/EOS or padding.
+    ///
+    /// Like transformers, special tokens (BOS, EOS and a distinct pad token
+    /// such as SD 2.x's `!`) are split out of the raw text before cleanup,
+    /// so `wow!!!` yields three pad ids there.
     pub fn tokens(&self, text: &str) -> Result<Vec<i64>, TokenizerError> {
-        let clean = clean_text(text);
+        let mut specials: Vec<(&str, i64)> = vec![(BOS, self.bos), (EOS, self.eos)];
+        if self.pad != self.eos && self.pad != self.bos {
+            specials.push((self.pad_text.as_str(), self.pad));
+        }
         let mut out = Vec::new();
+        let mut rest = text;
+        loop {
+            let next = specials
+                .iter()
+                .filter_map(|&(s, id)| rest.find(s).map(|at| (at, s.len(), id)))
+                .min_by_key(|&(at, len, _)| (at, std::cmp::Reverse(len)));
+            let Some((at, len, id)) = next else {
+                self.words(rest, &mut out)?;
+                break;
+            };
+            self.words(&rest[..at], &mut out)?;
+            out.push(id);
+            rest = &rest[at + len..];
+        }
+        Ok(out)
+    }
+
+    fn words(&self, text: &str, out: &mut Vec<i64>) -> Result<(), TokenizerError> {
+        let clean = clean_text(text);
         for m in self.word.find_iter(&clean) {
-            let w = m.as_str();
-            if w == BOS {
-                out.push(self.bos);
-                continue;
-            }
-            if w == EOS {
-                out.push(self.eos);
-                continue;
-            }
-            let encoded: String = w.bytes().map(|b| self.byte_chars[b as usize]).collect();
+            let encoded: String = m.as_str().bytes().map(|b| self.byte_chars[b as usize]).collect();
             let toks = self
                 .bpe
                 .tokenize(&encoded)
                 .map_err(|e| TokenizerError::Invalid(e.to_string()))?;
             out.extend(toks.into_iter().map(|t| i64::from(t.id)));
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -1,0 +1,141 @@
+//! `anyaccel generate`: the pipeline from the command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyaccel_executor_onnx::{DeviceRequest, OnnxConfig, OnnxExecutor, Optimization};
+use anyaccel_pipeline::images::{self, OutputFormat};
+use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Pipeline};
+use anyhow::{Context, bail};
+use clap::Args;
+
+/// Options shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model folder (optimum ONNX layout) or Hugging Face Hub repo id.
+    #[arg(long, env = "ANYACCEL_MODEL")]
+    pub model: String,
+    /// Where to run: auto picks CUDA when its provider and a GPU are present.
+    #[arg(long, default_value = "auto", env = "ANYACCEL_DEVICE")]
+    pub device: DeviceRequest,
+    /// Threads per operator (default: all cores).
+    #[arg(long, env = "ANYACCEL_THREADS")]
+    pub threads: Option<usize>,
+    /// Threads running independent operators (default: 1, sequential graph).
+    #[arg(long)]
+    pub inter_threads: Option<usize>,
+    /// ONNX Runtime graph optimisation: disable, basic, extended, all.
+    #[arg(long, default_value = "all")]
+    pub optimization: Optimization,
+    /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, else .cache/onnxruntime/lib).
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// Loads the model folder and its executor.
+    pub fn load(&self, limits: Limits, defaults: Defaults) -> anyhow::Result<Pipeline> {
+        let model = Model::open(&self.model).with_context(|| format!("loading model {}", self.model))?;
+        let config = OnnxConfig {
+            device: self.device,
+            intra_threads: self.threads,
+            inter_threads: self.inter_threads,
+            library: self.ort_lib.clone(),
+            optimization: self.optimization,
+        };
+        let executor = OnnxExecutor::load(&model.info.root, &config)?;
+        Ok(Pipeline::new(Arc::new(executor), model, limits, defaults))
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub prompt: String,
+    #[arg(long)]
+    pub negative_prompt: Option<String>,
+    #[arg(long)]
+    pub steps: Option<u32>,
+    /// Classifier-free guidance scale; 1 or less turns guidance off (Turbo models).
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Seed of the first image; image i uses seed + i. Random if absent.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Output size WxH (default: the model's native size, or the init image's).
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<(u32, u32)>,
+    /// euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras or lcm (default: the model's).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// Source image for img2img (PNG, JPEG or WebP).
+    #[arg(long)]
+    pub init_image: Option<PathBuf>,
+    /// How far img2img moves from the init image, in (0, 1].
+    #[arg(long)]
+    pub strength: Option<f32>,
+    /// Number of images.
+    #[arg(short = 'n', long, default_value_t = 1)]
+    pub n: u32,
+    #[arg(long, default_value = "png")]
+    pub format: OutputFormat,
+    /// Output folder (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("size `{s}` must look like 512x512"))?;
+    let parse = |v: &str| v.trim().parse::<u32>().map_err(|_| format!("size `{s}` must look like 512x512"));
+    Ok((parse(w)?, parse(h)?))
+}
+
+pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let limits = Limits {
+        max_images: args.n.max(Limits::default().max_images),
+        ..Limits::default()
+    };
+    let pipeline = args.model.load(limits, Defaults::default())?;
+    let init_image = match &args.init_image {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(images::decode(&bytes, 4096 * 4096).with_context(|| format!("decoding {}", path.display()))?)
+        }
+        None => None,
+    };
+    if init_image.is_none() && args.strength.is_some() {
+        bail!("--strength needs --init-image");
+    }
+    let request = pipeline
+        .validate(GenerationParams {
+            prompt: args.prompt.clone(),
+            negative_prompt: args.negative_prompt.clone(),
+            width: args.size.map(|s| s.0),
+            height: args.size.map(|s| s.1),
+            steps: args.steps,
+            guidance_scale: args.guidance,
+            scheduler: args.scheduler.clone(),
+            seed: args.seed,
+            n: Some(args.n),
+            init_image,
+            strength: args.strength,
+        })
+        .map_err(|e| anyhow::anyhow!("invalid --{}: {}", e.field.replace('_', "-"), e.message))?;
+    tracing::info!(%request, "generating");
+    let started = std::time::Instant::now();
+    let images = pipeline.generate(&request)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    for (i, img) in images.iter().enumerate() {
+        let text = pipeline.infotext(&request, img.seed);
+        let bytes = images::encode(&img.image, args.format, None, &text)?;
+        let path = args.out.join(format!("{i:03}-{}.{}", img.seed, args.format.extension()));
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), images = images.len(), "done");
+    Ok(())
+}

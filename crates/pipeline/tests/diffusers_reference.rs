@@ -1,0 +1,157 @@
+//! The whole pipeline on ONNX Runtime (CPU) against diffusers' PyTorch
+//! pipelines on the same tiny random-weight models, with the same seeds.
+//!
+//! Tolerance: on 0–255 pixels, at most `MAX_ABS` on any channel and a mean
+//! absolute difference of at most `MEAN_ABS`. The remaining differences come
+//! from ONNX Runtime's kernels versus PyTorch's (fp32 rounding), amplified by
+//! a few denoising steps of a random-weight UNet.
+
+mod common;
+
+use std::sync::Arc;
+
+use anyaccel_executor_onnx::{DeviceRequest, OnnxConfig, OnnxExecutor};
+use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Pipeline, images};
+use common::fixtures;
+use image::RgbImage;
+use serde_json::Value;
+
+const MAX_ABS: u8 = 2;
+const MEAN_ABS: f64 = 0.02;
+
+fn pipeline(model: &str, spacing: Option<&str>) -> Pipeline {
+    let dir = fixtures().join("models").join(model);
+    let mut m = Model::load_dir(model, &dir).expect("tiny model loads");
+    if let Some(s) = spacing {
+        m.info.scheduler_config.timestep_spacing = Some(s.to_string());
+    }
+    let config = OnnxConfig {
+        device: DeviceRequest::Cpu,
+        ..OnnxConfig::default()
+    };
+    let exec = OnnxExecutor::load(&dir, &config).expect("onnx executor loads");
+    Pipeline::new(Arc::new(exec), m, Limits::default(), Defaults::default())
+}
+
+fn load_png(path: &std::path::Path) -> RgbImage {
+    images::decode(&std::fs::read(path).unwrap(), 1 << 24).unwrap()
+}
+
+/// (max, mean) absolute difference over all channels.
+fn diff(a: &RgbImage, b: &RgbImage) -> (u8, f64) {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let mut max = 0u8;
+    let mut sum = 0u64;
+    for (x, y) in a.as_raw().iter().zip(b.as_raw()) {
+        let d = x.abs_diff(*y);
+        max = max.max(d);
+        sum += d as u64;
+    }
+    (max, sum as f64 / a.as_raw().len() as f64)
+}
+
+fn params(case: &Value) -> GenerationParams {
+    let seeds: Vec<u64> = case["seeds"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
+    for w in seeds.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "our requests number seeds consecutively");
+    }
+    let init_image = (case["mode"] == "img2img").then(|| load_png(&fixtures().join("reference/init_64.png")));
+    GenerationParams {
+        prompt: case["prompt"].as_str().unwrap().into(),
+        negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
+        width: Some(case["width"].as_u64().unwrap() as u32),
+        height: Some(case["height"].as_u64().unwrap() as u32),
+        steps: Some(case["steps"].as_u64().unwrap() as u32),
+        guidance_scale: Some(case["guidance_scale"].as_f64().unwrap() as f32),
+        scheduler: Some(case["scheduler"].as_str().unwrap().into()),
+        seed: Some(seeds[0]),
+        n: Some(seeds.len() as u32),
+        strength: case.get("strength").and_then(Value::as_f64).map(|s| s as f32),
+        init_image,
+    }
+}
+
+fn cases() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for model in ["tiny-sd15", "tiny-sd2v"] {
+        let dir = fixtures().join("reference").join(model);
+        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+        files.sort();
+        for f in files {
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            if name.ends_with(".json") && name != "components.json" {
+                let v: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+                out.push((model.to_string(), v));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn images_match_diffusers() {
+    let all = cases();
+    assert!(all.len() >= 10, "expected the committed reference cases, found {}", all.len());
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for (model, case) in &all {
+        let name = case["case"].as_str().unwrap();
+        let spacing = case["scheduler_overrides"].get("timestep_spacing").and_then(Value::as_str);
+        let p = pipeline(model, spacing);
+        let request = p.validate(params(case)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let images = p.generate(&request).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let expected_files = case["images"].as_array().unwrap();
+        assert_eq!(images.len(), expected_files.len(), "{name}: image count");
+        for (img, file) in images.iter().zip(expected_files) {
+            let reference = load_png(&fixtures().join("reference").join(model).join(file.as_str().unwrap()));
+            let (max, mean) = diff(&img.image, &reference);
+            report.push(format!("{model}/{name} seed {}: max {max}, mean {mean:.3}", img.seed));
+            if max > MAX_ABS || mean > MEAN_ABS {
+                failures.push(format!("{model}/{name} seed {}: max {max}, mean {mean:.3}", img.seed));
+            }
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "outside tolerance (max {MAX_ABS}, mean {MEAN_ABS}):\n{}", failures.join("\n"));
+}
+
+#[test]
+fn initial_latents_are_diffusers_noise() {
+    // The pipeline's first draw per image is torch's randn for that seed.
+    for (_, case) in cases().iter().filter(|(_, c)| c["mode"] == "txt2img") {
+        let seeds = case["seeds"].as_array().unwrap();
+        let rows = common::rows(&case["initial_latents"]);
+        for (seed, row) in seeds.iter().zip(rows) {
+            let ours = anyaccel_pipeline::noise::NoiseGenerator::new(seed.as_u64().unwrap()).randn(row.len());
+            for (a, b) in ours.iter().zip(&row) {
+                assert!((*a as f64 - b).abs() < 1e-5, "seed {seed}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_seed_gives_the_same_image_alone_and_inside_a_batch() {
+    let p = pipeline("tiny-sd15", None);
+    let base = GenerationParams {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        width: Some(64),
+        height: Some(64),
+        steps: Some(4),
+        scheduler: Some("euler_a".into()),
+        ..GenerationParams::default()
+    };
+    let batch = p
+        .validate(GenerationParams { seed: Some(1), n: Some(3), ..base.clone() })
+        .unwrap();
+    let solo = p.validate(GenerationParams { seed: Some(2), n: Some(1), ..base }).unwrap();
+    let batch_images = p.generate(&batch).unwrap();
+    let solo_images = p.generate(&solo).unwrap();
+    assert_eq!(batch_images[1].seed, 2);
+    let (max, mean) = diff(&batch_images[1].image, &solo_images[0].image);
+    println!("batch vs solo, seed 2: max {max}, mean {mean:.4}");
+    assert!(max <= 1 && mean < 0.05, "batch vs solo differ: max {max}, mean {mean}");
+    // Different seeds in the batch really are different images.
+    let (max01, _) = diff(&batch_images[0].image, &batch_images[1].image);
+    assert!(max01 > 10);
+}
