@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need on a fresh machine, then runs them.
+# This is the README's test command and what CI (.ci/run) calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== ONNX Runtime (CPU library from the pinned PyPI wheel)"
+scripts/fetch-onnxruntime.sh
+
+if [[ -x scripts/setup-test-env.sh ]]; then
+  echo "== test peers (Python venv, Debian packages)"
+  scripts/setup-test-env.sh
+fi
+
+echo "== cargo test"
+cargo test --workspace --locked
+
+for extra in scripts/deploy/validate.sh; do
+  if [[ -x "$extra" ]]; then
+    echo "== $extra"
+    "$extra"
+  fi
+done
+echo "== all tests passed"
