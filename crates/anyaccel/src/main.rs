@@ -1,6 +1,7 @@
 //! `anyaccel`: one binary for generating, serving, deploying and benchmarking.
 
 mod generate;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Generate images from a prompt (txt2img) or an init image (img2img).
     Generate(generate::GenerateArgs),
+    /// Serve the OpenAI, native jobs and A1111 APIs over HTTP.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -26,5 +29,6 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

@@ -1,0 +1,119 @@
+//! `anyaccel serve`: load the model, warm up, serve HTTP until SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyaccel_batcher::BatcherConfig;
+use anyaccel_pipeline::{Defaults, Limits};
+use anyaccel_server::{AppState, ServerConfig};
+use anyhow::Context;
+use clap::Args;
+
+use crate::generate::{ModelArgs, parse_size};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long, default_value = "0.0.0.0", env = "ANYACCEL_HOST")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080, env = "ANYACCEL_PORT")]
+    pub port: u16,
+    /// Accepted bearer tokens (repeat the flag, or comma-separate in the env var). None = open.
+    #[arg(long = "api-key", env = "ANYACCEL_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+    /// Sizes clients may request (WxH, comma-separated); each is warmed up. Default: the model's native size.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, env = "ANYACCEL_SIZES")]
+    pub sizes: Vec<(u32, u32)>,
+    /// Requests allowed to wait; more get 429.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// Waiting work allowed, in megapixel-steps (pixels × steps × images × 2 with guidance / 1e6).
+    #[arg(long, default_value_t = 50_000)]
+    pub max_queue_megapixel_steps: u64,
+    /// Most images per UNet batch; 1 turns batching off.
+    #[arg(long, default_value_t = 4)]
+    pub max_batch: usize,
+    /// How long the oldest request may wait for compatible company, in ms.
+    #[arg(long, default_value_t = 20)]
+    pub batch_delay_ms: u64,
+    /// Most images per request.
+    #[arg(long, default_value_t = 8)]
+    pub max_images: u32,
+    #[arg(long, default_value_t = 150)]
+    pub max_steps: u32,
+    /// Work not finished within this many seconds of arrival is cancelled.
+    #[arg(long, default_value_t = 600)]
+    pub request_timeout_secs: u64,
+    /// How long finished results (and `url` images) stay retrievable.
+    #[arg(long, default_value_t = 3600)]
+    pub result_ttl_secs: u64,
+    /// On SIGTERM, how long queued and running work may take before exit.
+    #[arg(long, default_value_t = 30, env = "ANYACCEL_DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: u64,
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest init image accepted, in pixels.
+    #[arg(long, default_value_t = 4096 * 4096)]
+    pub max_input_pixels: u64,
+    /// CORS origins allowed (comma-separated); none = CORS off.
+    #[arg(long, value_delimiter = ',', env = "ANYACCEL_CORS_ORIGINS")]
+    pub cors_origin: Vec<String>,
+    /// Base URL for `response_format=url` links (default: from the Host header).
+    #[arg(long, env = "ANYACCEL_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Pool label for metrics and /info (set by the Deployment).
+    #[arg(long, env = anyaccel_metrics::env::POOL, default_value = "local")]
+    pub pool: String,
+    /// Accelerator label for metrics (default: the executor's device kind).
+    #[arg(long, env = anyaccel_metrics::env::ACCELERATOR)]
+    pub accelerator: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let limits = Limits {
+        max_images: args.max_images,
+        max_steps: args.max_steps,
+        ..Limits::default()
+    };
+    let pipeline = Arc::new(args.model.load(limits, Defaults::default())?);
+    let native = pipeline.model().native_size;
+    let sizes = if args.sizes.is_empty() { vec![(native, native)] } else { args.sizes.clone() };
+    let listen: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("--host {} --port {} is not an address", args.host, args.port))?;
+    let accelerator = args
+        .accelerator
+        .clone()
+        .unwrap_or_else(|| pipeline.executor().capabilities().device.to_string());
+    let config = ServerConfig {
+        listen,
+        api_keys: args.api_keys.into_iter().filter(|k| !k.is_empty()).collect(),
+        max_body_bytes: args.max_body_bytes,
+        max_input_pixels: args.max_input_pixels,
+        cors_origins: args.cors_origin,
+        public_url: args.public_url,
+        sizes,
+        drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        warmup: true,
+        batcher: BatcherConfig {
+            max_queue: args.max_queue,
+            max_queue_work: args.max_queue_megapixel_steps.saturating_mul(1_000_000),
+            max_batch_images: args.max_batch.max(1),
+            max_batch_delay: Duration::from_millis(args.batch_delay_ms),
+            result_ttl: Duration::from_secs(args.result_ttl_secs),
+            request_timeout: Duration::from_secs(args.request_timeout_secs),
+        },
+        pool: args.pool,
+        accelerator,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let state = AppState::new(pipeline, config);
+    runtime.block_on(anyaccel_server::serve(state))?;
+    tracing::info!("bye");
+    Ok(())
+}

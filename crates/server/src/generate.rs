@@ -1,0 +1,251 @@
+//! What every generating endpoint shares: turning API fields into a
+//! validated request, running it (cancelled if the client goes away), and
+//! encoding the images with the facts of how they were made.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyaccel_batcher::{Batcher, Job, JobResult, JobStatus};
+use anyaccel_pipeline::images::{self, OutputFormat};
+use anyaccel_pipeline::{GenerationParams, GenerationRequest};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use base64::Engine;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Parses `WxH` against the sizes this server offers.
+pub fn parse_size(state: &AppState, size: Option<&str>, field: &str) -> Result<Option<(u32, u32)>, ApiError> {
+    let allowed = &state.config.sizes;
+    let list = || {
+        allowed
+            .iter()
+            .map(|(w, h)| format!("{w}x{h}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(s) = size.map(str::trim).filter(|s| !s.is_empty() && *s != "auto") else {
+        return Ok(None);
+    };
+    let parsed = s
+        .split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)));
+    match parsed {
+        Some(wh) if allowed.contains(&wh) => Ok(Some(wh)),
+        Some(_) => Err(ApiError::invalid(field, format!("size `{s}` is not offered; allowed: {}", list()))),
+        None => Err(ApiError::invalid(field, format!("`{s}` is not a size like 512x512; allowed: {}", list()))),
+    }
+}
+
+/// Decodes a caller's init image with the server's pixel limit.
+pub fn decode_init(state: &AppState, bytes: &[u8], field: &str) -> Result<image::RgbImage, ApiError> {
+    images::decode(bytes, state.config.max_input_pixels).map_err(|e| ApiError::invalid(field, e.to_string()))
+}
+
+pub fn decode_base64_image(state: &AppState, data: &str, field: &str) -> Result<image::RgbImage, ApiError> {
+    // Accept data URLs as browsers produce them.
+    let payload = data.split_once("base64,").map(|(_, b)| b).unwrap_or(data);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .map_err(|e| ApiError::invalid(field, format!("not valid base64: {e}")))?;
+    decode_init(state, &bytes, field)
+}
+
+/// Validates against the model and limits, on a blocking thread (img2img resizes).
+pub async fn validate(state: &AppState, params: GenerationParams) -> Result<GenerationRequest, ApiError> {
+    let pipeline = state.pipeline().clone();
+    let request = tokio::task::spawn_blocking(move || pipeline.validate(params))
+        .await
+        .map_err(|e| ApiError::internal(format!("validation task failed: {e}")))?
+        .map_err(ApiError::from)?;
+    // An img2img request without a size takes the image's; it must still be offered.
+    let wh = (request.width(), request.height());
+    if !state.config.sizes.contains(&wh) {
+        let list: Vec<String> = state.config.sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect();
+        return Err(ApiError::invalid(
+            "size",
+            format!("{}x{} is not offered; allowed: {}", wh.0, wh.1, list.join(", ")),
+        ));
+    }
+    Ok(request)
+}
+
+/// Cancels its job when dropped before `disarm`: a synchronous request whose
+/// client disconnected stops at the next denoising step.
+struct CancelOnDrop {
+    batcher: Batcher,
+    job: Option<Arc<Job>>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            if !job.state().status.is_terminal() {
+                tracing::info!(job = %job.id, "client went away; cancelling");
+                self.batcher.cancel(&job);
+            }
+        }
+    }
+}
+
+/// Submits and waits for the result.
+pub async fn run(state: &AppState, request: GenerationRequest) -> Result<(Arc<Job>, Arc<JobResult>), ApiError> {
+    let job = state.batcher.submit(request, None)?;
+    let mut guard = CancelOnDrop {
+        batcher: state.batcher.clone(),
+        job: Some(job.clone()),
+    };
+    let done = job.finished().await;
+    guard.job = None;
+    outcome(&job, done.status, done.result, done.error)
+}
+
+pub fn outcome(
+    job: &Arc<Job>,
+    status: JobStatus,
+    result: Option<Arc<JobResult>>,
+    error: Option<anyaccel_batcher::JobError>,
+) -> Result<(Arc<Job>, Arc<JobResult>), ApiError> {
+    match (status, result) {
+        (JobStatus::Completed, Some(r)) => Ok((job.clone(), r)),
+        (JobStatus::Cancelled, _) => Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "the request was cancelled")),
+        _ => {
+            let e = error.unwrap_or(anyaccel_batcher::JobError {
+                code: "internal",
+                message: "the job failed".into(),
+            });
+            let status = match e.code {
+                "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
+                "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
+                _ if e.message.contains("executor unavailable") => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let mut err = ApiError::new(status, e.code, e.message);
+            if status == StatusCode::SERVICE_UNAVAILABLE {
+                err.retry_after = Some(5);
+            }
+            Err(err)
+        }
+    }
+}
+
+/// One encoded image.
+pub struct Encoded {
+    pub seed: u64,
+    pub bytes: Vec<u8>,
+    pub infotext: String,
+}
+
+/// Encodes every image of a result (on a blocking thread) with its A1111 parameters.
+pub async fn encode(
+    state: &AppState,
+    job: &Arc<Job>,
+    result: &Arc<JobResult>,
+    format: OutputFormat,
+    quality: Option<u8>,
+) -> Result<Vec<Encoded>, ApiError> {
+    let pipeline = state.pipeline().clone();
+    let job = job.clone();
+    let result = result.clone();
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        result
+            .images
+            .iter()
+            .map(|img| {
+                let infotext = pipeline.infotext(&job.request, img.seed);
+                images::encode(&img.image, format, quality, &infotext).map(|bytes| Encoded {
+                    seed: img.seed,
+                    bytes,
+                    infotext,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("encoding task failed: {e}")))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    state.metrics.observe_image_encode(started.elapsed());
+    Ok(out)
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `x-queue-time`, `x-inference-time` and `x-total-time`, in seconds.
+pub fn timing_headers(headers: &mut HeaderMap, result: &JobResult, total: std::time::Duration) {
+    for (name, d) in [
+        ("x-queue-time", result.queue_time),
+        ("x-inference-time", result.inference_time),
+        ("x-total-time", total),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&format!("{:.4}", d.as_secs_f64())) {
+            headers.insert(name, v);
+        }
+    }
+}
+
+/// What produced an image: returned with every result.
+#[derive(Serialize, ToSchema, Clone)]
+pub struct Provenance {
+    pub model: String,
+    pub model_hash: String,
+    pub scheduler: String,
+    pub steps: u32,
+    pub guidance_scale: f32,
+    pub size: String,
+    /// Device family: cpu, cuda, neuron.
+    pub accelerator: String,
+    pub device: String,
+    pub dtype: String,
+    pub executor: String,
+    pub pool: String,
+    /// img2img strength, if an init image was given.
+    pub strength: Option<f32>,
+}
+
+pub fn provenance(state: &AppState, request: &GenerationRequest) -> Provenance {
+    let info = state.pipeline().model();
+    let caps = state.pipeline().executor().capabilities();
+    Provenance {
+        model: info.id.clone(),
+        model_hash: info.hash.clone(),
+        scheduler: request.scheduler().to_string(),
+        steps: request.steps(),
+        guidance_scale: request.guidance_scale(),
+        size: format!("{}x{}", request.width(), request.height()),
+        accelerator: caps.device.to_string(),
+        device: caps.device_name.clone(),
+        dtype: caps.dtype.to_string(),
+        executor: caps.executor.to_string(),
+        pool: state.config.pool.clone(),
+        strength: request.init().map(|i| i.strength()),
+    }
+}
+
+/// Stage timings of a result, in seconds.
+#[derive(Serialize, ToSchema)]
+pub struct TimingReport {
+    pub queue: f64,
+    pub inference: f64,
+    pub text_encode: f64,
+    pub denoise: f64,
+    pub vae_decode: f64,
+    pub vae_encode: f64,
+    pub batch_images: usize,
+}
+
+pub fn timing_report(r: &JobResult) -> TimingReport {
+    TimingReport {
+        queue: r.queue_time.as_secs_f64(),
+        inference: r.inference_time.as_secs_f64(),
+        text_encode: r.timings.text_encode.as_secs_f64(),
+        denoise: r.timings.denoise.as_secs_f64(),
+        vae_decode: r.timings.vae_decode.as_secs_f64(),
+        vae_encode: r.timings.vae_encode.as_secs_f64(),
+        batch_images: r.batch_images,
+    }
+}

@@ -1,0 +1,142 @@
+//! Probes, `/info` and `/metrics`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/info", get(info))
+        .route("/metrics", get(metrics))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+/// Liveness: the process answers (no other checks, so it is cheap).
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Health)))]
+pub async fn live() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: model loaded, warm-up done for every size, not draining.
+#[utoipa::path(get, path = "/health/ready", tag = "health", responses(
+    (status = 200, body = Health), (status = 503, description = "Warming up or draining", body = Health)))]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        Json(Health { status: "ready" }).into_response()
+    } else {
+        let status = if state.batcher.is_draining() { "draining" } else { "warming_up" };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status })).into_response()
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InfoLimits {
+    pub max_images: u32,
+    pub max_steps: u32,
+    pub max_prompt_chars: usize,
+    pub max_body_bytes: usize,
+    pub max_input_pixels: u64,
+    pub max_queue: usize,
+    pub max_batch_images: usize,
+    pub request_timeout_seconds: f64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InfoDefaults {
+    pub steps: u32,
+    pub guidance_scale: f32,
+    pub strength: f32,
+    pub scheduler: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Info {
+    pub model: String,
+    pub model_hash: String,
+    pub executor: String,
+    /// cpu, cuda or neuron.
+    pub accelerator: String,
+    pub device: String,
+    pub dtype: String,
+    pub pool: String,
+    /// Sizes clients may request, as `WxH`.
+    pub sizes: Vec<String>,
+    /// Batch sizes the executor runs: `dynamic`, or the compiled size.
+    pub batch_sizes: String,
+    pub img2img: bool,
+    pub schedulers: Vec<String>,
+    pub limits: InfoLimits,
+    pub defaults: InfoDefaults,
+    pub version: &'static str,
+}
+
+/// What this replica serves and on what hardware.
+#[utoipa::path(get, path = "/info", tag = "health", responses((status = 200, body = Info)))]
+pub async fn info(State(state): State<AppState>) -> Json<Info> {
+    let p = state.pipeline();
+    let m = p.model();
+    let caps = p.executor().capabilities();
+    let l = p.limits();
+    let d = p.defaults();
+    let c = &state.config;
+    Json(Info {
+        model: m.id.clone(),
+        model_hash: m.hash.clone(),
+        executor: caps.executor.to_string(),
+        accelerator: caps.device.to_string(),
+        device: caps.device_name.clone(),
+        dtype: caps.dtype.to_string(),
+        pool: c.pool.clone(),
+        sizes: c.sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect(),
+        batch_sizes: match &caps.shapes {
+            anyaccel_executor::Shapes::Dynamic => "dynamic".into(),
+            anyaccel_executor::Shapes::Static { batch_size, .. } => batch_size.to_string(),
+        },
+        img2img: caps.vae_encoder,
+        schedulers: anyaccel_pipeline::SchedulerKind::ALL.iter().map(|k| k.to_string()).collect(),
+        limits: InfoLimits {
+            max_images: l.max_images,
+            max_steps: l.max_steps,
+            max_prompt_chars: l.max_prompt_chars,
+            max_body_bytes: c.max_body_bytes,
+            max_input_pixels: c.max_input_pixels,
+            max_queue: c.batcher.max_queue,
+            max_batch_images: c.batcher.max_batch_images,
+            request_timeout_seconds: c.batcher.request_timeout.as_secs_f64(),
+        },
+        defaults: InfoDefaults {
+            steps: d.steps,
+            guidance_scale: d.guidance_scale,
+            strength: d.strength,
+            scheduler: m.default_scheduler.to_string(),
+        },
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+/// Prometheus text exposition (see docs/metrics.md).
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state.metrics.render(&state.batcher.stats());
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,323 @@
+//! Native async jobs: submit (202), poll, stream events (SSE), cancel.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use anyaccel_batcher::{Job, JobEvent, JobState, JobStatus, Lookup};
+use anyaccel_pipeline::GenerationParams;
+use anyaccel_pipeline::images::OutputFormat;
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::error::{ApiError, parse_json};
+use crate::generate::{self, Provenance, TimingReport};
+use crate::store::Encoding;
+use crate::openai::{ImageFormat, body_bytes, require_prompt};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/jobs", post(submit))
+        .route("/v1/jobs/{id}", get(status).delete(cancel))
+        .route("/v1/jobs/{id}/events", get(events))
+}
+
+/// A generation job: the OpenAI fields plus an optional init image.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobBody {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub n: Option<u32>,
+    /// `WxH` from `/info`'s sizes.
+    pub size: Option<String>,
+    pub steps: Option<u32>,
+    pub guidance_scale: Option<f32>,
+    pub seed: Option<u64>,
+    pub scheduler: Option<String>,
+    /// Base64 PNG/JPEG/WebP (or a data URL) for img2img.
+    pub image: Option<String>,
+    /// img2img strength in (0, 1].
+    pub strength: Option<f32>,
+    pub output_format: Option<ImageFormat>,
+    pub output_compression: Option<u8>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Progress {
+    pub step: u32,
+    pub total: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobImage {
+    pub seed: u64,
+    pub b64_json: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobResultBody {
+    pub images: Vec<JobImage>,
+    pub output_format: String,
+    pub timings: TimingReport,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobView {
+    pub id: String,
+    /// queued, running, completed, failed or cancelled.
+    pub status: String,
+    pub created: u64,
+    pub queue_position: Option<usize>,
+    pub eta_seconds: Option<f64>,
+    pub progress: Progress,
+    pub status_url: String,
+    pub events_url: String,
+    pub anyaccel: Provenance,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResultBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<JobErrorBody>,
+}
+
+fn status_name(s: JobStatus) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+async fn view(state: &AppState, job: &Arc<Job>, snapshot: JobState) -> Result<JobView, ApiError> {
+    let enc = state.store.encoding_of(&job.id).unwrap_or(Encoding {
+        format: OutputFormat::Png,
+        quality: None,
+    });
+    let result = match (&snapshot.status, &snapshot.result) {
+        (JobStatus::Completed, Some(r)) => {
+            let encoded = generate::encode(state, job, r, enc.format, enc.quality).await?;
+            Some(JobResultBody {
+                images: encoded
+                    .into_iter()
+                    .map(|e| JobImage {
+                        seed: e.seed,
+                        b64_json: generate::b64(&e.bytes),
+                    })
+                    .collect(),
+                output_format: enc.format.extension().replace("jpg", "jpeg"),
+                timings: generate::timing_report(r),
+            })
+        }
+        _ => None,
+    };
+    Ok(JobView {
+        id: job.id.clone(),
+        status: status_name(snapshot.status),
+        created: job.created_unix,
+        queue_position: snapshot.queue_position,
+        eta_seconds: snapshot.eta_seconds,
+        progress: Progress {
+            step: snapshot.step,
+            total: snapshot.total_steps,
+        },
+        status_url: format!("/v1/jobs/{}", job.id),
+        events_url: format!("/v1/jobs/{}/events", job.id),
+        anyaccel: generate::provenance(state, &job.request),
+        result,
+        error: snapshot.error.map(|e| JobErrorBody {
+            code: e.code.to_string(),
+            message: e.message,
+        }),
+    })
+}
+
+/// Queue a generation; answers 202 at once with where to follow it.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body = JobBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retried POST with the same key returns the same job")),
+    responses(
+        (status = 202, description = "Accepted", body = JobView),
+        (status = 400, description = "Invalid field", body = crate::error::ErrorBody),
+        (status = 429, description = "Queue full; see Retry-After", body = crate::error::ErrorBody),
+        (status = 503, description = "Draining; see Retry-After", body = crate::error::ErrorBody),
+    ))]
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: JobBody = parse_json(&body_bytes(body)?)?;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(k) = &key {
+        if k.len() > 256 {
+            return Err(ApiError::invalid("Idempotency-Key", "must be at most 256 characters"));
+        }
+    }
+    let size = generate::parse_size(&state, body.size.as_deref(), "size")?;
+    let init_image = match &body.image {
+        Some(data) => Some(generate::decode_base64_image(&state, data, "image")?),
+        None => None,
+    };
+    let params = GenerationParams {
+        prompt: require_prompt(body.prompt)?,
+        negative_prompt: body.negative_prompt,
+        width: size.map(|s| s.0),
+        height: size.map(|s| s.1),
+        steps: body.steps,
+        guidance_scale: body.guidance_scale,
+        scheduler: body.scheduler,
+        seed: body.seed,
+        n: body.n,
+        init_image,
+        strength: body.strength,
+    };
+    let request = generate::validate(&state, params).await?;
+    let job = state.batcher.submit(request, key)?;
+    state.store.set_encoding(
+        &job.id,
+        Encoding {
+            format: body.output_format.map(Into::into).unwrap_or_default(),
+            quality: body.output_compression,
+        },
+    );
+    let v = view(&state, &job, job.state()).await?;
+    let mut resp = (StatusCode::ACCEPTED, Json(v)).into_response();
+    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    Ok(resp)
+}
+
+fn lookup(state: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
+    match state.batcher.get(id) {
+        Lookup::Found(j) => Ok(j),
+        Lookup::Gone => Err(ApiError::new(
+            StatusCode::GONE,
+            "expired",
+            format!("job {id} finished and its result expired"),
+        )),
+        Lookup::NotFound => Err(ApiError::not_found(format!("no job {id}"))),
+    }
+}
+
+/// A job's status, progress and, once completed, its images.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 404, description = "Unknown id", body = crate::error::ErrorBody),
+        (status = 410, description = "Result expired", body = crate::error::ErrorBody),
+    ))]
+pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let job = lookup(&state, &id)?;
+    Ok(Json(view(&state, &job, job.state()).await?))
+}
+
+/// Cancel a queued or running job (running ones stop at the next step).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancelled, or already finished (see status)", body = JobView),
+        (status = 404, description = "Unknown id", body = crate::error::ErrorBody),
+    ))]
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let job = lookup(&state, &id)?;
+    if state.batcher.cancel(&job) && job.state().status == JobStatus::Running {
+        // Give the worker a moment to reach the next step so the answer is final.
+        let mut rx = job.watch();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), rx.wait_for(|s| s.status.is_terminal())).await;
+    }
+    Ok(Json(view(&state, &job, job.state()).await?))
+}
+
+fn is_terminal(e: &JobEvent) -> bool {
+    matches!(e, JobEvent::Completed | JobEvent::Failed { .. } | JobEvent::Cancelled)
+}
+
+fn sse_event(e: &JobEvent) -> Event {
+    let name = match e {
+        JobEvent::Queued { .. } => "queued",
+        JobEvent::Started { .. } => "started",
+        JobEvent::Step { .. } => "step",
+        JobEvent::Completed => "completed",
+        JobEvent::Failed { .. } => "failed",
+        JobEvent::Cancelled => "cancelled",
+    };
+    Event::default()
+        .event(name)
+        .json_data(e)
+        .unwrap_or_else(|_| Event::default().event(name))
+}
+
+/// The event a late subscriber needs to catch up.
+fn catch_up(s: &JobState) -> JobEvent {
+    match s.status {
+        JobStatus::Queued => JobEvent::Queued {
+            position: s.queue_position.unwrap_or(0),
+            eta_seconds: s.eta_seconds.unwrap_or(0.0),
+        },
+        JobStatus::Running => JobEvent::Step {
+            step: s.step,
+            total: s.total_steps,
+        },
+        JobStatus::Completed => JobEvent::Completed,
+        JobStatus::Cancelled => JobEvent::Cancelled,
+        JobStatus::Failed => JobEvent::Failed {
+            error: s.error.clone().unwrap_or(anyaccel_batcher::JobError {
+                code: "internal",
+                message: "failed".into(),
+            }),
+        },
+    }
+}
+
+/// Server-sent events: queued (position, ETA), started, step n/N, then one of
+/// completed (fetch the result from the status URL), failed or cancelled.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "text/event-stream of job events", content_type = "text/event-stream", body = String),
+        (status = 404, description = "Unknown id", body = crate::error::ErrorBody),
+    ))]
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let job = lookup(&state, &id)?;
+    // Subscribe before reading the snapshot so nothing falls in between.
+    let live = BroadcastStream::new(job.events());
+    let now = job.state();
+    let first = tokio_stream::once(catch_up(&now));
+    let events: Pin<Box<dyn Stream<Item = JobEvent> + Send>> = if now.status.is_terminal() {
+        Box::pin(first)
+    } else {
+        let tail = live.filter_map(|r| r.ok()).take_while(|e| !is_terminal(e));
+        // The terminal event comes from the job's final state, so a lagging
+        // subscriber still sees how it ended.
+        let end = futures_util::stream::once(async move { catch_up(&job.finished().await) });
+        Box::pin(first.chain(tail).chain(end))
+    };
+    let stream = events.map(|e| Ok(sse_event(&e)));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

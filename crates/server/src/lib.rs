@@ -1,0 +1,256 @@
+//! `anyaccel serve`: the HTTP face of the pipeline.
+//!
+//! APIs clients already speak (OpenAI images, AUTOMATIC1111), native async
+//! jobs with server-sent events, health for Kubernetes probes, Prometheus
+//! metrics and an OpenAPI document generated from the handler types.
+
+mod a1111;
+mod docs;
+mod error;
+mod generate;
+mod health;
+mod jobs;
+mod metrics;
+mod openai;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyaccel_batcher::{Batcher, BatcherConfig};
+use anyaccel_pipeline::{GenerationParams, Pipeline};
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// Everything `serve` needs besides the pipeline.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Bearer tokens accepted on the APIs; empty = no authentication.
+    pub api_keys: Vec<String>,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest init image, in pixels.
+    pub max_input_pixels: u64,
+    /// Origins allowed by CORS; empty = CORS off.
+    pub cors_origins: Vec<String>,
+    /// Base URL for `response_format=url` links; else taken from the Host header.
+    pub public_url: Option<String>,
+    /// (width, height) sizes clients may request; each is warmed up before readiness.
+    pub sizes: Vec<(u32, u32)>,
+    /// How long SIGTERM waits for queued and running work.
+    pub drain_timeout: Duration,
+    /// Skip warm-up (tests of readiness only).
+    pub warmup: bool,
+    pub batcher: BatcherConfig,
+    /// Deployment labels for metrics and `/info`.
+    pub pool: String,
+    pub accelerator: String,
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) batcher: Batcher,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) store: store::ImageStore,
+    warmed: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(pipeline: Arc<Pipeline>, config: ServerConfig) -> Self {
+        let model = pipeline.model().id.clone();
+        let metrics = Arc::new(Metrics::new(&model, &config.accelerator, &config.pool));
+        let batcher = Batcher::start(pipeline, config.batcher.clone(), Some(metrics.clone()));
+        Self {
+            store: store::ImageStore::new(config.batcher.result_ttl),
+            batcher,
+            metrics,
+            config: Arc::new(config),
+            warmed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub(crate) fn pipeline(&self) -> &Arc<Pipeline> {
+        self.batcher.pipeline()
+    }
+
+    /// Ready: warmed up for every size and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.warmed.load(Ordering::SeqCst) && !self.batcher.is_draining()
+    }
+
+    pub fn batcher(&self) -> &Batcher {
+        &self.batcher
+    }
+
+    /// Runs one short generation per configured size (with guidance, so the
+    /// UNet sees a batch of two), then marks the server ready.
+    pub fn warm_up(&self) {
+        if self.config.warmup {
+            for &(w, h) in &self.config.sizes {
+                let params = GenerationParams {
+                    prompt: "warm-up".into(),
+                    width: Some(w),
+                    height: Some(h),
+                    steps: Some(2),
+                    guidance_scale: Some(7.5),
+                    seed: Some(0),
+                    ..GenerationParams::default()
+                };
+                let started = Instant::now();
+                let result = self
+                    .pipeline()
+                    .validate(params)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| {
+                        self.pipeline().generate(&r).map(|_| r.work()).map_err(|e| e.to_string())
+                    });
+                match result {
+                    Ok(work) => {
+                        self.batcher.record_throughput(work, started.elapsed());
+                        tracing::info!(width = w, height = h, seconds = started.elapsed().as_secs_f64(), "warmed up");
+                    }
+                    Err(e) => tracing::error!(width = w, height = h, error = %e, "warm-up failed"),
+                }
+            }
+        }
+        self.warmed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The full router. Public so tests can serve it on an ephemeral port.
+pub fn router(state: AppState) -> Router {
+    let apis = Router::new()
+        .merge(openai::routes())
+        .merge(jobs::routes())
+        .merge(a1111::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let mut app = Router::new()
+        .merge(apis)
+        .merge(health::routes())
+        .merge(docs::routes())
+        .merge(store::routes())
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), observe));
+    if !state.config.cors_origins.is_empty() {
+        let origins: Vec<HeaderValue> = state
+            .config
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        app = app.layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([Method::GET, Method::POST, Method::DELETE])
+                .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
+        );
+    }
+    app.with_state(state)
+}
+
+/// Counts and times every request by its route template.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    state.metrics.in_flight().inc();
+    let resp = next.run(req).await;
+    state.metrics.in_flight().dec();
+    state
+        .metrics
+        .observe_request(&endpoint, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// Bearer-token check, in constant time per configured key.
+async fn authenticate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let keys = &state.config.api_keys;
+    if keys.is_empty() {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let mut ok = subtle::Choice::from(0);
+    for k in keys {
+        ok |= k.as_bytes().ct_eq(presented.as_bytes());
+    }
+    if bool::from(ok) {
+        next.run(req).await
+    } else {
+        let mut e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "missing or invalid API key; send `Authorization: Bearer <key>`",
+        );
+        e.param = Some("Authorization".into());
+        e.into_response()
+    }
+}
+
+/// Serves until SIGTERM or Ctrl-C, then drains: readiness turns false at
+/// once, new work gets 503, queued and running work gets `drain_timeout` to
+/// finish, and the function returns (the process exits 0).
+pub async fn serve(state: AppState) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let warm = state.clone();
+    tokio::task::spawn_blocking(move || warm.warm_up());
+    let app = router(state.clone());
+    let drained = state.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested: draining");
+            drained.batcher.begin_drain();
+            let timeout = drained.config.drain_timeout;
+            let b = drained.batcher.clone();
+            let clean = tokio::task::spawn_blocking(move || b.drain(timeout)).await.unwrap_or(false);
+            if clean {
+                tracing::info!("drained; exiting");
+            } else {
+                tracing::warn!("drain timeout reached; unfinished jobs were failed");
+            }
+        })
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,164 @@
+//! Prometheus metrics. Names come from `anyaccel-metrics`, the one module the
+//! rendered KEDA queries also use; every series carries model, accelerator
+//! and pool labels.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyaccel_batcher::{JobStatus, QueueStats, Telemetry};
+use anyaccel_metrics as names;
+use anyaccel_pipeline::Timings;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub endpoint: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
+/// Requests take 0.1 s (tiny models, GPUs) to minutes (big images on CPUs).
+const REQUEST_BUCKETS: [f64; 15] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+
+fn request_histogram() -> Histogram {
+    Histogram::new(REQUEST_BUCKETS)
+}
+
+fn step_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.002, 2.0, 14))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    queue_wait: Histogram,
+    stage_duration: Family<StageLabels, Histogram, fn() -> Histogram>,
+    step_duration: Histogram,
+    images: Counter,
+    queue_depth: Gauge,
+    in_flight: Gauge,
+    batch_size: Histogram,
+    backlog: Gauge<f64, AtomicU64>,
+}
+
+/// A counter's registered name: the client library appends `_total` itself.
+fn counter_name(full: &str) -> &str {
+    full.strip_suffix("_total").unwrap_or(full)
+}
+
+impl Metrics {
+    pub fn new(model: &str, accelerator: &str, pool: &str) -> Self {
+        let labels = [
+            (names::labels::MODEL.into(), model.to_string().into()),
+            (names::labels::ACCELERATOR.into(), accelerator.to_string().into()),
+            (names::labels::POOL.into(), pool.to_string().into()),
+        ];
+        let mut registry = Registry::with_labels(labels.into_iter());
+        let m = Self {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(request_histogram as fn() -> Histogram),
+            queue_wait: request_histogram(),
+            stage_duration: Family::new_with_constructor(request_histogram as fn() -> Histogram),
+            step_duration: step_histogram(),
+            images: Counter::default(),
+            queue_depth: Gauge::default(),
+            in_flight: Gauge::default(),
+            batch_size: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]),
+            backlog: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(counter_name(names::REQUESTS_TOTAL), "HTTP requests by endpoint and status", m.requests.clone());
+        registry.register(names::REQUEST_DURATION_SECONDS, "HTTP request duration", m.request_duration.clone());
+        registry.register(names::QUEUE_WAIT_SECONDS, "Time a job waited in the queue", m.queue_wait.clone());
+        registry.register(names::STAGE_DURATION_SECONDS, "Duration of each pipeline stage per batch", m.stage_duration.clone());
+        registry.register(names::STEP_DURATION_SECONDS, "Duration of one denoising step (one UNet call on the batch)", m.step_duration.clone());
+        registry.register(counter_name(names::IMAGES_TOTAL), "Images generated", m.images.clone());
+        registry.register(names::QUEUE_DEPTH, "Jobs waiting in the queue", m.queue_depth.clone());
+        registry.register(names::IN_FLIGHT, "HTTP requests being served", m.in_flight.clone());
+        registry.register(names::BATCH_SIZE, "Images per UNet batch", m.batch_size.clone());
+        registry.register(names::BACKLOG_SECONDS, "Estimated seconds of queued and running work, from measured step times", m.backlog.clone());
+        Self { registry, ..m }
+    }
+
+    pub fn observe_request(&self, endpoint: &str, status: u16, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: endpoint.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_string(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    pub fn observe_image_encode(&self, elapsed: Duration) {
+        self.stage_duration
+            .get_or_create(&StageLabels { stage: "image_encode" })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Renders the text exposition, refreshing gauges from the queue first.
+    pub fn render(&self, stats: &QueueStats) -> String {
+        self.queue_depth.set(stats.queued as i64);
+        self.backlog.set(stats.backlog_seconds());
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            tracing::error!("could not encode metrics");
+        }
+        out
+    }
+}
+
+impl Telemetry for Metrics {
+    fn job_started(&self, queue_wait: Duration) {
+        self.queue_wait.observe(queue_wait.as_secs_f64());
+    }
+
+    fn batch_finished(&self, images: usize, t: &Timings) {
+        self.batch_size.observe(images as f64);
+        for (stage, d) in [
+            ("text_encode", t.text_encode),
+            ("vae_encode", t.vae_encode),
+            ("denoise", t.denoise),
+            ("vae_decode", t.vae_decode),
+        ] {
+            if !d.is_zero() {
+                self.stage_duration.get_or_create(&StageLabels { stage }).observe(d.as_secs_f64());
+            }
+        }
+        if t.steps > 0 {
+            let per_step = t.denoise.as_secs_f64() / t.steps as f64;
+            for _ in 0..t.steps {
+                self.step_duration.observe(per_step);
+            }
+        }
+    }
+
+    fn job_finished(&self, status: JobStatus, images: usize) {
+        if status == JobStatus::Completed {
+            self.images.inc_by(images as u64);
+        }
+    }
+}
