@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Builds anyaccel and generates an image with the bundled tiny model (or the
-# model in $ANYACCEL_MODEL). Extra arguments go to `anyaccel generate`.
+# Builds anyaccel and serves the bundled tiny model (or $ANYACCEL_MODEL) on
+# http://localhost:8080. Extra arguments go to `anyaccel serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-onnxruntime.sh >/dev/null
 cargo build --release --locked -p anyaccel
 model="${ANYACCEL_MODEL:-fixtures/models/tiny-sd15}"
-exec target/release/anyaccel generate --model "$model" --prompt "${PROMPT:-a lighthouse at dusk}" --out "${OUT:-out}" "$@"
+if [[ "$model" == fixtures/* && -z "${ANYACCEL_SIZES:-}" ]]; then
+  export ANYACCEL_SIZES="64x64,128x128"
+fi
+exec target/release/anyaccel serve --model "$model" "$@"

@@ -118,7 +118,7 @@ async fn run(state: AppState, body: A1111Body, img2img: bool) -> Result<Response
         strength: if img2img { body.denoising_strength } else { None },
         init_image,
     };
-    let request = generate::validate(&state, params).await?;
+    let request = generate::validate(&state, params).await.map_err(a1111_names)?;
     let (job, result) = generate::run(&state, request).await?;
     let encoded = generate::encode(&state, &job, &result, OutputFormat::Png, None).await?;
     let info = state.pipeline().model();
@@ -150,6 +150,22 @@ async fn run(state: AppState, body: A1111Body, img2img: bool) -> Result<Response
     let mut out = (StatusCode::OK, Json(resp)).into_response();
     generate::timing_headers(out.headers_mut(), &result, started.elapsed());
     Ok(out)
+}
+
+/// Reports validation errors with A1111's field names.
+fn a1111_names(mut e: ApiError) -> ApiError {
+    let renamed = match e.param.as_deref() {
+        Some("scheduler") => "sampler_name",
+        Some("guidance_scale") => "cfg_scale",
+        Some("n") => "batch_size",
+        Some("strength") => "denoising_strength",
+        Some("image") => "init_images",
+        _ => return e,
+    };
+    if let Some(old) = e.param.replace(renamed.to_string()) {
+        e.message = e.message.replacen(&old, renamed, 1);
+    }
+    e
 }
 
 /// A1111 txt2img.

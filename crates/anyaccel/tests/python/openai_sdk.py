@@ -1,0 +1,62 @@
+"""The official OpenAI Python SDK against a running anyaccel server.
+
+Usage: openai_sdk.py BASE_URL API_KEY INIT_IMAGE
+Exits non-zero (with a message) on the first failed expectation.
+"""
+import base64
+import io
+import struct
+import sys
+import zlib
+
+from openai import OpenAI
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def main() -> None:
+    base_url, api_key, init_image = sys.argv[1:4]
+    client = OpenAI(base_url=f"{base_url}/v1", api_key=api_key)
+
+    result = client.images.generate(
+        prompt="a watercolor lighthouse",
+        n=2,
+        size="64x64",
+        response_format="b64_json",
+        extra_body={"steps": 3, "seed": 1234, "scheduler": "euler_a", "negative_prompt": "blurry"},
+    )
+    assert len(result.data) == 2, result
+    for image in result.data:
+        assert png_size(base64.b64decode(image.b64_json)) == (64, 64)
+    seeds = [image.model_extra["seed"] for image in result.data]
+    assert seeds == [1234, 1235], seeds
+
+    with open(init_image, "rb") as f:
+        edited = client.images.edit(
+            image=("init.png", f, "image/png"),
+            prompt="the same scene at night",
+            n=1,
+            size="64x64",
+            response_format="b64_json",
+            extra_body={"strength": 0.6, "steps": 4, "seed": 7},
+        )
+    assert len(edited.data) == 1
+    assert png_size(base64.b64decode(edited.data[0].b64_json)) == (64, 64)
+
+    # An error surfaces as the SDK's typed exception with our message.
+    try:
+        client.images.generate(prompt="x", size="1000x1000")
+    except Exception as e:  # openai.BadRequestError
+        assert getattr(e, "status_code", None) == 400, e
+        assert "not offered" in str(e), e
+    else:
+        raise AssertionError("a size the server does not offer was accepted")
+    print("openai sdk: ok")
+
+
+if __name__ == "__main__":
+    main()
