@@ -44,12 +44,22 @@ pub fn queue_depth_query(pool: &str) -> String {
     format!("sum({QUEUE_DEPTH}{{{p}=\"{pool}\"}})", p = labels::POOL)
 }
 
-/// PromQL for the per-pool request rate over the last minute.
+/// Endpoints that are not client work: probes, scrapes and metadata.
+pub const NON_WORK_ENDPOINTS: &str = "/metrics|/health/.*|/v2/health/.*|/info|/docs|/openapi.json";
+
+/// PromQL for the per-pool rate of client requests over the last minute
+/// (probes and scrapes excluded).
 pub fn request_rate_query(pool: &str) -> String {
     format!(
-        "sum(rate({REQUESTS_TOTAL}{{{p}=\"{pool}\"}}[1m]))",
-        p = labels::POOL
+        "sum(rate({REQUESTS_TOTAL}{{{p}=\"{pool}\",{e}!~\"{NON_WORK_ENDPOINTS}\"}}[1m]))",
+        p = labels::POOL,
+        e = labels::ENDPOINT,
     )
+}
+
+/// PromQL for the per-pool images generated per second over the last minute.
+pub fn image_rate_query(pool: &str) -> String {
+    format!("sum(rate({IMAGES_TOTAL}{{{p}=\"{pool}\"}}[1m]))", p = labels::POOL)
 }
 
 #[cfg(test)]
