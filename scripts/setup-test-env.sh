@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup-sidecar-env.sh
+if [[ -x scripts/setup-sidecar-env.sh ]]; then
+  scripts/setup-sidecar-env.sh
+elif [[ ! -x .venv/bin/python ]]; then
+  python3 -m venv .venv
+fi
 
 stamp=.venv/.anyaccel-test-env
 want="$(sha256sum scripts/requirements-test.txt | cut -d' ' -f1)"
