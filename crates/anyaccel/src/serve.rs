@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyaccel_batcher::BatcherConfig;
 use anyaccel_pipeline::{Defaults, Limits};
-use anyaccel_server::{AppState, ServerConfig};
+use anyaccel_server::{AppState, CloudWatchConfig, CloudWatchMode, ServerConfig};
 use anyhow::Context;
 use clap::Args;
 
@@ -69,6 +69,18 @@ pub struct ServeArgs {
     /// Accelerator label for metrics (default: the executor's device kind).
     #[arg(long, env = anyaccel_metrics::env::ACCELERATOR)]
     pub accelerator: Option<String>,
+    /// Publish to CloudWatch: off, emf (Embedded Metric Format on stdout) or api (PutMetricData).
+    #[arg(long, default_value = "off", env = "ANYACCEL_CLOUDWATCH")]
+    pub cloudwatch: CloudWatchMode,
+    /// CloudWatch region (api mode; default: the AWS SDK's chain).
+    #[arg(long, env = "ANYACCEL_CLOUDWATCH_REGION")]
+    pub cloudwatch_region: Option<String>,
+    /// CloudWatch endpoint override (VPC endpoint, tests).
+    #[arg(long, env = "ANYACCEL_CLOUDWATCH_ENDPOINT")]
+    pub cloudwatch_endpoint: Option<String>,
+    /// Seconds between samples; match the KEDA trigger's metricStatPeriod.
+    #[arg(long, default_value_t = 60, env = "ANYACCEL_CLOUDWATCH_INTERVAL_SECS")]
+    pub cloudwatch_interval_secs: u64,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -107,6 +119,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         pool: args.pool,
         accelerator,
+        cloudwatch: CloudWatchConfig {
+            mode: args.cloudwatch,
+            region: args.cloudwatch_region,
+            endpoint: args.cloudwatch_endpoint,
+            interval: Duration::from_secs(args.cloudwatch_interval_secs.max(1)),
+            ..CloudWatchConfig::default()
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

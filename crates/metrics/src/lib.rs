@@ -20,6 +20,21 @@ pub mod env {
     pub const MODEL: &str = "ANYACCEL_MODEL";
 }
 
+/// The same signals in CloudWatch: namespace, metric names and dimension
+/// names the publisher uses and KEDA's `aws-cloudwatch` trigger queries.
+pub mod cloudwatch {
+    pub const NAMESPACE: &str = "anyaccel";
+    pub const BACKLOG_SECONDS: &str = "BacklogSeconds";
+    pub const QUEUE_DEPTH: &str = "QueueDepth";
+    pub const IN_FLIGHT: &str = "InFlightRequests";
+    pub const REQUESTS: &str = "Requests";
+    pub const IMAGES: &str = "ImagesGenerated";
+    pub const REQUEST_LATENCY: &str = "RequestLatency";
+    pub const DIM_POOL: &str = "Pool";
+    pub const DIM_ACCELERATOR: &str = "Accelerator";
+    pub const DIM_MODEL: &str = "Model";
+}
+
 pub const REQUESTS_TOTAL: &str = "anyaccel_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "anyaccel_request_duration_seconds";
 pub const QUEUE_WAIT_SECONDS: &str = "anyaccel_queue_wait_seconds";

@@ -5,6 +5,7 @@
 //! metrics and an OpenAPI document generated from the handler types.
 
 mod a1111;
+mod cloudwatch;
 mod docs;
 mod error;
 mod generate;
@@ -12,6 +13,7 @@ mod health;
 mod jobs;
 mod metrics;
 mod openai;
+mod playground;
 mod store;
 
 use std::net::SocketAddr;
@@ -29,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+pub use cloudwatch::{CloudWatchConfig, CloudWatchMode};
 pub use error::ApiError;
 pub use metrics::Metrics;
 
@@ -56,6 +59,7 @@ pub struct ServerConfig {
     /// Deployment labels for metrics and `/info`.
     pub pool: String,
     pub accelerator: String,
+    pub cloudwatch: CloudWatchConfig,
 }
 
 /// Shared by every handler.
@@ -142,6 +146,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(docs::routes())
         .merge(store::routes())
+        .merge(playground::routes())
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe));
     if !state.config.cors_origins.is_empty() {
@@ -215,6 +220,7 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let warm = state.clone();
     tokio::task::spawn_blocking(move || warm.warm_up());
+    cloudwatch::spawn(state.clone(), state.config.cloudwatch.clone());
     let app = router(state.clone());
     let drained = state.clone();
     axum::serve(listener, app)

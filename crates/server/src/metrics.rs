@@ -2,7 +2,7 @@
 //! rendered KEDA queries also use; every series carries model, accelerator
 //! and pool labels.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyaccel_batcher::{JobStatus, QueueStats, Telemetry};
@@ -54,6 +54,22 @@ pub struct Metrics {
     in_flight: Gauge,
     batch_size: Histogram,
     backlog: Gauge<f64, AtomicU64>,
+    // Plain totals for the CloudWatch sampler (client work only).
+    work_requests: AtomicU64,
+    work_latency_micros: AtomicU64,
+}
+
+/// Running totals the CloudWatch sampler turns into per-interval values.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    pub requests: u64,
+    pub latency_seconds: f64,
+    pub images: u64,
+}
+
+/// Client work, as opposed to probes, scrapes and image downloads.
+fn is_work(endpoint: &str) -> bool {
+    (endpoint.starts_with("/v1/") && !endpoint.starts_with("/v1/images/files")) || endpoint.starts_with("/sdapi/")
 }
 
 /// A counter's registered name: the client library appends `_total` itself.
@@ -80,6 +96,8 @@ impl Metrics {
             in_flight: Gauge::default(),
             batch_size: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]),
             backlog: Gauge::default(),
+            work_requests: AtomicU64::new(0),
+            work_latency_micros: AtomicU64::new(0),
             registry: Registry::default(),
         };
         registry.register(counter_name(names::REQUESTS_TOTAL), "HTTP requests by endpoint and status", m.requests.clone());
@@ -96,6 +114,11 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, endpoint: &str, status: u16, elapsed: Duration) {
+        if is_work(endpoint) {
+            self.work_requests.fetch_add(1, Ordering::Relaxed);
+            self.work_latency_micros
+                .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        }
         self.requests
             .get_or_create(&RequestLabels {
                 endpoint: endpoint.to_string(),
@@ -107,6 +130,14 @@ impl Metrics {
                 endpoint: endpoint.to_string(),
             })
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn totals(&self) -> Totals {
+        Totals {
+            requests: self.work_requests.load(Ordering::Relaxed),
+            latency_seconds: self.work_latency_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            images: self.images.get(),
+        }
     }
 
     pub fn in_flight(&self) -> &Gauge {

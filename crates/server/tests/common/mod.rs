@@ -41,6 +41,7 @@ pub fn config() -> ServerConfig {
         },
         pool: "test".into(),
         accelerator: "cpu".into(),
+        cloudwatch: anyaccel_server::CloudWatchConfig::default(),
     }
 }
 

@@ -1,0 +1,66 @@
+//! Running `anyaccel serve` as a child process for tests.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn serve(extra: &[&str]) -> Server {
+    serve_with(extra, &[], Stdio::null())
+}
+
+pub fn serve_with(extra: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
+        .args(["serve", "--model", "fixtures/models/tiny-sd15", "--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--sizes", "64x64,128x128", "--device", "cpu", "--threads", "1"])
+        .args(extra)
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .stdout(stdout)
+        .spawn()
+        .expect("server starts");
+    let server = Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = ureq::get(&format!("{}/health/ready", server.base)).call() {
+            if r.status() == 200 {
+                return server;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "server never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn venv_python() -> PathBuf {
+    let py = repo().join(".venv/bin/python");
+    assert!(py.exists(), "{} missing: run scripts/setup-test-env.sh (the README's test command does)", py.display());
+    py
+}
+
