@@ -19,6 +19,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Serve the OpenAI, native jobs and A1111 APIs over HTTP.
     Serve(serve::ServeArgs),
+    /// Drive a running endpoint and find its breaking point under an SLO.
+    Bench(Box<anyaccel_bench::BenchArgs>),
+    /// Turn bench results and prices into cost per image, pool weights and KEDA targets.
+    Plan(Box<anyaccel_bench::PlanArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +34,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Bench(args) => Ok(anyaccel_bench::run_bench(&args)?),
+        Command::Plan(args) => Ok(anyaccel_bench::run_plan(&args)?),
     }
 }
