@@ -6,9 +6,9 @@
 # Idempotent: a stamp records the hash of the requirement files (and the Python
 # version); when it matches and the imports work, nothing is installed. Everything
 # comes from PyPI with `pip install --no-deps` from complete locks, which keeps out
-# the multi-GB CUDA packages that PyPI's torch would otherwise pull (see
-# python/requirements-cpu.txt). About 2.5 GB on disk, ~1.7 GB downloaded once (pip's
-# cache keeps it for later runs).
+# the CUDA packages that PyPI's torch would otherwise pull but CPU torch never loads
+# (triton, cusolver, ...; see python/requirements-cpu.txt). About 4.8 GB on disk (most of
+# it the CUDA libraries torch's .so files link); a first install took ~2 minutes here.
 #
 #   scripts/setup-sidecar-env.sh            # create/update .venv
 #   PYTHON=python3.11 scripts/setup-sidecar-env.sh

@@ -15,7 +15,10 @@ fi
 echo "== cargo test"
 cargo test --workspace --locked
 
-for extra in scripts/deploy/validate.sh; do
+echo "== sidecar (python)"
+.venv/bin/python -m pytest -q python/tests
+
+for extra in scripts/deploy/validate.sh scripts/test-browser.sh; do
   if [[ -x "$extra" ]]; then
     echo "== $extra"
     "$extra"

@@ -50,12 +50,16 @@ if [[ -n "${REBUILD_BASE:-}" ]] || ! podman image exists "$BASE_IMAGE"; then
     "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/usr/share/doc/* \
     "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/* "$rootfs"/var/log/*
   log "importing $BASE_IMAGE"
-  tar -C "$rootfs" -c . | podman import \
+  tar -C "$rootfs" -c . | podman import --quiet \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'CMD ["/bin/sh"]' - "$BASE_IMAGE" >/dev/null
   rm -rf "$rootfs"
   trap - EXIT
 fi
+
+# shellcheck source=scripts/deploy/podman-env.sh
+. "$root/scripts/deploy/podman-env.sh"
+podman_setup "$BASE_IMAGE"
 
 # 2. Build context: the server binary and ONNX Runtime for this arch.
 ctx="$(mktemp -d /var/tmp/anyaccel-ctx.XXXXXX)"
@@ -66,13 +70,16 @@ profile_dir="$PROFILE"; [[ "$PROFILE" == dev ]] && profile_dir=debug
 mkdir -p "$ctx/dist/$arch/onnxruntime"
 cp "$CARGO_TARGET_DIR/$profile_dir/anyaccel" "$ctx/dist/$arch/anyaccel"
 chmod 0755 "$ctx/dist/$arch/anyaccel"
+# The release profile keeps line tables for backtraces; the image does not
+# need them (about half the binary).
+if command -v strip >/dev/null; then strip --strip-debug "$ctx/dist/$arch/anyaccel"; fi
 ort="$("$root/scripts/fetch-onnxruntime.sh" cpu)"
 cp -a "$(dirname "$ort")"/libonnxruntime*.so* "$ctx/dist/$arch/onnxruntime/"
 rm -f "$ctx/dist/$arch/onnxruntime/.version"
 
 # 3. The image. --pull=never and no network: everything comes from above.
 log "podman build $IMAGE"
-podman build --pull=never --network=none \
+"${PODMAN[@]}" build --pull=never --network=none "${PODMAN_RUN_OPTS[@]}" \
   --build-arg BASE_IMAGE="$BASE_IMAGE" \
   --build-arg TARGETARCH="$arch" \
   -f "$root/deploy/containers/Containerfile.cpu" \

@@ -32,6 +32,10 @@ if ! podman image exists "$IMAGE"; then
   IMAGE="$(IMAGE="$IMAGE" "$root/scripts/deploy/build-cpu-image.sh")"
 fi
 
+# shellcheck source=scripts/deploy/podman-env.sh
+. "$root/scripts/deploy/podman-env.sh"
+podman_setup "$IMAGE"
+
 name="anyaccel-smoke-$$"
 net_args=(-p "127.0.0.1:$PORT:8080")
 port_env=8080
@@ -44,15 +48,15 @@ cleanup() {
   local rc=$?
   if [[ $rc -ne 0 ]]; then
     log "container log (last 40 lines):"
-    podman logs --tail 40 "$name" >&2 2>&1 || true
+    "${PODMAN[@]}" logs --tail 40 "$name" >&2 2>&1 || true
   fi
-  podman rm -f "$name" >/dev/null 2>&1 || true
+  "${PODMAN[@]}" rm -f "$name" >/dev/null 2>&1 || true
   exit $rc
 }
 trap cleanup EXIT
 
 log "starting $IMAGE with $MODEL_DIR"
-podman run -d --name "$name" \
+"${PODMAN[@]}" run -d --name "$name" "${PODMAN_RUN_OPTS[@]}" \
   --read-only --user 10001:10001 --cap-drop ALL --security-opt no-new-privileges \
   --tmpfs /tmp:rw,size=512m,mode=1777 \
   --tmpfs /models:rw,size=1g,mode=0777 \
@@ -70,7 +74,7 @@ base="http://127.0.0.1:$PORT"
 deadline=$((SECONDS + TIMEOUT_SECS))
 code=000
 while (( SECONDS < deadline )); do
-  if [[ "$(podman inspect --format '{{.State.Running}}' "$name")" != true ]]; then
+  if [[ "$("${PODMAN[@]}" inspect --format '{{.State.Running}}' "$name")" != true ]]; then
     log "the server exited before becoming ready"
     exit 1
   fi
@@ -91,15 +95,18 @@ for path in /health/live /info; do
 done
 
 if [[ -n "${SMOKE_GENERATE:-}" ]]; then
-  code="$(curl -s -o /tmp/anyaccel-smoke-image.json -w '%{http_code}' --max-time 120 \
+  body="$(mktemp)"
+  code="$(curl -s -o "$body" -w '%{http_code}' --max-time 120 \
     -H 'content-type: application/json' \
     -d '{"prompt":"a red cube","n":1,"size":"64x64","response_format":"b64_json"}' \
     "$base/v1/images/generations")"
-  [[ "$code" == 200 ]] || { log "/v1/images/generations answered $code"; exit 1; }
-  log "/v1/images/generations: 200"
+  [[ "$code" == 200 ]] || { log "/v1/images/generations answered $code: $(head -c 300 "$body")"; exit 1; }
+  grep -q '"b64_json"' "$body" || { log "no image in the response"; exit 1; }
+  rm -f "$body"
+  log "/v1/images/generations: 200 with an image"
 fi
 
 # Drain: SIGTERM must stop the server within the grace the Deployment gives.
-podman stop --time 30 "$name" >/dev/null
+"${PODMAN[@]}" stop --time 30 "$name" >/dev/null
 log "stopped cleanly"
 echo "smoke-cpu-image: 1 passed, 0 failed"

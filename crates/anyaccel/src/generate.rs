@@ -3,21 +3,47 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyaccel_executor::Executor;
 use anyaccel_executor_onnx::{DeviceRequest, OnnxConfig, OnnxExecutor, Optimization};
+use anyaccel_executor_remote::{RemoteConfig, RemoteExecutor, SidecarDevice};
 use anyaccel_pipeline::images::{self, OutputFormat};
 use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Pipeline};
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
+
+/// Which executor runs the model components.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorKind {
+    /// ONNX Runtime in-process (CPU, CUDA).
+    Onnx,
+    /// The Python sidecar over gRPC (Neuron, torch CPU/CUDA).
+    Remote,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    Auto,
+    Cpu,
+    Cuda,
+    Neuron,
+}
 
 /// Options shared by every command that loads a model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model folder (optimum ONNX layout) or Hugging Face Hub repo id.
+    /// Model folder (optimum ONNX layout; diffusers or optimum-neuron layout for
+    /// the remote executor) or Hugging Face Hub repo id.
     #[arg(long, env = "ANYACCEL_MODEL")]
     pub model: String,
-    /// Where to run: auto picks CUDA when its provider and a GPU are present.
-    #[arg(long, default_value = "auto", env = "ANYACCEL_DEVICE")]
-    pub device: DeviceRequest,
+    #[arg(long, value_enum, default_value = "onnx", env = "ANYACCEL_EXECUTOR")]
+    pub executor: ExecutorKind,
+    /// Where to run: auto picks CUDA when its provider and a GPU are present
+    /// (and Neuron, with the remote executor, when its SDK and devices are).
+    #[arg(long, value_enum, default_value = "auto", env = "ANYACCEL_DEVICE")]
+    pub device: Device,
+    /// Python of the sidecar's environment (remote executor).
+    #[arg(long, default_value = ".venv/bin/python", env = "ANYACCEL_PYTHON")]
+    pub python: PathBuf,
     /// Threads per operator (default: all cores).
     #[arg(long, env = "ANYACCEL_THREADS")]
     pub threads: Option<usize>,
@@ -36,15 +62,41 @@ impl ModelArgs {
     /// Loads the model folder and its executor.
     pub fn load(&self, limits: Limits, defaults: Defaults) -> anyhow::Result<Pipeline> {
         let model = Model::open(&self.model).with_context(|| format!("loading model {}", self.model))?;
-        let config = OnnxConfig {
-            device: self.device,
-            intra_threads: self.threads,
-            inter_threads: self.inter_threads,
-            library: self.ort_lib.clone(),
-            optimization: self.optimization,
+        let executor: Arc<dyn Executor> = match self.executor {
+            ExecutorKind::Onnx => {
+                let device = match self.device {
+                    Device::Auto => DeviceRequest::Auto,
+                    Device::Cpu => DeviceRequest::Cpu,
+                    Device::Cuda => DeviceRequest::Cuda,
+                    Device::Neuron => bail!("--device neuron needs --executor remote (Neuron runs in the Python sidecar)"),
+                };
+                let config = OnnxConfig {
+                    device,
+                    intra_threads: self.threads,
+                    inter_threads: self.inter_threads,
+                    library: self.ort_lib.clone(),
+                    optimization: self.optimization,
+                };
+                Arc::new(OnnxExecutor::load(&model.info.root, &config)?)
+            }
+            ExecutorKind::Remote => {
+                let mut config = RemoteConfig::new(&self.python, model.info.root.display().to_string());
+                config.device = match self.device {
+                    Device::Auto => SidecarDevice::Auto,
+                    Device::Cpu => SidecarDevice::Cpu,
+                    Device::Cuda => SidecarDevice::Cuda,
+                    Device::Neuron => SidecarDevice::Neuron,
+                };
+                config.threads = self.threads;
+                // From a checkout, the sidecar package is the repo's python/ folder.
+                let local = PathBuf::from("python");
+                if local.join("anyaccel_sidecar").is_dir() {
+                    config.python_path = Some(local);
+                }
+                Arc::new(RemoteExecutor::spawn(config)?)
+            }
         };
-        let executor = OnnxExecutor::load(&model.info.root, &config)?;
-        Ok(Pipeline::new(Arc::new(executor), model, limits, defaults))
+        Ok(Pipeline::new(executor, model, limits, defaults))
     }
 }
 

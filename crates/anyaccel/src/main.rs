@@ -1,5 +1,6 @@
 //! `anyaccel`: one binary for generating, serving, deploying and benchmarking.
 
+mod compile;
 mod generate;
 mod serve;
 
@@ -19,10 +20,21 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Serve the OpenAI, native jobs and A1111 APIs over HTTP.
     Serve(serve::ServeArgs),
+    /// Export a model for one target (onnx-fp32, onnx-fp16, neuron) with its manifest.
+    Compile(compile::CompileArgs),
+    /// Kubernetes manifests for a fleet of accelerator pools.
+    #[command(subcommand)]
+    Deploy(DeployCommand),
     /// Drive a running endpoint and find its breaking point under an SLO.
     Bench(Box<anyaccel_bench::BenchArgs>),
     /// Turn bench results and prices into cost per image, pool weights and KEDA targets.
     Plan(Box<anyaccel_bench::PlanArgs>),
+}
+
+#[derive(Subcommand)]
+enum DeployCommand {
+    /// Render a cluster description (TOML) to YAML, or to one file per object with --out.
+    Render(anyaccel_deploy::RenderArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +46,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Compile(args) => compile::run(args),
+        Command::Deploy(DeployCommand::Render(args)) => Ok(anyaccel_deploy::run(&args)?),
         Command::Bench(args) => Ok(anyaccel_bench::run_bench(&args)?),
         Command::Plan(args) => Ok(anyaccel_bench::run_plan(&args)?),
     }

@@ -185,10 +185,12 @@ impl Batcher {
     pub fn submit(&self, request: GenerationRequest, idempotency_key: Option<String>) -> Result<Arc<Job>, AdmissionError> {
         let inner = &self.inner;
         let mut st = inner.lock();
-        if let Some(key) = &idempotency_key {
-            if let Some(job) = st.idempotency.get(key).and_then(|id| st.jobs.get(id)) {
-                return Ok(job.clone());
-            }
+        if let Some(job) = idempotency_key
+            .as_ref()
+            .and_then(|key| st.idempotency.get(key))
+            .and_then(|id| st.jobs.get(id))
+        {
+            return Ok(job.clone());
         }
         let retry = retry_after(&st);
         if st.draining || st.shutdown {
@@ -250,14 +252,17 @@ impl Batcher {
         if job.state().status.is_terminal() {
             return false;
         }
-        if let Some(pos) = st.queue.iter().position(|j| j.id == job.id) {
-            if let Some(j) = st.queue.remove(pos) {
-                st.queued_work -= j.request.work();
-                j.finish(JobStatus::Cancelled, None, None);
-                self.inner.telemetry.job_finished(JobStatus::Cancelled, 0);
-                schedule_expiry(&mut st, &self.inner.config, &j.id);
-                publish_positions(&st);
-            }
+        if let Some(j) = st
+            .queue
+            .iter()
+            .position(|j| j.id == job.id)
+            .and_then(|pos| st.queue.remove(pos))
+        {
+            st.queued_work -= j.request.work();
+            j.finish(JobStatus::Cancelled, None, None);
+            self.inner.telemetry.job_finished(JobStatus::Cancelled, 0);
+            schedule_expiry(&mut st, &self.inner.config, &j.id);
+            publish_positions(&st);
         }
         true
     }

@@ -160,6 +160,12 @@ pub enum ExecutorError {
 pub trait Executor: Send + Sync {
     fn capabilities(&self) -> &Capabilities;
 
+    /// Whether calls can succeed now (a remote executor is down while its
+    /// sidecar restarts); readiness probes report it.
+    fn is_ready(&self) -> bool {
+        true
+    }
+
     /// `[batch, len]` token ids to `[batch, len, dim]` hidden states.
     fn encode_text(&self, ids: &TokenIds) -> Result<Tensor, ExecutorError>;
 

@@ -80,7 +80,11 @@ impl Model {
         let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer"))?;
 
         let unet = optional_config(&root.join("unet/config.json"))?;
-        let vae = optional_config(&root.join("vae_decoder/config.json"))?;
+        // optimum's ONNX layout has vae_decoder/; diffusers' own has vae/.
+        let vae = match optional_config(&root.join("vae_decoder/config.json"))? {
+            Some(v) => Some(v),
+            None => optional_config(&root.join("vae/config.json"))?,
+        };
         let latent_channels = unet
             .as_ref()
             .and_then(|c| c.get("in_channels"))
@@ -102,15 +106,7 @@ impl Model {
             .and_then(|c| c.get("sample_size"))
             .and_then(Value::as_u64)
             .unwrap_or(64) as u32;
-        for component in ["text_encoder", "unet", "vae_decoder"] {
-            let p = root.join(component).join("model.onnx");
-            if !p.is_file() {
-                return Err(ModelError::File {
-                    path: p,
-                    message: format!("missing; expected the {component} ONNX model"),
-                });
-            }
-        }
+        // The executor checks the weight files it needs (ONNX, diffusers or Neuron).
         let hash = weights_hash(root)?;
         Ok(Self {
             info: ModelInfo {
@@ -151,7 +147,7 @@ fn optional_config(path: &Path) -> Result<Option<Value>, ModelError> {
 /// SHA-256 over every weight file of the ONNX components, in path order.
 fn weights_hash(root: &Path) -> Result<String, ModelError> {
     let mut files = Vec::new();
-    for component in ["text_encoder", "unet", "vae_decoder", "vae_encoder"] {
+    for component in ["text_encoder", "unet", "vae_decoder", "vae_encoder", "vae"] {
         let dir = root.join(component);
         let Ok(entries) = std::fs::read_dir(&dir) else { continue };
         for e in entries.flatten() {

@@ -80,7 +80,7 @@ impl NoiseGenerator {
             box_muller_16(&mut data[i..i + 16]);
             i += 16;
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             // torch redraws the last 16 values and transforms them again.
             let tail = n - 16;
             for v in &mut data[tail..] {

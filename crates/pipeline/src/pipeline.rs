@@ -199,17 +199,17 @@ impl Pipeline {
                 ));
             }
         }
-        if let anyaccel_executor::Shapes::Static { sizes, .. } = &self.executor.capabilities().shapes {
-            if !sizes.contains(&(width, height)) {
-                let list: Vec<String> = sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect();
-                return Err(ValidationError::new(
-                    "size",
-                    format!(
-                        "{width}x{height} is not compiled for this accelerator; available: {}",
-                        list.join(", ")
-                    ),
-                ));
-            }
+        if let anyaccel_executor::Shapes::Static { sizes, .. } = &self.executor.capabilities().shapes
+            && !sizes.contains(&(width, height))
+        {
+            let list: Vec<String> = sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect();
+            return Err(ValidationError::new(
+                "size",
+                format!(
+                    "{width}x{height} is not compiled for this accelerator; available: {}",
+                    list.join(", ")
+                ),
+            ));
         }
         let init = match p.init_image {
             None => {

@@ -294,7 +294,7 @@ async fn api_loop(buffer: Arc<Mutex<Buffer>>, config: CloudWatchConfig, dims: Ve
                         _ => "timed out".into(),
                     };
                     // One line per outage, then every hundredth failure.
-                    if failures == 1 || failures % 100 == 0 {
+                    if failures == 1 || failures.is_multiple_of(100) {
                         tracing::warn!(error = %why, failures, "PutMetricData failed; keeping the datums for the next attempt");
                     }
                     let mut b = buffer.lock().unwrap_or_else(|p| p.into_inner());

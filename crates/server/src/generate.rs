@@ -81,11 +81,11 @@ struct CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some(job) = self.job.take() {
-            if !job.state().status.is_terminal() {
-                tracing::info!(job = %job.id, "client went away; cancelling");
-                self.batcher.cancel(&job);
-            }
+        if let Some(job) = self.job.take()
+            && !job.state().status.is_terminal()
+        {
+            tracing::info!(job = %job.id, "client went away; cancelling");
+            self.batcher.cancel(&job);
         }
     }
 }

@@ -32,14 +32,20 @@ pub async fn live() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: model loaded, warm-up done for every size, not draining.
+/// Readiness: model loaded, warm-up done for every size, executor up, not draining.
 #[utoipa::path(get, path = "/health/ready", tag = "health", responses(
     (status = 200, body = Health), (status = 503, description = "Warming up or draining", body = Health)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         Json(Health { status: "ready" }).into_response()
     } else {
-        let status = if state.batcher.is_draining() { "draining" } else { "warming_up" };
+        let status = if state.batcher.is_draining() {
+            "draining"
+        } else if !state.pipeline().executor().is_ready() {
+            "executor_down"
+        } else {
+            "warming_up"
+        };
         (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status })).into_response()
     }
 }

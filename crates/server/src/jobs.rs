@@ -169,10 +169,8 @@ pub async fn submit(
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    if let Some(k) = &key {
-        if k.len() > 256 {
-            return Err(ApiError::invalid("Idempotency-Key", "must be at most 256 characters"));
-        }
+    if key.as_ref().is_some_and(|k| k.len() > 256) {
+        return Err(ApiError::invalid("Idempotency-Key", "must be at most 256 characters"));
     }
     let size = generate::parse_size(&state, body.size.as_deref(), "size")?;
     let init_image = match &body.image {

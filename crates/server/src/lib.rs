@@ -92,7 +92,7 @@ impl AppState {
 
     /// Ready: warmed up for every size and not draining.
     pub fn is_ready(&self) -> bool {
-        self.warmed.load(Ordering::SeqCst) && !self.batcher.is_draining()
+        self.warmed.load(Ordering::SeqCst) && !self.batcher.is_draining() && self.pipeline().executor().is_ready()
     }
 
     pub fn batcher(&self) -> &Batcher {

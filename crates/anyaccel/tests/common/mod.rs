@@ -48,10 +48,11 @@ pub fn serve_with(extra: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Server
     };
     let started = Instant::now();
     loop {
-        if let Ok(r) = ureq::get(&format!("{}/health/ready", server.base)).call() {
-            if r.status() == 200 {
-                return server;
-            }
+        if ureq::get(&format!("{}/health/ready", server.base))
+            .call()
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return server;
         }
         assert!(started.elapsed() < Duration::from_secs(60), "server never became ready");
         std::thread::sleep(Duration::from_millis(100));

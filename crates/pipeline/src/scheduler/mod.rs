@@ -432,7 +432,7 @@ impl Schedule {
         let lambda_t = lambda(alpha_t, sigma_t);
         let lambda_s0 = lambda(alpha_s0, sigma_s0);
         let h = lambda_t - lambda_s0;
-        let ratio = (sigma_t / sigma_s0) as f32;
+        let ratio = sigma_t / sigma_s0;
         let coef = (alpha_t as f64 * ((-h).exp() - 1.0)) as f32;
         match (&state.prev_x0, state.lower_order_nums < 1 || lower_order_final) {
             (Some(prev), false) => {

@@ -1,0 +1,849 @@
+//! The objects of one pool: Deployment, Service, PodDisruptionBudget,
+//! KEDA ScaledObject (+ TriggerAuthentication), Karpenter NodePool and
+//! EC2NodeClass.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::autoscaling::v2::{
+    HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscalerBehavior,
+};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
+    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
+    Service, ServicePort, ServiceSpec, SleepAction, Taint, TopologySpreadConstraint, Volume,
+    VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    GRACE_MARGIN_SECS, PATH_LIVE, PATH_METRICS, PATH_READY, POOL_LABEL, PRESTOP_SLEEP_SECS,
+    RenderedObject, SERVER_PORT, SERVICE_PORT, env, meta, node_pool_name, node_selector,
+    pool_labels, pool_object_name, pool_selector, pool_tolerations, restricted_container_security,
+    restricted_pod_security,
+};
+use crate::config::{
+    AcceleratorKind, CloudWatchPublish, ClusterConfig, InstanceSelector, Pool, PrometheusSignal,
+    ScalingTrigger,
+};
+use crate::crd::{
+    AdvancedConfig, AmiSelectorTerm, AuthenticationKind, AuthenticationRef, BlockDevice,
+    BlockDeviceMapping, Budget, ConsolidationPolicy, CrdKind, Disruption, DisruptionReason,
+    Ec2NodeClass, Ec2NodeClassSpec, Fallback, FallbackBehavior, HorizontalPodAutoscalerConfig,
+    HttpTokens, MetadataOptions, MetricTargetType, NodeClaimTemplate, NodeClaimTemplateMetadata,
+    NodeClaimTemplateSpec, NodeClassReference, NodePool, NodePoolSpec,
+    NodeSelectorRequirementWithMinValues as Req, PodIdentity, ScaleTargetRef, ScaleTrigger,
+    ScaledObject, ScaledObjectSpec, SecurityGroupSelectorTerm, SubnetSelectorTerm, Toggle,
+    TriggerAuthentication, TriggerAuthenticationSpec, VolumeType,
+};
+use crate::error::DeployError;
+use crate::keda::{
+    CLOUDWATCH_BACKLOG_METRIC, CLOUDWATCH_DIMENSION_ACCELERATOR, CLOUDWATCH_DIMENSION_MODEL,
+    CLOUDWATCH_DIMENSION_POOL, CLOUDWATCH_NAMESPACE, CloudWatchMetadata, CloudWatchMetric,
+    PrometheusMetadata, ScalerType, check_trigger,
+};
+
+/// `terminationGracePeriodSeconds`: preStop sleep, then the server's drain,
+/// then a margin; always longer than the drain timeout.
+pub fn grace_period_secs(pool: &Pool) -> u32 {
+    PRESTOP_SLEEP_SECS + pool.drain_timeout_secs() + GRACE_MARGIN_SECS
+}
+
+/// Seconds between startup probe attempts; the probe's failureThreshold
+/// turns the pool's startup budget into attempts.
+const STARTUP_PERIOD_SECS: i32 = 10;
+
+fn http_probe(path: &str, period: i32, timeout: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(timeout),
+        failure_threshold: Some(failures),
+        success_threshold: Some(1),
+        ..Default::default()
+    }
+}
+
+/// Env that tells a server pod who it is, shared with the compile Job.
+pub(super) fn identity_env(cfg: &ClusterConfig, pool: &Pool) -> Vec<EnvVar> {
+    let mut e = vec![
+        env(anyaccel_metrics::env::POOL, pool.name()),
+        env(
+            anyaccel_metrics::env::ACCELERATOR,
+            pool.accelerator().as_str(),
+        ),
+        env(anyaccel_metrics::env::MODEL, cfg.artifact_of(pool).repo()),
+        env("ANYACCEL_DEVICE", pool.accelerator().server_device()),
+        // Hub downloads land on the model cache volume, not the read-only
+        // root filesystem.
+        env("HF_HOME", "/models/hf"),
+    ];
+    if let Some(secret) = cfg.hub_token_secret() {
+        e.push(hub_token_env(secret, true));
+    }
+    e
+}
+
+/// Env that makes the server publish its metrics to CloudWatch, once per
+/// KEDA period, when the pool scales on CloudWatch.
+fn cloudwatch_env(pool: &Pool) -> Vec<EnvVar> {
+    match pool.trigger() {
+        ScalingTrigger::CloudWatch {
+            region,
+            stat_period_secs,
+            publish,
+            ..
+        } => vec![
+            env("ANYACCEL_CLOUDWATCH", publish.as_str()),
+            env("ANYACCEL_CLOUDWATCH_REGION", region.as_str()),
+            // One datapoint per replica per period: KEDA's Sum over a
+            // period is then the pool's total backlog.
+            env(
+                "ANYACCEL_CLOUDWATCH_INTERVAL_SECS",
+                stat_period_secs.to_string(),
+            ),
+        ],
+        ScalingTrigger::Prometheus { .. } => Vec::new(),
+    }
+}
+
+pub(super) fn hub_token_env(secret: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: "HF_TOKEN".into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: "token".into(),
+                optional: Some(optional),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Requests and limits: memory limit = request (no surprise OOM kills from
+/// overcommit), no CPU limit (throttling would stretch every request), the
+/// device count as both, and the model cache as ephemeral storage so the
+/// scheduler places pods where the cache fits.
+pub(super) fn pool_resources(pool: &Pool) -> ResourceRequirements {
+    let r = pool.resources();
+    let mut requests = BTreeMap::from([
+        ("cpu".to_string(), Quantity(r.cpu.clone())),
+        ("memory".to_string(), Quantity(r.memory.clone())),
+        (
+            "ephemeral-storage".to_string(),
+            Quantity(pool.model_cache_size().to_string()),
+        ),
+    ]);
+    let mut limits = BTreeMap::from([("memory".to_string(), Quantity(r.memory.clone()))]);
+    if let Some(device) = pool.accelerator().device_resource() {
+        requests.insert(device.into(), Quantity(r.devices.to_string()));
+        limits.insert(device.into(), Quantity(r.devices.to_string()));
+    }
+    ResourceRequirements {
+        requests: Some(requests),
+        limits: Some(limits),
+        ..Default::default()
+    }
+}
+
+/// `/tmp` and `/models` volumes (the root filesystem is read-only).
+pub(super) fn scratch_volumes(
+    tmp_size: &str,
+    model_cache_size: &str,
+) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let empty_dir = |size: &str| EmptyDirVolumeSource {
+        size_limit: Some(Quantity(size.into())),
+        ..Default::default()
+    };
+    let volumes = vec![
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(empty_dir(tmp_size)),
+            ..Default::default()
+        },
+        Volume {
+            name: "models".into(),
+            empty_dir: Some(empty_dir(model_cache_size)),
+            ..Default::default()
+        },
+    ];
+    let mounts = vec![
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "models".into(),
+            mount_path: "/models".into(),
+            ..Default::default()
+        },
+    ];
+    (volumes, mounts)
+}
+
+pub fn deployment(cfg: &ClusterConfig, pool: &Pool) -> Deployment {
+    let name = pool_object_name(pool);
+    let mut env = identity_env(cfg, pool);
+    env.insert(3, super::env("ANYACCEL_PORT", SERVER_PORT.to_string()));
+    env.push(super::env(
+        "ANYACCEL_DRAIN_TIMEOUT_SECS",
+        pool.drain_timeout_secs().to_string(),
+    ));
+    env.extend(cloudwatch_env(pool));
+    let (volumes, mounts) = scratch_volumes("2Gi", pool.model_cache_size());
+
+    let startup_failures = pool
+        .startup_timeout_secs()
+        .div_ceil(STARTUP_PERIOD_SECS as u32);
+    let container = Container {
+        name: "server".into(),
+        image: Some(cfg.image_for(pool.accelerator())),
+        image_pull_policy: Some(cfg.pull_policy().into()),
+        args: Some(vec!["serve".into()]),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: SERVER_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: Some(pool_resources(pool)),
+        // Startup gates the other probes until the model is loaded and
+        // warmed up, so a slow load is never mistaken for a hung server.
+        startup_probe: Some(http_probe(
+            PATH_READY,
+            STARTUP_PERIOD_SECS,
+            5,
+            startup_failures as i32,
+        )),
+        // Ready drops fast (10 s) so a draining or overloaded replica leaves
+        // the Service and the ALB target group quickly.
+        readiness_probe: Some(http_probe(PATH_READY, 5, 3, 2)),
+        // Live tolerates a minute: a CPU replica in the middle of a denoising
+        // loop may answer slowly, and a restart costs a model reload.
+        liveness_probe: Some(http_probe(PATH_LIVE, 10, 5, 6)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: i64::from(PRESTOP_SLEEP_SECS),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(mounts),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+
+    let mut pod_labels = pool_labels(pool, "server");
+    pod_labels.extend(pool_selector(pool));
+    let annotations = BTreeMap::from([
+        ("prometheus.io/scrape".to_string(), "true".to_string()),
+        ("prometheus.io/port".to_string(), SERVER_PORT.to_string()),
+        ("prometheus.io/path".to_string(), PATH_METRICS.to_string()),
+    ]);
+
+    Deployment {
+        metadata: meta(&name, Some(cfg.namespace()), pool_labels(pool, "server")),
+        spec: Some(DeploymentSpec {
+            // No `replicas`: KEDA's HPA owns the count, and re-applying these
+            // manifests must not reset it.
+            selector: LabelSelector {
+                match_labels: Some(pool_selector(pool)),
+                ..Default::default()
+            },
+            // Surge, never go below capacity: a replaced replica is only
+            // removed once its successor has loaded the model.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            revision_history_limit: Some(5),
+            progress_deadline_seconds: Some(
+                (pool.startup_timeout_secs() + 600).min(i32::MAX as u32) as i32,
+            ),
+            template: PodTemplateSpec {
+                metadata: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    service_account_name: Some(super::cluster::SERVER_SERVICE_ACCOUNT.into()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(restricted_pod_security()),
+                    node_selector: Some(node_selector(cfg, pool)),
+                    tolerations: Some(pool_tolerations(pool)),
+                    termination_grace_period_seconds: Some(i64::from(grace_period_secs(pool))),
+                    topology_spread_constraints: Some(vec![TopologySpreadConstraint {
+                        max_skew: 1,
+                        topology_key: "topology.kubernetes.io/zone".into(),
+                        // Spread for availability, but never leave a pod
+                        // pending because one zone lacks capacity.
+                        when_unsatisfiable: "ScheduleAnyway".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(pool_selector(pool)),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    volumes: Some(volumes),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// ALB health check of every target group: the readiness path, so a
+/// loading, draining or overloaded replica gets no new requests.
+pub fn health_check_annotations() -> BTreeMap<String, String> {
+    [
+        ("healthcheck-path", PATH_READY),
+        ("healthcheck-port", "traffic-port"),
+        ("healthcheck-protocol", "HTTP"),
+        ("healthcheck-interval-seconds", "10"),
+        ("healthcheck-timeout-seconds", "5"),
+        ("healthy-threshold-count", "2"),
+        ("unhealthy-threshold-count", "2"),
+        ("success-codes", "200"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("alb.ingress.kubernetes.io/{k}"), v.to_string()))
+    .collect()
+}
+
+/// ALB target group settings for a pool's Service (the load balancer
+/// controller reads them from the Service, one target group per Service).
+pub fn target_group_annotations(pool: &Pool) -> BTreeMap<String, String> {
+    let mut a = health_check_annotations();
+    // The ALB keeps a deregistered target's in-flight requests this long;
+    // it covers the preStop sleep plus the server's own drain.
+    let deregistration = PRESTOP_SLEEP_SECS + pool.drain_timeout_secs();
+    // Least outstanding requests: requests take seconds and vary with steps
+    // and size, so round robin would pile work on a busy replica.
+    a.insert(
+        "alb.ingress.kubernetes.io/target-group-attributes".into(),
+        format!(
+            "deregistration_delay.timeout_seconds={deregistration},load_balancing.algorithm.type=least_outstanding_requests"
+        ),
+    );
+    a
+}
+
+pub fn service(cfg: &ClusterConfig, pool: &Pool) -> Service {
+    let mut m = meta(
+        &pool_object_name(pool),
+        Some(cfg.namespace()),
+        pool_labels(pool, "server"),
+    );
+    m.annotations = Some(target_group_annotations(pool));
+    Service {
+        metadata: m,
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(pool_selector(pool)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: SERVICE_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                app_protocol: Some("http".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn disruption_budget(cfg: &ClusterConfig, pool: &Pool) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(
+            &pool_object_name(pool),
+            Some(cfg.namespace()),
+            pool_labels(pool, "server"),
+        ),
+        spec: Some(PodDisruptionBudgetSpec {
+            // One replica at a time through voluntary disruptions (Karpenter
+            // consolidation and drift, node upgrades): each reload costs
+            // minutes of that replica's capacity.
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(pool_selector(pool)),
+                ..Default::default()
+            }),
+            // A replica that never became ready holds no capacity; it must
+            // not block a node drain.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// HPA behaviour for seconds-long requests on replicas that take minutes to
+/// start. Up: no stabilization, double or +4 per minute (whichever is
+/// more), because capacity asked for now arrives minutes later. Down: hold
+/// the highest recommendation of the pool's window (traffic comes in waves
+/// and a removed replica is slow to bring back), then shed a quarter (or
+/// at least one replica, so small pools can shrink at all: a percentage of
+/// two or three replicas rounds to zero) per two minutes.
+pub fn hpa_behavior(pool: &Pool) -> HorizontalPodAutoscalerBehavior {
+    let policy = |type_: &str, value: i32, period: i32| HPAScalingPolicy {
+        type_: type_.into(),
+        value,
+        period_seconds: period,
+    };
+    HorizontalPodAutoscalerBehavior {
+        scale_up: Some(HPAScalingRules {
+            stabilization_window_seconds: Some(0),
+            select_policy: Some("Max".into()),
+            policies: Some(vec![policy("Percent", 100, 60), policy("Pods", 4, 60)]),
+            ..Default::default()
+        }),
+        scale_down: Some(HPAScalingRules {
+            stabilization_window_seconds: Some(pool.scale_down_window_secs() as i32),
+            select_policy: Some("Max".into()),
+            policies: Some(vec![policy("Percent", 25, 120), policy("Pods", 1, 120)]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The pool's trigger and, for CloudWatch, its TriggerAuthentication.
+/// Checks the trigger the way KEDA's scaler will before emitting anything.
+pub fn autoscaling(
+    cfg: &ClusterConfig,
+    pool: &Pool,
+    out: &mut Vec<RenderedObject>,
+) -> Result<(), DeployError> {
+    let name = pool_object_name(pool);
+    let (trigger, polling, auth) = match pool.trigger() {
+        ScalingTrigger::Prometheus {
+            server_address,
+            signal,
+        } => {
+            let query = match signal {
+                PrometheusSignal::BacklogSeconds => anyaccel_metrics::backlog_query(pool.name()),
+                PrometheusSignal::QueueDepth => anyaccel_metrics::queue_depth_query(pool.name()),
+            };
+            let md = PrometheusMetadata {
+                server_address: server_address.clone(),
+                query,
+                threshold: pool.scale_target(),
+            };
+            let trigger = ScaleTrigger {
+                type_: ScalerType::Prometheus,
+                name: Some(trigger_name(*signal)),
+                metadata: md.to_map(),
+                // The query sums the pool; the HPA divides by the threshold.
+                metric_type: Some(MetricTargetType::AverageValue),
+                authentication_ref: None,
+                use_cached_metrics: true,
+            };
+            // Prometheus scrapes every 15 s or so; polling faster re-reads
+            // the same sample.
+            (trigger, 15, None)
+        }
+        ScalingTrigger::CloudWatch {
+            region,
+            role_arn,
+            stat_period_secs,
+            collection_time_secs,
+            publish,
+        } => {
+            let auth_name = format!("{name}-aws");
+            let md = CloudWatchMetadata {
+                metric: CloudWatchMetric::Dimensions {
+                    namespace: CLOUDWATCH_NAMESPACE.into(),
+                    metric_name: CLOUDWATCH_BACKLOG_METRIC.into(),
+                    dimensions: vec![
+                        (CLOUDWATCH_DIMENSION_POOL.into(), pool.name().into()),
+                        (
+                            CLOUDWATCH_DIMENSION_ACCELERATOR.into(),
+                            pool.accelerator().as_str().into(),
+                        ),
+                        (
+                            CLOUDWATCH_DIMENSION_MODEL.into(),
+                            cfg.artifact_of(pool).repo().into(),
+                        ),
+                    ],
+                },
+                aws_region: region.clone(),
+                // Each replica publishes its backlog under the same
+                // dimensions once per period (the Deployment sets the
+                // interval to the period), so a period's Sum is the pool's
+                // total backlog, counting only replicas that report.
+                metric_stat: "Sum".into(),
+                metric_stat_period: *stat_period_secs,
+                metric_collection_time: *collection_time_secs,
+                // A replica's datapoint reaches CloudWatch some seconds after
+                // its sample (EMF through an agent takes longer than the
+                // API); a period read too early would be missing replicas
+                // and its Sum would under-count.
+                metric_end_time_offset: match publish {
+                    CloudWatchPublish::Api => 30,
+                    CloudWatchPublish::Emf => 60,
+                },
+                target_metric_value: pool.scale_target(),
+                min_metric_value: 0.0,
+            };
+            let trigger = ScaleTrigger {
+                type_: ScalerType::AwsCloudwatch,
+                name: Some("backlog-seconds".into()),
+                metadata: md.to_map(),
+                // Total / per-replica target, as with Prometheus. (An
+                // Average with metricType Value would be multiplied by the
+                // ready replicas only, while replicas still loading their
+                // model report zero: it under-scales during scale-out.)
+                metric_type: Some(MetricTargetType::AverageValue),
+                authentication_ref: Some(AuthenticationRef {
+                    name: auth_name.clone(),
+                    kind: Some(AuthenticationKind::TriggerAuthentication),
+                }),
+                use_cached_metrics: true,
+            };
+            let auth = TriggerAuthentication::new(
+                meta(
+                    &auth_name,
+                    Some(cfg.namespace()),
+                    pool_labels(pool, "autoscaling"),
+                ),
+                TriggerAuthenticationSpec {
+                    pod_identity: Some(PodIdentity::aws(role_arn.clone())),
+                },
+            );
+            // CloudWatch holds one datapoint per period: poll once a period.
+            (trigger, (*stat_period_secs).max(15), Some(auth))
+        }
+    };
+
+    let pod_identity_aws = auth.is_some();
+    check_trigger(
+        trigger.type_.as_str(),
+        &trigger.metadata,
+        trigger.metric_type.map(MetricTargetType::as_str),
+        pod_identity_aws,
+    )
+    .map_err(|message| DeployError::Rejected {
+        object: format!("ScaledObject/{}/{name}", cfg.namespace()),
+        message,
+    })?;
+    // KEDA's webhook: the HPA it creates is named keda-hpa-<name> and that
+    // name is used as a label value.
+    let hpa_name = format!("keda-hpa-{name}");
+    if hpa_name.len() > 63 {
+        return Err(DeployError::Rejected {
+            object: format!("ScaledObject/{}/{name}", cfg.namespace()),
+            message: format!("HPA name {hpa_name:?} is longer than 63 characters"),
+        });
+    }
+
+    let so = ScaledObject::new(
+        meta(
+            &name,
+            Some(cfg.namespace()),
+            pool_labels(pool, "autoscaling"),
+        ),
+        ScaledObjectSpec {
+            scale_target_ref: ScaleTargetRef {
+                api_version: Some("apps/v1".into()),
+                kind: Some("Deployment".into()),
+                name: name.clone(),
+                env_source_container_name: None,
+            },
+            // With useCachedMetrics KEDA queries the source once per polling
+            // interval and the HPA (every 15 s) reads the cache, instead of
+            // one query per HPA sync per metrics-server replica.
+            polling_interval: Some(polling as i32),
+            // No cooldownPeriod: it only governs scaling to zero, and every
+            // pool keeps at least one replica behind the ALB; scale-down pace
+            // is the HPA behaviour below.
+            cooldown_period: None,
+            initial_cooldown_period: None,
+            idle_replica_count: None,
+            min_replica_count: Some(pool.min_replicas() as i32),
+            max_replica_count: Some(pool.max_replicas() as i32),
+            // If the metric source fails three polls in a row, hold the
+            // current size rather than collapse to minReplicas mid-burst.
+            fallback: Some(Fallback {
+                failure_threshold: 3,
+                replicas: pool.min_replicas() as i32,
+                behavior: Some(FallbackBehavior::CurrentReplicas),
+            }),
+            advanced: Some(AdvancedConfig {
+                horizontal_pod_autoscaler_config: Some(HorizontalPodAutoscalerConfig {
+                    name: None,
+                    behavior: Some(hpa_behavior(pool)),
+                }),
+                restore_to_original_replica_count: None,
+            }),
+            triggers: vec![trigger],
+        },
+    );
+    if let Some(auth) = auth {
+        out.push(RenderedObject::from_typed(&auth)?);
+    }
+    out.push(RenderedObject::from_typed(&so)?);
+    Ok(())
+}
+
+fn trigger_name(signal: PrometheusSignal) -> String {
+    match signal {
+        PrometheusSignal::BacklogSeconds => "backlog-seconds".into(),
+        PrometheusSignal::QueueDepth => "queue-depth".into(),
+    }
+}
+
+/// Karpenter node labels the NodePool requirements use.
+pub const LABEL_INSTANCE_FAMILY: &str = "karpenter.k8s.aws/instance-family";
+pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
+pub const LABEL_GPU_MANUFACTURER: &str = "karpenter.k8s.aws/instance-gpu-manufacturer";
+pub const LABEL_ACCELERATOR_MANUFACTURER: &str =
+    "karpenter.k8s.aws/instance-accelerator-manufacturer";
+
+fn requirements(pool: &Pool) -> Vec<Req> {
+    let mut r = vec![
+        Req::is_in("kubernetes.io/arch", vec![pool.accelerator().arch().into()]),
+        Req::is_in("kubernetes.io/os", vec!["linux".into()]),
+        Req::is_in(
+            "karpenter.sh/capacity-type",
+            pool.capacity().karpenter_values(),
+        ),
+        match pool.instances() {
+            InstanceSelector::Families(f) => Req::is_in(LABEL_INSTANCE_FAMILY, f.clone()),
+            InstanceSelector::Types(t) => Req::is_in(LABEL_INSTANCE_TYPE, t.clone()),
+        },
+    ];
+    // The hardware itself, so a broad family list can never yield a node
+    // without the device (or a CPU pool a node that pays for one).
+    match pool.accelerator() {
+        AcceleratorKind::Nvidia => {
+            r.push(Req::is_in(LABEL_GPU_MANUFACTURER, vec!["nvidia".into()]))
+        }
+        AcceleratorKind::Neuron => r.push(Req::is_in(
+            LABEL_ACCELERATOR_MANUFACTURER,
+            vec!["aws".into()],
+        )),
+        AcceleratorKind::CpuAmd64 | AcceleratorKind::CpuArm64 => {
+            r.push(Req::absent(LABEL_GPU_MANUFACTURER));
+            r.push(Req::absent(LABEL_ACCELERATOR_MANUFACTURER));
+        }
+    }
+    r
+}
+
+/// Taints on a pool's nodes: every pool's nodes carry `anyaccel.io/pool`,
+/// so no other workload's pending pod makes Karpenter launch (or fill) an
+/// inference node; GPU and Neuron nodes also carry the device taint the
+/// device plugins tolerate.
+pub fn node_taints(pool: &Pool) -> Vec<Taint> {
+    let mut t = vec![Taint {
+        key: POOL_LABEL.into(),
+        value: Some(pool.name().into()),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    }];
+    if let Some(device) = pool.accelerator().device_resource() {
+        t.push(Taint {
+            key: device.into(),
+            value: None,
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        });
+    }
+    t
+}
+
+/// NodePool limits. Accelerator pools are capped by device count, CPU pools
+/// by vCPUs. The cap covers max_replicas plus the 25% rolling-update surge
+/// (else a rollout at full size would stall); CPU pools get twice the pods'
+/// CPU since nodes also run DaemonSets and rarely pack perfectly.
+pub fn node_limits(pool: &Pool) -> BTreeMap<String, Quantity> {
+    let with_surge = pool.max_replicas() + pool.max_replicas().div_ceil(4);
+    match pool.accelerator().device_resource() {
+        Some(device) => BTreeMap::from([(
+            device.to_string(),
+            Quantity((with_surge * pool.resources().devices).to_string()),
+        )]),
+        None => {
+            let per_pod = cpu_cores(&pool.resources().cpu);
+            let cores = (per_pod * f64::from(with_surge) * 2.0).ceil().max(1.0);
+            BTreeMap::from([("cpu".to_string(), Quantity(format!("{cores}")))])
+        }
+    }
+}
+
+/// Cores in a CPU quantity ("3", "3500m", "0.5").
+fn cpu_cores(q: &str) -> f64 {
+    match q.strip_suffix('m') {
+        Some(milli) => milli.parse::<f64>().map_or(1.0, |m| m / 1000.0),
+        None => q.parse::<f64>().unwrap_or(1.0),
+    }
+}
+
+pub fn node_pool(cfg: &ClusterConfig, pool: &Pool) -> NodePool {
+    let name = node_pool_name(cfg, pool);
+    let accelerated = pool.accelerator().device_resource().is_some();
+    let labels = BTreeMap::from([
+        (POOL_LABEL.to_string(), pool.name().to_string()),
+        (
+            super::ACCELERATOR_LABEL.to_string(),
+            pool.accelerator().as_str().to_string(),
+        ),
+    ]);
+    NodePool::new(
+        meta(&name, None, pool_labels(pool, "nodes")),
+        NodePoolSpec {
+            template: NodeClaimTemplate {
+                metadata: Some(NodeClaimTemplateMetadata {
+                    labels,
+                    annotations: BTreeMap::new(),
+                }),
+                spec: NodeClaimTemplateSpec {
+                    node_class_ref: NodeClassReference {
+                        group: Ec2NodeClassSpec::GROUP.into(),
+                        kind: Ec2NodeClassSpec::KIND.into(),
+                        name: name.clone(),
+                    },
+                    requirements: requirements(pool),
+                    taints: node_taints(pool),
+                    startup_taints: Vec::new(),
+                    // Monthly node replacement picks up patched AMIs.
+                    expire_after: Some("720h".into()),
+                    // Upper bound on a node drain: well past any pod's grace
+                    // period, so a stuck eviction cannot pin a node forever.
+                    termination_grace_period: Some("30m".into()),
+                },
+            },
+            disruption: Some(Disruption {
+                // GPU/Neuron nodes run one or few replicas each, so they are
+                // either busy or empty; repacking them would only restart
+                // replicas. CPU nodes hold several and repack usefully.
+                consolidation_policy: Some(if accelerated {
+                    ConsolidationPolicy::WhenEmpty
+                } else {
+                    ConsolidationPolicy::WhenEmptyOrUnderutilized
+                }),
+                // Longer than the HPA scale-down window's tail, so a node
+                // emptied by a dip survives the next wave.
+                consolidate_after: if accelerated {
+                    "10m".into()
+                } else {
+                    "5m".into()
+                },
+                budgets: vec![
+                    Budget {
+                        nodes: "10%".into(),
+                        reasons: Vec::new(),
+                        schedule: None,
+                        duration: None,
+                    },
+                    // AMI or config drift replaces one node at a time.
+                    Budget {
+                        nodes: "1".into(),
+                        reasons: vec![DisruptionReason::Drifted],
+                        schedule: None,
+                        duration: None,
+                    },
+                ],
+            }),
+            limits: node_limits(pool),
+            weight: pool.node_pool_weight().map(i32::from),
+        },
+    )
+}
+
+pub fn ec2_node_class(cfg: &ClusterConfig, pool: &Pool) -> Ec2NodeClass {
+    let name = node_pool_name(cfg, pool);
+    let accelerated = pool.accelerator().device_resource().is_some();
+    let discovery = BTreeMap::from([(
+        "karpenter.sh/discovery".to_string(),
+        cfg.cluster_name().to_string(),
+    )]);
+    Ec2NodeClass::new(
+        meta(&name, None, pool_labels(pool, "nodes")),
+        Ec2NodeClassSpec {
+            role: cfg.node_role().into(),
+            // AL2023: Karpenter resolves the NVIDIA or Neuron variant of the
+            // EKS-optimized AMI for accelerated instance types by itself.
+            ami_selector_terms: vec![AmiSelectorTerm {
+                alias: Some(cfg.ami_alias().into()),
+                ..Default::default()
+            }],
+            subnet_selector_terms: vec![SubnetSelectorTerm {
+                tags: discovery.clone(),
+                ..Default::default()
+            }],
+            security_group_selector_terms: vec![SecurityGroupSelectorTerm {
+                tags: discovery,
+                ..Default::default()
+            }],
+            block_device_mappings: vec![BlockDeviceMapping {
+                device_name: Some("/dev/xvda".into()),
+                ebs: Some(BlockDevice {
+                    volume_size: Some(format!("{}Gi", pool.root_volume_gib())),
+                    volume_type: Some(VolumeType::Gp3),
+                    encrypted: Some(true),
+                    delete_on_termination: Some(true),
+                    // Multi-GB CUDA/Neuron images and model downloads are
+                    // the cold start; faster gp3 shortens it for cents.
+                    iops: accelerated.then_some(6000),
+                    throughput: accelerated.then_some(500),
+                    ..Default::default()
+                }),
+                root_volume: Some(true),
+            }],
+            // IMDSv2 only, and out of reach of pods (hop limit 1): pods get
+            // AWS credentials from pod identity, never the node role.
+            metadata_options: Some(MetadataOptions {
+                http_endpoint: Some(Toggle::Enabled),
+                http_protocol_ipv6: Some(Toggle::Disabled),
+                http_put_response_hop_limit: Some(1),
+                http_tokens: Some(HttpTokens::Required),
+            }),
+            tags: BTreeMap::from([
+                ("anyaccel.io/pool".to_string(), pool.name().to_string()),
+                (
+                    "anyaccel.io/namespace".to_string(),
+                    cfg.namespace().to_string(),
+                ),
+            ]),
+            detailed_monitoring: None,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_quantities() {
+        assert_eq!(cpu_cores("3"), 3.0);
+        assert_eq!(cpu_cores("3500m"), 3.5);
+        assert_eq!(cpu_cores("0.5"), 0.5);
+    }
+}

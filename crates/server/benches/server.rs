@@ -1,0 +1,374 @@
+//! Server benchmark with the tiny fixture model (`fixtures/models/tiny-sd15`):
+//!
+//! 1. overhead: the same requests (one at a time) sent to `POST /v1/images/generations`
+//!    over loopback HTTP, and run on the same `Pipeline` directly
+//!    (`validate` + `generate`); the difference is what the server adds (HTTP, JSON,
+//!    admission and batcher hand-off, PNG encoding, base64). The direct PNG + base64
+//!    time is shown apart, so the rest is the server proper;
+//! 2. closed-loop load at concurrency 1, 2, 4, 8 with batching off (max batch 1) and on
+//!    (max batch `ANYACCEL_BENCH_MAX_BATCH`, delay `ANYACCEL_BENCH_BATCH_DELAY_MS`):
+//!    images/s and p50/p95 latency per level.
+//!
+//! ```sh
+//! cargo bench -p anyaccel-server --bench server
+//! ```
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `ANYACCEL_BENCH_SIZE` | `64` | square image size (the fixture serves 64 and 128) |
+//! | `ANYACCEL_BENCH_STEPS` | `10` | denoising steps per request (guidance 7.5, euler) |
+//! | `ANYACCEL_BENCH_OVERHEAD_REQS` | `40` | requests each way for the overhead part |
+//! | `ANYACCEL_BENCH_SECS` | `3` | seconds per concurrency level |
+//! | `ANYACCEL_BENCH_MAX_BATCH` | `4` | max images per batch when batching is on |
+//! | `ANYACCEL_BENCH_BATCH_DELAY_MS` | `20` | batch window when batching is on |
+//! | `ANYACCEL_BENCH_THREADS` | `1` | ONNX Runtime intra-op threads |
+//!
+//! Client threads, the server and ONNX Runtime share the machine's cores, as a
+//! sidecar-less load test on one host does.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyaccel_batcher::BatcherConfig;
+use anyaccel_executor_onnx::{DeviceRequest, OnnxConfig, OnnxExecutor};
+use anyaccel_pipeline::images::{self, OutputFormat};
+use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Pipeline};
+use anyaccel_server::{AppState, ServerConfig};
+use base64::Engine;
+
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+struct Settings {
+    size: u32,
+    steps: u32,
+    overhead_reqs: usize,
+    secs: f64,
+    max_batch: usize,
+    batch_delay: Duration,
+    threads: usize,
+}
+
+fn pipeline(threads: usize) -> Arc<Pipeline> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-sd15");
+    let model = Model::load_dir("tiny-sd15", &dir).expect("loading the fixture model");
+    let exec = OnnxExecutor::load(
+        &dir,
+        &OnnxConfig {
+            device: DeviceRequest::Cpu,
+            intra_threads: Some(threads),
+            inter_threads: Some(1),
+            ..OnnxConfig::default()
+        },
+    )
+    .expect("ONNX Runtime executor (run scripts/fetch-onnxruntime.sh once)");
+    Arc::new(Pipeline::new(
+        Arc::new(exec),
+        model,
+        Limits::default(),
+        Defaults::default(),
+    ))
+}
+
+struct Server {
+    url: String,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start(pipeline: Arc<Pipeline>, s: &Settings, max_batch: usize, delay: Duration) -> Server {
+    let config = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        api_keys: Vec::new(),
+        max_body_bytes: 2 * 1024 * 1024,
+        max_input_pixels: 512 * 512,
+        cors_origins: Vec::new(),
+        public_url: None,
+        sizes: vec![(s.size, s.size)],
+        drain_timeout: Duration::from_secs(10),
+        warmup: true,
+        batcher: BatcherConfig {
+            max_queue: 64,
+            max_queue_work: u64::MAX / 4,
+            max_batch_images: max_batch,
+            max_batch_delay: delay,
+            result_ttl: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(120),
+        },
+        pool: "bench".into(),
+        accelerator: "cpu".into(),
+        cloudwatch: anyaccel_server::CloudWatchConfig::default(),
+    };
+    // The CLI's `serve` runs a multi-threaded tokio runtime; two workers match this machine.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let state = AppState::new(pipeline, config);
+    state.warm_up();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = anyaccel_server::router(state);
+    rt.spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Server {
+        url: format!("http://{addr}/v1/images/generations"),
+        _rt: rt,
+    }
+}
+
+fn body(s: &Settings, seed: u64) -> String {
+    serde_json::json!({
+        "prompt": PROMPT,
+        "size": format!("{}x{}", s.size, s.size),
+        "steps": s.steps,
+        "guidance_scale": 7.5,
+        "scheduler": "euler",
+        "seed": seed,
+        "response_format": "b64_json",
+    })
+    .to_string()
+}
+
+fn params(s: &Settings, seed: u64) -> GenerationParams {
+    GenerationParams {
+        prompt: PROMPT.into(),
+        width: Some(s.size),
+        height: Some(s.size),
+        steps: Some(s.steps),
+        guidance_scale: Some(7.5),
+        scheduler: Some("euler".into()),
+        seed: Some(seed),
+        ..GenerationParams::default()
+    }
+}
+
+/// One HTTP request; panics on anything but a 200 with one image.
+fn post(agent: &ureq::Agent, url: &str, body: &str) {
+    let resp = agent
+        .post(url)
+        .set("content-type", "application/json")
+        .send_string(body)
+        .unwrap_or_else(|e| panic!("request failed: {e}"));
+    let v: serde_json::Value = resp.into_json().expect("JSON response");
+    let n = v["data"].as_array().map_or(0, Vec::len);
+    assert_eq!(n, 1, "expected one image in {v}");
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(120))
+        .build()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    // nearest rank
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn overhead(pipeline: &Arc<Pipeline>, s: &Settings) {
+    let server = start(pipeline.clone(), s, 1, Duration::ZERO);
+    let agent = agent();
+    // a few untimed requests each way: connection set-up, first allocations
+    for seed in 0..3 {
+        post(&agent, &server.url, &body(s, seed));
+        let r = pipeline.validate(params(s, seed)).unwrap();
+        pipeline.generate(&r).unwrap();
+    }
+    let mut http = Vec::new();
+    let mut direct = Vec::new();
+    let mut encode = Vec::new();
+    for i in 0..s.overhead_reqs {
+        let seed = 1000 + i as u64;
+        // alternate which goes first, so drift in the machine's load hits both alike
+        let mut run_direct = || {
+            let t = Instant::now();
+            let r = pipeline.validate(params(s, seed)).unwrap();
+            let out = pipeline.generate(&r).unwrap();
+            direct.push(t.elapsed());
+            let t = Instant::now();
+            let info = pipeline.infotext(&r, out[0].seed);
+            let png = images::encode(&out[0].image, OutputFormat::Png, None, &info).unwrap();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+            std::hint::black_box(b64);
+            encode.push(t.elapsed());
+        };
+        let mut run_http = || {
+            let t = Instant::now();
+            post(&agent, &server.url, &body(s, seed));
+            http.push(t.elapsed());
+        };
+        if i % 2 == 0 {
+            run_direct();
+            run_http();
+        } else {
+            run_http();
+            run_direct();
+        }
+    }
+    let (h, d, e) = (median(&http), median(&direct), median(&encode));
+    println!();
+    println!(
+        "## Server overhead ({} requests each way, one at a time, {}x{}, {} steps, guidance 7.5, batching off)",
+        s.overhead_reqs, s.size, s.size, s.steps
+    );
+    println!();
+    println!("| path | median ms per request |");
+    println!("|---|---:|");
+    println!("| pipeline direct (validate + generate) | {:.2} |", ms(d));
+    println!("| + PNG encode + base64, direct | {:.2} |", ms(e));
+    println!(
+        "| HTTP `POST /v1/images/generations` (b64_json) | {:.2} |",
+        ms(h)
+    );
+    println!(
+        "| **server overhead** (HTTP − direct) | **{:.2}** ({:+.1}%) |",
+        ms(h) - ms(d),
+        100.0 * (ms(h) / ms(d) - 1.0)
+    );
+    println!(
+        "| of which not PNG/base64 (HTTP − direct − encode) | {:.2} |",
+        ms(h) - ms(d) - ms(e)
+    );
+}
+
+struct Level {
+    concurrency: usize,
+    images: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p95: Duration,
+}
+
+fn load(url: &str, s: &Settings, concurrency: usize) -> Level {
+    let window = Duration::from_secs_f64(s.secs);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..concurrency)
+        .map(|c| {
+            let url = url.to_string();
+            let bodies: Vec<String> = (0..64).map(|i| body(s, (c * 64 + i) as u64)).collect();
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut lat = Vec::new();
+                let mut i = 0;
+                while start.elapsed() < window {
+                    let t = Instant::now();
+                    post(&agent, &url, &bodies[i % bodies.len()]);
+                    lat.push(t.elapsed());
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect();
+    // every client finishes its last request after the window: count until the last one
+    let elapsed = start.elapsed();
+    lat.sort();
+    Level {
+        concurrency,
+        images: lat.len(),
+        elapsed,
+        p50: percentile(&lat, 50.0),
+        p95: percentile(&lat, 95.0),
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument is not supported and ignored.
+    let s = Settings {
+        size: env_or("ANYACCEL_BENCH_SIZE", 64),
+        steps: env_or("ANYACCEL_BENCH_STEPS", 10),
+        overhead_reqs: env_or("ANYACCEL_BENCH_OVERHEAD_REQS", 40),
+        secs: env_or("ANYACCEL_BENCH_SECS", 3.0),
+        max_batch: env_or("ANYACCEL_BENCH_MAX_BATCH", 4),
+        batch_delay: Duration::from_millis(env_or("ANYACCEL_BENCH_BATCH_DELAY_MS", 20)),
+        threads: env_or("ANYACCEL_BENCH_THREADS", 1),
+    };
+    let started = Instant::now();
+    eprintln!(
+        "server bench: tiny-sd15, {}x{}, {} steps, guidance 7.5, euler, PNG b64_json; ONNX Runtime CPU intra_threads={}; {} cores",
+        s.size,
+        s.size,
+        s.steps,
+        s.threads,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let pipeline = pipeline(s.threads);
+    overhead(&pipeline, &s);
+
+    println!();
+    println!(
+        "## Closed loop, {:.0} s per level ({}x{}, {} steps, guidance 7.5)",
+        s.secs, s.size, s.size, s.steps
+    );
+    println!();
+    println!("| batching | concurrency | images | images/s | p50 ms | p95 ms |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let modes = [
+        ("off (max batch 1)".to_string(), 1, Duration::ZERO),
+        (
+            format!(
+                "on (max batch {}, {} ms)",
+                s.max_batch,
+                s.batch_delay.as_millis()
+            ),
+            s.max_batch,
+            s.batch_delay,
+        ),
+    ];
+    for (label, max_batch, delay) in &modes {
+        let server = start(pipeline.clone(), &s, *max_batch, *delay);
+        // one untimed request per client slot so connections and buffers exist
+        post(&agent(), &server.url, &body(&s, 0));
+        for c in [1, 2, 4, 8] {
+            let l = load(&server.url, &s, c);
+            println!(
+                "| {label} | {} | {} | {:.2} | {:.1} | {:.1} |",
+                l.concurrency,
+                l.images,
+                l.images as f64 / l.elapsed.as_secs_f64(),
+                ms(l.p50),
+                ms(l.p95)
+            );
+        }
+    }
+    eprintln!(
+        "server bench done in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}

@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""`anyaccel compile`'s Python half: turns a diffusers Stable Diffusion model (a local
+folder or a Hugging Face Hub id) into the artifact one accelerator serves, writes
+`anyaccel-manifest.json` beside it, and optionally pushes it to a Hub repo.
+
+    python compile.py --model DIR_OR_HUB_ID --target onnx-fp32 --out DIR
+    python compile.py --model ... --target neuron --batch-size 1 --size 512x512 --out DIR
+
+Targets:
+  onnx-fp32  optimum's ONNX export on the CPU (the layout the onnx executor serves)
+  onnx-fp16  the same in fp16; optimum exports fp16 only on a CUDA GPU
+  neuron     optimum-neuron's compiled layout for inf2/trn1 (static batch and size)
+
+Self-contained (standard library plus the exporters), so the Rust binary embeds it
+and runs it in the environment it prepares. The artifact is built in a staging folder
+beside --out and renamed into place at the end: a failed compile leaves no
+half-written artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+MANIFEST = "anyaccel-manifest.json"
+MANIFEST_VERSION = 1
+TARGETS = {
+    # target: (accelerator, dtype, layout)
+    "onnx-fp32": ("cpu", "fp32", "optimum-onnx"),
+    "onnx-fp16": ("cuda", "fp16", "optimum-onnx"),
+    "neuron": ("neuron", "bf16", "optimum-neuron"),
+}
+# What a diffusers SD repo needs for an export (no .ckpt, flax or other formats).
+HUB_ALLOW = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*", "unet/*", "vae/*"]
+HUB_IGNORE = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*.neuron"]
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+
+
+class CompileError(Exception):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[compile] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_size(s: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)[xX](\d+)", s.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"size must be WxH, e.g. 512x512 (got {s!r})")
+    w, h = int(m.group(1)), int(m.group(2))
+    if w % 8 or h % 8 or w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"width and height must be positive multiples of 8 (got {w}x{h})")
+    return w, h
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="anyaccel compile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="diffusers folder or Hub repo id")
+    ap.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    ap.add_argument("--target", required=True, choices=sorted(TARGETS))
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--batch-size", type=int, default=None, help="neuron: images per compiled batch (default 1)")
+    ap.add_argument("--size", type=parse_size, default=None, help="neuron: image size WxH (default: the model's native size)")
+    ap.add_argument("--push", default=None, metavar="REPO", help="upload the artifact to this Hub model repo")
+    ap.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    ap.add_argument("--no-validate", action="store_true", help="skip the exporter's numerical validation")
+    args = ap.parse_args(argv)
+    if args.target != "neuron" and (args.batch_size is not None or args.size is not None):
+        ap.error("--batch-size and --size apply to --target neuron; ONNX exports take any batch and size")
+    if args.batch_size is not None and args.batch_size < 1:
+        ap.error("--batch-size must be at least 1")
+    return args
+
+
+# ---------------------------------------------------------------------------
+# hashing
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_files(root: Path) -> list[Path]:
+    """Files under root (following the Hub cache's symlinks), hidden ones skipped, sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and name != MANIFEST:
+                out.append(Path(dirpath) / name)
+    return sorted(out, key=lambda p: p.relative_to(root).as_posix())
+
+
+def tree_hash(root: Path) -> dict:
+    """SHA-256 over (relative path, size, content hash) of every file: the content
+    hash of a model folder, independent of where it lies."""
+    h = hashlib.sha256()
+    files = []
+    for p in tree_files(root):
+        rel = p.relative_to(root).as_posix()
+        digest = file_sha256(p)
+        size = p.stat().st_size
+        h.update(f"{rel}\0{size}\0{digest}\n".encode())
+        files.append({"path": rel, "bytes": size, "sha256": digest})
+    return {"sha256": h.hexdigest(), "files": files, "bytes": sum(f["bytes"] for f in files)}
+
+
+# ---------------------------------------------------------------------------
+# source
+
+
+def resolve_source(model: str, revision: str | None) -> tuple[Path, str | None]:
+    """A local folder, or the Hub repo downloaded into the Hugging Face cache."""
+    p = Path(model)
+    if p.is_dir():
+        if revision:
+            raise CompileError("--revision applies to Hub ids, not local folders")
+        if not (p / "model_index.json").is_file():
+            raise CompileError(f"{model}: no model_index.json; expected a diffusers Stable Diffusion folder")
+        for component in ("text_encoder", "unet", "vae"):
+            if not (p / component).is_dir():
+                raise CompileError(f"{model}: no {component}/ folder; expected the diffusers (PyTorch) layout")
+        return p.resolve(), None
+    if p.exists() or model.startswith((".", "/")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        raise CompileError(f"{model}: no such model folder, and not a Hub repo id (owner/name)")
+    from huggingface_hub import snapshot_download
+
+    log(f"downloading {model} from the Hub (cache: HF_HOME)")
+    path = Path(snapshot_download(model, revision=revision, allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE))
+    # the snapshot folder is named after the commit it holds
+    return path, path.name
+
+
+# ---------------------------------------------------------------------------
+# exporters
+
+
+def export_onnx(src: Path, out: Path, target: str, validate: bool) -> dict:
+    import torch
+    from optimum.exporters.onnx import main_export
+
+    if target == "onnx-fp16":
+        if not torch.cuda.is_available():
+            raise CompileError(
+                "onnx-fp16 is exported on a CUDA GPU (optimum exports fp16 only there) and torch sees none; "
+                "run this compile on a GPU node, or use --target onnx-fp32"
+            )
+        device, dtype = "cuda", "fp16"
+    else:
+        device, dtype = "cpu", "fp32"
+    # tracing chatter (TracerWarning, constant folding) is not actionable for an operator
+    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+    warnings.filterwarnings("ignore", message="Constant folding")
+    log(f"exporting {src} to ONNX ({dtype}, on {device}) with optimum")
+    main_export(str(src), output=str(out), task="text-to-image", device=device, dtype=dtype, do_validation=validate)
+    for component in ("text_encoder", "unet", "vae_decoder"):
+        if not (out / component / "model.onnx").is_file():
+            raise CompileError(f"the export produced no {component}/model.onnx")
+    return {"kind": "dynamic"}
+
+
+def export_neuron(src: Path, out: Path, batch_size: int | None, size: tuple[int, int] | None) -> dict:
+    try:
+        from optimum.neuron import NeuronStableDiffusionPipeline
+    except ImportError as e:
+        raise CompileError(
+            f"--target neuron needs optimum-neuron and the Neuron SDK ({e}); "
+            "install python/requirements-neuron.txt (on an inf2/trn1 or a large CPU instance)"
+        ) from e
+    batch = batch_size or 1
+    if size is None:
+        unet_cfg = json.loads((src / "unet" / "config.json").read_text())
+        vae_cfg = json.loads((src / "vae" / "config.json").read_text())
+        native = int(unet_cfg.get("sample_size", 64)) * 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+        size = (native, native)
+    width, height = size
+    log(f"compiling {src} for Neuron: batch {batch}, {width}x{height}, matmul auto-cast to bf16")
+    pipe = NeuronStableDiffusionPipeline.from_pretrained(
+        str(src),
+        export=True,
+        batch_size=batch,
+        height=height,
+        width=width,
+        num_images_per_prompt=1,
+        dynamic_batch_size=False,
+        auto_cast="matmul",
+        auto_cast_type="bf16",
+    )
+    pipe.save_pretrained(str(out))
+    batches = {}
+    for component in COMPONENTS:
+        cfg = out / component / "config.json"
+        if cfg.is_file():
+            neuron = json.loads(cfg.read_text()).get("neuron", {})
+            batches[component] = int(neuron.get("static_batch_size", batch))
+    return {
+        "kind": "static",
+        "batch_size": batch,
+        "sizes": [[width, height]],
+        # compiled batch per component; at load time optimum-neuron may spread the UNet
+        # over both NeuronCores of a chip (data parallel), doubling what it accepts
+        "component_batches": batches,
+    }
+
+
+# ---------------------------------------------------------------------------
+# manifest and publishing
+
+
+def versions(target: str) -> dict:
+    names = ["torch", "diffusers", "transformers", "optimum"]
+    names += ["optimum-onnx", "onnx", "onnxruntime"] if target.startswith("onnx") else ["optimum-neuron", "neuronx-cc", "torch-neuronx"]
+    out = {"python": platform.python_version()}
+    for n in names:
+        try:
+            out[n] = importlib.metadata.version(n)
+        except importlib.metadata.PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def write_manifest(out: Path, args, src: Path, revision: str | None, source_hash: dict, shapes: dict, seconds: float) -> dict:
+    accelerator, dtype, layout = TARGETS[args.target]
+    artifact = tree_hash(out)
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "target": args.target,
+        "accelerator": accelerator,
+        "dtype": dtype,
+        "layout": layout,
+        "shapes": shapes,
+        "source": {
+            "id": args.model,
+            "revision": revision,
+            "sha256": source_hash["sha256"],
+            "files": len(source_hash["files"]),
+            "bytes": source_hash["bytes"],
+        },
+        "artifact": {"sha256": artifact["sha256"], "bytes": artifact["bytes"], "files": artifact["files"]},
+        "tool": {"name": "anyaccel compile", "versions": versions(args.target)},
+        "compile_seconds": round(seconds, 1),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def push(out: Path, repo: str, manifest: dict) -> str:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo, repo_type="model", exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo,
+        folder_path=str(out),
+        commit_message=f"anyaccel compile --target {manifest['target']} of {manifest['source']['id']}",
+    )
+    return str(getattr(info, "commit_url", f"https://huggingface.co/{repo}"))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out: Path = args.out.resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not args.force:
+            log(f"error: {out} exists and is not empty; pass --force to replace it")
+            return 2
+    t0 = time.monotonic()
+    try:
+        src, revision = resolve_source(args.model, args.revision)
+        log(f"hashing the source {src}")
+        source_hash = tree_hash(src)
+        staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if args.target == "neuron":
+                shapes = export_neuron(src, staging, args.batch_size, args.size)
+            else:
+                shapes = export_onnx(src, staging, args.target, validate=not args.no_validate)
+            manifest = write_manifest(staging, args, src, revision, source_hash, shapes, time.monotonic() - t0)
+            if out.exists():
+                shutil.rmtree(out)
+            staging.rename(out)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+    except CompileError as e:
+        log(f"error: {e}")
+        return 2
+    log(f"wrote {out} ({manifest['artifact']['bytes']} bytes, {len(manifest['artifact']['files'])} files) "
+        f"in {time.monotonic() - t0:.1f}s; manifest {out / MANIFEST}")
+    if args.push:
+        log(f"pushing to the Hub repo {args.push}")
+        url = push(out, args.push, manifest)
+        log(f"pushed: {url}")
+    print(json.dumps({"out": str(out), "manifest": str(out / MANIFEST), "artifact_sha256": manifest["artifact"]["sha256"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
