@@ -61,14 +61,17 @@ pub struct ModelArgs {
 impl ModelArgs {
     /// Loads the model folder and its executor.
     pub fn load(&self, limits: Limits, defaults: Defaults) -> anyhow::Result<Pipeline> {
-        let model = Model::open(&self.model).with_context(|| format!("loading model {}", self.model))?;
+        let model =
+            Model::open(&self.model).with_context(|| format!("loading model {}", self.model))?;
         let executor: Arc<dyn Executor> = match self.executor {
             ExecutorKind::Onnx => {
                 let device = match self.device {
                     Device::Auto => DeviceRequest::Auto,
                     Device::Cpu => DeviceRequest::Cpu,
                     Device::Cuda => DeviceRequest::Cuda,
-                    Device::Neuron => bail!("--device neuron needs --executor remote (Neuron runs in the Python sidecar)"),
+                    Device::Neuron => bail!(
+                        "--device neuron needs --executor remote (Neuron runs in the Python sidecar)"
+                    ),
                 };
                 let config = OnnxConfig {
                     device,
@@ -80,7 +83,8 @@ impl ModelArgs {
                 Arc::new(OnnxExecutor::load(&model.info.root, &config)?)
             }
             ExecutorKind::Remote => {
-                let mut config = RemoteConfig::new(&self.python, model.info.root.display().to_string());
+                let mut config =
+                    RemoteConfig::new(&self.python, model.info.root.display().to_string());
                 config.device = match self.device {
                     Device::Auto => SidecarDevice::Auto,
                     Device::Cpu => SidecarDevice::Cpu,
@@ -142,7 +146,11 @@ pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("size `{s}` must look like 512x512"))?;
-    let parse = |v: &str| v.trim().parse::<u32>().map_err(|_| format!("size `{s}` must look like 512x512"));
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("size `{s}` must look like 512x512"))
+    };
     Ok((parse(w)?, parse(h)?))
 }
 
@@ -154,8 +162,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let pipeline = args.model.load(limits, Defaults::default())?;
     let init_image = match &args.init_image {
         Some(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            Some(images::decode(&bytes, 4096 * 4096).with_context(|| format!("decoding {}", path.display()))?)
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                images::decode(&bytes, 4096 * 4096)
+                    .with_context(|| format!("decoding {}", path.display()))?,
+            )
         }
         None => None,
     };
@@ -180,14 +192,21 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     tracing::info!(%request, "generating");
     let started = std::time::Instant::now();
     let images = pipeline.generate(&request)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     for (i, img) in images.iter().enumerate() {
         let text = pipeline.infotext(&request, img.seed);
         let bytes = images::encode(&img.image, args.format, None, &text)?;
-        let path = args.out.join(format!("{i:03}-{}.{}", img.seed, args.format.extension()));
+        let path = args
+            .out
+            .join(format!("{i:03}-{}.{}", img.seed, args.format.extension()));
         std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
         println!("{}", path.display());
     }
-    tracing::info!(seconds = started.elapsed().as_secs_f64(), images = images.len(), "done");
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        images = images.len(),
+        "done"
+    );
     Ok(())
 }

@@ -21,7 +21,12 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 8080, env = "ANYACCEL_PORT")]
     pub port: u16,
     /// Accepted bearer tokens (repeat the flag, or comma-separate in the env var). None = open.
-    #[arg(long = "api-key", env = "ANYACCEL_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        env = "ANYACCEL_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<String>,
     /// Sizes clients may request (WxH, comma-separated); each is warmed up. Default: the model's native size.
     #[arg(long, value_delimiter = ',', value_parser = parse_size, env = "ANYACCEL_SIZES")]
@@ -91,17 +96,30 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let pipeline = Arc::new(args.model.load(limits, Defaults::default())?);
     let native = pipeline.model().native_size;
-    let sizes = if args.sizes.is_empty() { vec![(native, native)] } else { args.sizes.clone() };
+    let sizes = if args.sizes.is_empty() {
+        vec![(native, native)]
+    } else {
+        args.sizes.clone()
+    };
     let listen: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
-        .with_context(|| format!("--host {} --port {} is not an address", args.host, args.port))?;
+        .with_context(|| {
+            format!(
+                "--host {} --port {} is not an address",
+                args.host, args.port
+            )
+        })?;
     let accelerator = args
         .accelerator
         .clone()
         .unwrap_or_else(|| pipeline.executor().capabilities().device.to_string());
     let config = ServerConfig {
         listen,
-        api_keys: args.api_keys.into_iter().filter(|k| !k.is_empty()).collect(),
+        api_keys: args
+            .api_keys
+            .into_iter()
+            .filter(|k| !k.is_empty())
+            .collect(),
         max_body_bytes: args.max_body_bytes,
         max_input_pixels: args.max_input_pixels,
         cors_origins: args.cors_origin,

@@ -13,15 +13,37 @@ fn bench_numbers_agree_with_the_servers_metrics() {
     let s = serve(&[]);
     let out = std::env::temp_dir().join(format!("anyaccel-bench-e2e-{}", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
-        .args(["bench", "--url", &s.base, "--concurrency", "1,3", "--rate", "4", "--duration", "2"])
-        .args(["--size", "64x64", "--steps", "4", "--n", "2", "--slo", "5", "--no-progress", "--quiet"])
+        .args([
+            "bench",
+            "--url",
+            &s.base,
+            "--concurrency",
+            "1,3",
+            "--rate",
+            "4",
+            "--duration",
+            "2",
+        ])
+        .args([
+            "--size",
+            "64x64",
+            "--steps",
+            "4",
+            "--n",
+            "2",
+            "--slo",
+            "5",
+            "--no-progress",
+            "--quiet",
+        ])
         .args(["--pool", "local", "--instance-type", "test.cpu", "--out"])
         .arg(&out)
         .current_dir(repo())
         .status()
         .unwrap();
     assert!(status.success());
-    let result: Value = serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
     let levels = result["levels"].as_array().unwrap();
     assert_eq!(levels.len(), 3);
     for l in levels {
@@ -29,8 +51,18 @@ fn bench_numbers_agree_with_the_servers_metrics() {
         assert!(server.is_object(), "metrics were scraped: {l}");
         let ok = l["ok"].as_u64().unwrap();
         assert!(ok > 0, "{l}");
-        assert_eq!(server["requests"].as_f64().unwrap() as u64, l["requests"].as_u64().unwrap(), "{}", l["label"]);
-        assert_eq!(server["images"].as_f64().unwrap() as u64, l["images"].as_u64().unwrap(), "{}", l["label"]);
+        assert_eq!(
+            server["requests"].as_f64().unwrap() as u64,
+            l["requests"].as_u64().unwrap(),
+            "{}",
+            l["label"]
+        );
+        assert_eq!(
+            server["images"].as_f64().unwrap() as u64,
+            l["images"].as_u64().unwrap(),
+            "{}",
+            l["label"]
+        );
         assert_eq!(l["images"].as_u64().unwrap(), 2 * ok);
         let p = &l["latency_s"];
         assert!(p["p50"].as_f64() <= p["p95"].as_f64());

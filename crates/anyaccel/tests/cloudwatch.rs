@@ -24,7 +24,14 @@ impl Drop for Moto {
 fn start_moto() -> Moto {
     let port = free_port();
     let child = Command::new(venv_python())
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -66,7 +73,11 @@ fn query(moto: &Moto, metric: &str, stat: &str, dims: &[String]) -> Value {
         .args(dims)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -75,8 +86,16 @@ fn put_metric_data_reaches_cloudwatch_with_dimensions_and_answers_kedas_query() 
     let moto = start_moto();
     let s = serve_with(
         &[
-            "--cloudwatch", "api", "--cloudwatch-endpoint", &moto.1, "--cloudwatch-region", "us-east-1",
-            "--cloudwatch-interval-secs", "1", "--max-batch", "2",
+            "--cloudwatch",
+            "api",
+            "--cloudwatch-endpoint",
+            &moto.1,
+            "--cloudwatch-region",
+            "us-east-1",
+            "--cloudwatch-interval-secs",
+            "1",
+            "--max-batch",
+            "2",
         ],
         &[
             ("AWS_ACCESS_KEY_ID", "testing"),
@@ -98,16 +117,35 @@ fn put_metric_data_reaches_cloudwatch_with_dimensions_and_answers_kedas_query() 
     let (backlog, total_images) = loop {
         let b = query(&moto, cw::BACKLOG_SECONDS, "Maximum", &dims);
         let i = query(&moto, cw::IMAGES, "Sum", &dims);
-        let total: f64 = i["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
+        let total: f64 = i["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .sum();
         if total as usize >= images {
             break (b, total);
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "images never reached CloudWatch: {i}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "images never reached CloudWatch: {i}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
-    assert_eq!(total_images as usize, images, "every image counted exactly once");
-    let max_backlog = backlog["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).fold(0.0, f64::max);
-    assert!(max_backlog > 0.0, "the backlog under load was published: {backlog}");
+    assert_eq!(
+        total_images as usize, images,
+        "every image counted exactly once"
+    );
+    let max_backlog = backlog["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(
+        max_backlog > 0.0,
+        "the backlog under load was published: {backlog}"
+    );
     // KEDA's trigger (Average over the period, same namespace, metric and dimensions) answers a number.
     let avg = query(&moto, cw::BACKLOG_SECONDS, "Average", &dims);
     assert!(!avg["values"].as_array().unwrap().is_empty(), "{avg}");
@@ -115,7 +153,13 @@ fn put_metric_data_reaches_cloudwatch_with_dimensions_and_answers_kedas_query() 
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| format!("{}={}", d["Name"].as_str().unwrap(), d["Value"].as_str().unwrap()))
+        .map(|d| {
+            format!(
+                "{}={}",
+                d["Name"].as_str().unwrap(),
+                d["Value"].as_str().unwrap()
+            )
+        })
         .collect();
     let mut want = dims.clone();
     want.sort();
@@ -129,8 +173,20 @@ fn a_cloudwatch_outage_never_fails_a_request() {
     // Nothing listens on this port: every PutMetricData fails.
     let dead = format!("http://127.0.0.1:{}", free_port());
     let s = serve_with(
-        &["--cloudwatch", "api", "--cloudwatch-endpoint", &dead, "--cloudwatch-region", "us-east-1", "--cloudwatch-interval-secs", "1"],
-        &[("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")],
+        &[
+            "--cloudwatch",
+            "api",
+            "--cloudwatch-endpoint",
+            &dead,
+            "--cloudwatch-region",
+            "us-east-1",
+            "--cloudwatch-interval-secs",
+            "1",
+        ],
+        &[
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ],
         Stdio::null(),
     );
     for _ in 0..3 {
@@ -139,26 +195,44 @@ fn a_cloudwatch_outage_never_fails_a_request() {
         assert!(started.elapsed() < Duration::from_secs(20));
         std::thread::sleep(Duration::from_millis(1100));
     }
-    assert_eq!(ureq::get(&format!("{}/health/ready", s.base)).call().unwrap().status(), 200);
+    assert_eq!(
+        ureq::get(&format!("{}/health/ready", s.base))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 /// The rules of the EMF specification that a CloudWatch agent enforces.
 fn check_emf(doc: &Value) -> Result<(), String> {
     let aws = doc.get("_aws").ok_or("no _aws member")?;
-    let ts = aws.get("Timestamp").and_then(Value::as_u64).ok_or("_aws.Timestamp must be an integer (ms)")?;
+    let ts = aws
+        .get("Timestamp")
+        .and_then(Value::as_u64)
+        .ok_or("_aws.Timestamp must be an integer (ms)")?;
     if ts < 1_600_000_000_000 {
         return Err(format!("Timestamp {ts} is not epoch milliseconds"));
     }
-    let directives = aws.get("CloudWatchMetrics").and_then(Value::as_array).ok_or("CloudWatchMetrics must be an array")?;
+    let directives = aws
+        .get("CloudWatchMetrics")
+        .and_then(Value::as_array)
+        .ok_or("CloudWatchMetrics must be an array")?;
     if directives.is_empty() {
         return Err("CloudWatchMetrics is empty".into());
     }
     for d in directives {
-        let ns = d.get("Namespace").and_then(Value::as_str).ok_or("Namespace must be a string")?;
+        let ns = d
+            .get("Namespace")
+            .and_then(Value::as_str)
+            .ok_or("Namespace must be a string")?;
         if ns.is_empty() || ns.len() > 255 {
             return Err("Namespace must have 1-255 characters".into());
         }
-        let sets = d.get("Dimensions").and_then(Value::as_array).ok_or("Dimensions must be an array")?;
+        let sets = d
+            .get("Dimensions")
+            .and_then(Value::as_array)
+            .ok_or("Dimensions must be an array")?;
         for set in sets {
             let set = set.as_array().ok_or("each DimensionSet must be an array")?;
             if set.len() > 30 {
@@ -171,12 +245,18 @@ fn check_emf(doc: &Value) -> Result<(), String> {
                 }
             }
         }
-        let metrics = d.get("Metrics").and_then(Value::as_array).ok_or("Metrics must be an array")?;
+        let metrics = d
+            .get("Metrics")
+            .and_then(Value::as_array)
+            .ok_or("Metrics must be an array")?;
         if metrics.is_empty() || metrics.len() > 100 {
             return Err("Metrics must have 1-100 entries".into());
         }
         for m in metrics {
-            let name = m.get("Name").and_then(Value::as_str).ok_or("metric Name must be a string")?;
+            let name = m
+                .get("Name")
+                .and_then(Value::as_str)
+                .ok_or("metric Name must be a string")?;
             if let Some(u) = m.get("Unit") {
                 let u = u.as_str().ok_or("Unit must be a string")?;
                 if !["Seconds", "Count", "Milliseconds", "None"].contains(&u) {
@@ -213,9 +293,15 @@ fn emf_lines_follow_the_specification() {
     let mut docs = 0;
     let t = Instant::now();
     while counted < images as f64 {
-        assert!(t.elapsed() < Duration::from_secs(20), "EMF never reported {images} images (saw {counted})");
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) else { continue };
-        let doc: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "EMF never reported {images} images (saw {counted})"
+        );
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) else {
+            continue;
+        };
+        let doc: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
         check_emf(&doc).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert_eq!(doc[cw::DIM_POOL], "emf-pool");
         counted += doc[cw::IMAGES].as_f64().unwrap_or(0.0);
@@ -225,6 +311,11 @@ fn emf_lines_follow_the_specification() {
     assert!(docs >= 1);
     // And the checker itself rejects what the spec forbids.
     assert!(check_emf(&json!({"_aws": {"Timestamp": 1, "CloudWatchMetrics": []}})).is_err());
-    assert!(check_emf(&json!({"_aws": {"Timestamp": 1_700_000_000_000u64, "CloudWatchMetrics": [
-        {"Namespace": "a", "Dimensions": [["Pool"]], "Metrics": [{"Name": "X"}]}]}, "X": 1})).is_err());
+    assert!(
+        check_emf(
+            &json!({"_aws": {"Timestamp": 1_700_000_000_000u64, "CloudWatchMetrics": [
+        {"Namespace": "a", "Dimensions": [["Pool"]], "Metrics": [{"Name": "X"}]}]}, "X": 1})
+        )
+        .is_err()
+    );
 }

@@ -27,9 +27,26 @@ fn tmp(name: &str) -> PathBuf {
 fn writes_pngs_with_a1111_parameters() {
     let out = tmp("txt2img");
     let o = anyaccel(&[
-        "generate", "--model", "fixtures/models/tiny-sd15", "--prompt", "a red fox",
-        "--negative-prompt", "blurry", "--steps", "3", "--seed", "40", "-n", "2",
-        "--size", "64x96", "--scheduler", "dpmpp_2m", "--device", "cpu", "--out",
+        "generate",
+        "--model",
+        "fixtures/models/tiny-sd15",
+        "--prompt",
+        "a red fox",
+        "--negative-prompt",
+        "blurry",
+        "--steps",
+        "3",
+        "--seed",
+        "40",
+        "-n",
+        "2",
+        "--size",
+        "64x96",
+        "--scheduler",
+        "dpmpp_2m",
+        "--device",
+        "cpu",
+        "--out",
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -40,8 +57,18 @@ fn writes_pngs_with_a1111_parameters() {
     let img = anyaccel_pipeline::images::decode(&second, 1 << 20).unwrap();
     assert_eq!(img.dimensions(), (64, 96));
     let params = anyaccel_pipeline::images::png_parameters(&second).expect("parameters chunk");
-    assert!(params.starts_with("a red fox\nNegative prompt: blurry\n"), "{params}");
-    for field in ["Steps: 3", "Sampler: DPM++ 2M", "Seed: 41", "Size: 64x96", "Model hash: ", "CFG scale: 7.5"] {
+    assert!(
+        params.starts_with("a red fox\nNegative prompt: blurry\n"),
+        "{params}"
+    );
+    for field in [
+        "Steps: 3",
+        "Sampler: DPM++ 2M",
+        "Seed: 41",
+        "Size: 64x96",
+        "Model hash: ",
+        "CFG scale: 7.5",
+    ] {
         assert!(params.contains(field), "missing {field:?} in {params}");
     }
     std::fs::remove_dir_all(out).ok();
@@ -51,15 +78,36 @@ fn writes_pngs_with_a1111_parameters() {
 fn img2img_keeps_the_init_image_size() {
     let out = tmp("img2img");
     let o = anyaccel(&[
-        "generate", "--model", "fixtures/models/tiny-sd15", "--prompt", "a red fox",
-        "--init-image", "fixtures/reference/init_64.png", "--strength", "0.5", "--steps", "4",
-        "--seed", "1", "--out", out.to_str().unwrap(),
+        "generate",
+        "--model",
+        "fixtures/models/tiny-sd15",
+        "--prompt",
+        "a red fox",
+        "--init-image",
+        "fixtures/reference/init_64.png",
+        "--strength",
+        "0.5",
+        "--steps",
+        "4",
+        "--seed",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let path = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(anyaccel_pipeline::images::decode(&bytes, 1 << 20).unwrap().dimensions(), (64, 64));
-    assert!(anyaccel_pipeline::images::png_parameters(&bytes).unwrap().contains("Denoising strength: 0.5"));
+    assert_eq!(
+        anyaccel_pipeline::images::decode(&bytes, 1 << 20)
+            .unwrap()
+            .dimensions(),
+        (64, 64)
+    );
+    assert!(
+        anyaccel_pipeline::images::png_parameters(&bytes)
+            .unwrap()
+            .contains("Denoising strength: 0.5")
+    );
     std::fs::remove_dir_all(out).ok();
 }
 
@@ -69,17 +117,31 @@ fn bad_input_names_the_flag() {
         (&["--size", "65x64"], "--width: must be a multiple of 8"),
         (&["--steps", "0"], "--steps: must be between 1 and"),
         (&["--scheduler", "heun"], "unknown scheduler `heun`"),
-        (&["--guidance", "99"], "--guidance-scale: must be between 0 and"),
+        (
+            &["--guidance", "99"],
+            "--guidance-scale: must be between 0 and",
+        ),
         (&["--strength", "0.5"], "--strength needs --init-image"),
         (&["--device", "cuda"], "--device cuda was requested but"),
     ];
     for (extra, expected) in cases {
-        let mut args = vec!["generate", "--model", "fixtures/models/tiny-sd15", "--prompt", "x", "--out", "/tmp/unused"];
+        let mut args = vec![
+            "generate",
+            "--model",
+            "fixtures/models/tiny-sd15",
+            "--prompt",
+            "x",
+            "--out",
+            "/tmp/unused",
+        ];
         args.extend_from_slice(extra);
         let o = anyaccel(&args);
         assert!(!o.status.success(), "{extra:?} should fail");
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains(expected), "{extra:?}: expected {expected:?} in {err}");
+        assert!(
+            err.contains(expected),
+            "{extra:?}: expected {expected:?} in {err}"
+        );
     }
 }
 
@@ -89,20 +151,53 @@ fn missing_model_files_are_named() {
     std::fs::create_dir_all(&dir).unwrap();
     let src = repo().join("fixtures/models/tiny-sd15");
     // Copy everything but the UNet.
-    for entry in ["model_index.json", "scheduler", "tokenizer", "text_encoder", "vae_decoder"] {
-        let status = Command::new("cp").arg("-r").arg(src.join(entry)).arg(&dir).status().unwrap();
+    for entry in [
+        "model_index.json",
+        "scheduler",
+        "tokenizer",
+        "text_encoder",
+        "vae_decoder",
+    ] {
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(src.join(entry))
+            .arg(&dir)
+            .status()
+            .unwrap();
         assert!(status.success());
     }
-    let o = anyaccel(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "x", "--out", "/tmp/unused"]);
+    let o = anyaccel(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--out",
+        "/tmp/unused",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("unet/model.onnx") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("unet/model.onnx") && err.contains("missing"),
+        "{err}"
+    );
     // A truncated ONNX file is reported as such, with its path.
     std::fs::create_dir_all(dir.join("unet")).unwrap();
     std::fs::write(dir.join("unet/model.onnx"), b"\x08\x07garbage").unwrap();
-    let o = anyaccel(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "x", "--out", "/tmp/unused"]);
+    let o = anyaccel(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--out",
+        "/tmp/unused",
+    ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("unet/model.onnx") && err.contains("not a loadable ONNX model"), "{err}");
+    assert!(
+        err.contains("unet/model.onnx") && err.contains("not a loadable ONNX model"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).ok();
 }

@@ -31,39 +31,62 @@ fn sigterm_finishes_running_work_refuses_new_work_and_exits_zero() {
     let url = format!("{}/v1/images/generations", s.base);
     let slow = std::thread::spawn(move || {
         ureq::post(&url)
-            .send_json(json!({"prompt": "slow", "steps": 150, "n": 8, "size": "128x128", "seed": 3}))
+            .send_json(
+                json!({"prompt": "slow", "steps": 150, "n": 8, "size": "128x128", "seed": 3}),
+            )
             .map(|r| (r.status(), r.into_json::<Value>().ok()))
             .map_err(|e| e.to_string())
     });
     // Wait until it is running.
     let started = Instant::now();
     loop {
-        let p: Value = ureq::get(&format!("{}/sdapi/v1/progress", s.base)).call().unwrap().into_json().unwrap();
+        let p: Value = ureq::get(&format!("{}/sdapi/v1/progress", s.base))
+            .call()
+            .unwrap()
+            .into_json()
+            .unwrap();
         if p["state"]["sampling_step"].as_u64() > Some(0) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "generation never started");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "generation never started"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let pid = s.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
 
     // Readiness drops at once and new work is refused with 503 + Retry-After.
     let t = Instant::now();
     loop {
         match ureq::get(&format!("{}/health/ready", s.base)).call() {
             Err(ureq::Error::Status(503, _)) => break,
-            _ => assert!(t.elapsed() < Duration::from_secs(5), "readiness did not drop"),
+            _ => assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "readiness did not drop"
+            ),
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    match ureq::post(&format!("{}/v1/images/generations", s.base)).send_json(json!({"prompt": "late", "steps": 1})) {
+    match ureq::post(&format!("{}/v1/images/generations", s.base))
+        .send_json(json!({"prompt": "late", "steps": 1}))
+    {
         Err(ureq::Error::Status(503, r)) => {
             assert!(r.header("retry-after").is_some());
             let body: Value = r.into_json().unwrap();
             assert_eq!(body["error"]["code"], "draining");
         }
-        other => panic!("expected 503 while draining, got {:?}", other.map(|r| r.status())),
+        other => panic!(
+            "expected 503 while draining, got {:?}",
+            other.map(|r| r.status())
+        ),
     }
 
     // The running generation completes, then the process exits 0.
@@ -75,7 +98,10 @@ fn sigterm_finishes_running_work_refuses_new_work_and_exits_zero() {
         if let Some(st) = s.child.try_wait().unwrap() {
             break st;
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "did not exit after draining");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "did not exit after draining"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(code.success(), "exit status {code}");

@@ -22,7 +22,10 @@ pub enum JobStatus {
 
 impl JobStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 }
 
@@ -106,7 +109,10 @@ impl Job {
         Self {
             id,
             request,
-            created_unix: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             accepted: now,
             deadline: now + timeout,
             cancel: AtomicBool::new(false),
@@ -155,7 +161,12 @@ impl Job {
         }
     }
 
-    pub(crate) fn finish(&self, status: JobStatus, result: Option<Arc<JobResult>>, error: Option<JobError>) {
+    pub(crate) fn finish(
+        &self,
+        status: JobStatus,
+        result: Option<Arc<JobResult>>,
+        error: Option<JobError>,
+    ) {
         if self.state.borrow().status.is_terminal() {
             return;
         }

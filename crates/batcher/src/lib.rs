@@ -56,7 +56,10 @@ impl Default for BatcherConfig {
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum AdmissionError {
     #[error("the queue is full ({queued} requests waiting); retry in about {retry_after_secs} s")]
-    QueueFull { queued: usize, retry_after_secs: u64 },
+    QueueFull {
+        queued: usize,
+        retry_after_secs: u64,
+    },
     #[error("this request alone exceeds the queue's work budget")]
     TooLarge,
     #[error("the server is shutting down; retry on another replica in {retry_after_secs} s")]
@@ -136,7 +139,11 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the worker thread.
-    pub fn start(pipeline: Arc<Pipeline>, config: BatcherConfig, telemetry: Option<Arc<dyn Telemetry>>) -> Self {
+    pub fn start(
+        pipeline: Arc<Pipeline>,
+        config: BatcherConfig,
+        telemetry: Option<Arc<dyn Telemetry>>,
+    ) -> Self {
         let inner = Arc::new(Inner {
             pipeline,
             config,
@@ -182,7 +189,11 @@ impl Batcher {
     }
 
     /// Queues a validated request. With an idempotency key already seen, returns that job.
-    pub fn submit(&self, request: GenerationRequest, idempotency_key: Option<String>) -> Result<Arc<Job>, AdmissionError> {
+    pub fn submit(
+        &self,
+        request: GenerationRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<Arc<Job>, AdmissionError> {
         let inner = &self.inner;
         let mut st = inner.lock();
         if let Some(job) = idempotency_key
@@ -194,20 +205,27 @@ impl Batcher {
         }
         let retry = retry_after(&st);
         if st.draining || st.shutdown {
-            return Err(AdmissionError::Draining { retry_after_secs: 5 });
+            return Err(AdmissionError::Draining {
+                retry_after_secs: 5,
+            });
         }
         let work = request.work();
         if work > inner.config.max_queue_work {
             return Err(AdmissionError::TooLarge);
         }
-        if st.queue.len() >= inner.config.max_queue || st.queued_work + work > inner.config.max_queue_work {
+        if st.queue.len() >= inner.config.max_queue
+            || st.queued_work + work > inner.config.max_queue_work
+        {
             return Err(AdmissionError::QueueFull {
                 queued: st.queue.len(),
                 retry_after_secs: retry,
             });
         }
         let n = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = format!("job-{:016x}", inner.id_salt ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let id = format!(
+            "job-{:016x}",
+            inner.id_salt ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        );
         let job = Arc::new(Job::new(id.clone(), request, inner.config.request_timeout));
         st.queued_work += work;
         st.queue.push_back(job.clone());
@@ -357,7 +375,12 @@ fn retry_after(st: &State) -> u64 {
 /// Estimated seconds until the job at `position` starts.
 fn eta_before(st: &State, position: usize) -> f64 {
     let spw = st.seconds_per_work.unwrap_or(0.0);
-    let ahead: u64 = st.queue.iter().take(position).map(|j| j.request.work()).sum();
+    let ahead: u64 = st
+        .queue
+        .iter()
+        .take(position)
+        .map(|j| j.request.work())
+        .sum();
     (ahead + st.running_work) as f64 * spw
 }
 
@@ -380,7 +403,8 @@ fn publish_positions(st: &State) {
 }
 
 fn schedule_expiry(st: &mut State, config: &BatcherConfig, id: &str) {
-    st.expiry.push_back((Instant::now() + config.result_ttl, id.to_string()));
+    st.expiry
+        .push_back((Instant::now() + config.result_ttl, id.to_string()));
 }
 
 /// Drops finished jobs past their TTL, remembering their ids for a while to answer 410.
@@ -398,7 +422,8 @@ fn expire(st: &mut State) {
     }
     // Tombstones are bounded: forget the oldest after a day or beyond 100k.
     if st.gone.len() > 100_000 {
-        st.gone.retain(|_, t| now.duration_since(*t) < Duration::from_secs(86_400));
+        st.gone
+            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(86_400));
     }
 }
 
@@ -410,7 +435,9 @@ impl Inner {
 
     fn run(self: Arc<Self>) {
         loop {
-            let Some(batch) = self.next_batch() else { return };
+            let Some(batch) = self.next_batch() else {
+                return;
+            };
             self.execute(batch);
         }
     }
@@ -500,7 +527,8 @@ impl Inner {
             if let Ok(mut s) = j.started.lock() {
                 *s = Some(started);
             }
-            self.telemetry.job_started(started.duration_since(j.accepted));
+            self.telemetry
+                .job_started(started.duration_since(j.accepted));
             let eta = spw.map(|s| s * j.request.work() as f64);
             j.update(
                 |s| {
@@ -508,12 +536,16 @@ impl Inner {
                     s.queue_position = None;
                     s.eta_seconds = eta;
                 },
-                Some(JobEvent::Started { batch_images: images }),
+                Some(JobEvent::Started {
+                    batch_images: images,
+                }),
             );
         }
         let requests: Vec<&GenerationRequest> = batch.iter().map(|j| &j.request).collect();
         let observer = BatchObserver { jobs: &batch };
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| self.pipeline.run_batch(&requests, &observer)));
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.pipeline.run_batch(&requests, &observer)
+        }));
         let elapsed = started.elapsed();
         let work: u64 = batch.iter().map(|j| j.request.work()).sum();
         match outcome {
@@ -531,7 +563,8 @@ impl Inner {
                                 batch_images: images,
                             };
                             job.finish(JobStatus::Completed, Some(Arc::new(result)), None);
-                            self.telemetry.job_finished(JobStatus::Completed, images_done);
+                            self.telemetry
+                                .job_finished(JobStatus::Completed, images_done);
                         }
                         Outcome::Cancelled if job.past_deadline() && !job.cancel_requested() => {
                             job.finish(
@@ -561,7 +594,11 @@ impl Inner {
                 }
             }
             Ok(Err(e)) => self.fail_all(&batch, "generation_failed", e.to_string()),
-            Err(_) => self.fail_all(&batch, "internal", "the pipeline panicked; see server logs".into()),
+            Err(_) => self.fail_all(
+                &batch,
+                "internal",
+                "the pipeline panicked; see server logs".into(),
+            ),
         }
         let mut st = self.lock();
         st.running.clear();

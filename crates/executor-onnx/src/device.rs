@@ -24,7 +24,9 @@ impl FromStr for DeviceRequest {
             "auto" => Ok(Self::Auto),
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda),
-            other => Err(format!("unknown device `{other}`; expected auto, cpu or cuda")),
+            other => Err(format!(
+                "unknown device `{other}`; expected auto, cpu or cuda"
+            )),
         }
     }
 }
@@ -54,7 +56,9 @@ fn cuda_missing(library: &Path) -> Option<String> {
         ));
     }
     if gpu_names().is_empty() && !Path::new("/dev/nvidia0").exists() {
-        return Some("no NVIDIA GPU is visible (no /dev/nvidia0 and no /proc/driver/nvidia/gpus)".into());
+        return Some(
+            "no NVIDIA GPU is visible (no /dev/nvidia0 and no /proc/driver/nvidia/gpus)".into(),
+        );
     }
     None
 }
@@ -86,7 +90,10 @@ pub(crate) fn select(request: DeviceRequest) -> Result<Device, crate::OnnxError>
     Ok(match kind {
         DeviceKind::Cuda => Device {
             kind,
-            name: gpu_names().into_iter().next().unwrap_or_else(|| "NVIDIA GPU".into()),
+            name: gpu_names()
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| "NVIDIA GPU".into()),
             memory_bytes: None,
         },
         _ => Device {
@@ -111,15 +118,22 @@ fn gpu_names() -> Vec<String> {
 }
 
 fn cpu_name() -> String {
-    let name = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|info| {
-        info.lines().find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|rest| rest.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-    });
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    format!("{} ({cores} threads)", name.unwrap_or_else(|| std::env::consts::ARCH.into()))
+    let name = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .and_then(|rest| rest.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+        });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!(
+        "{} ({cores} threads)",
+        name.unwrap_or_else(|| std::env::consts::ARCH.into())
+    )
 }
 
 fn mem_total() -> Option<u64> {

@@ -31,7 +31,10 @@ pub fn library_path(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
         return Ok(PathBuf::from(p));
     }
     let mut candidates = Vec::new();
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         candidates.push(dir.join(LIB_NAME));
         candidates.push(dir.join("../lib").join(LIB_NAME));
     }
@@ -40,12 +43,16 @@ pub fn library_path(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
             candidates.push(dir.join(".cache/onnxruntime/lib").join(LIB_NAME));
         }
     }
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| RuntimeError::NotFound {
-        searched: std::iter::once("$ORT_DYLIB_PATH".to_string())
-            .chain(candidates.iter().map(|p| p.display().to_string()))
-            .collect::<Vec<_>>()
-            .join(", "),
-    })
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| RuntimeError::NotFound {
+            searched: std::iter::once("$ORT_DYLIB_PATH".to_string())
+                .chain(candidates.iter().map(|p| p.display().to_string()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// Loads the library on first use; later calls return the first outcome.

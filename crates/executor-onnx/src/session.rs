@@ -41,7 +41,8 @@ impl ComponentSession {
             path: path.to_path_buf(),
             message,
         };
-        let env = crate::runtime::environment().ok_or_else(|| load("ONNX Runtime is not loaded".into()))?;
+        let env = crate::runtime::environment()
+            .ok_or_else(|| load("ONNX Runtime is not loaded".into()))?;
         let level = match config.optimization {
             Optimization::Disable => GraphOptimizationLevel::Disable,
             Optimization::Basic => GraphOptimizationLevel::Level1,
@@ -53,7 +54,9 @@ impl ComponentSession {
             .with_optimization_level(level)
             .map_err(|e| load(e.to_string()))?;
         if let Some(n) = config.intra_threads {
-            builder = builder.with_intra_threads(n).map_err(|e| load(e.to_string()))?;
+            builder = builder
+                .with_intra_threads(n)
+                .map_err(|e| load(e.to_string()))?;
         }
         if let Some(n) = config.inter_threads {
             builder = builder
@@ -114,7 +117,10 @@ impl ComponentSession {
                     path: PathBuf::from(path),
                     message: format!(
                         "expected an input named `{name}` (optimum's ONNX export); the graph has {:?}",
-                        self.inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+                        self.inputs
+                            .iter()
+                            .map(|(n, _)| n.as_str())
+                            .collect::<Vec<_>>()
                     ),
                 });
             }
@@ -142,7 +148,12 @@ impl ComponentSession {
     }
 
     /// A float tensor in the dtype the graph declares for `name`.
-    fn float_value(&self, name: &str, shape: &[usize], data: &[f32]) -> Result<DynValue, ExecutorError> {
+    fn float_value(
+        &self,
+        name: &str,
+        shape: &[usize],
+        data: &[f32],
+    ) -> Result<DynValue, ExecutorError> {
         let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
         let value = match self.input_type(name) {
             Some(TensorElementType::Float16) => {
@@ -159,26 +170,35 @@ impl ComponentSession {
             .session
             .lock()
             .map_err(|_| self.err("session lock poisoned by an earlier panic"))?;
-        let named: Vec<(std::borrow::Cow<'_, str>, ort::session::SessionInputValue<'_>)> = inputs
+        let named: Vec<(
+            std::borrow::Cow<'_, str>,
+            ort::session::SessionInputValue<'_>,
+        )> = inputs
             .into_iter()
             .map(|(n, v)| (std::borrow::Cow::Borrowed(n), v.into()))
             .collect();
         let outputs = session.run(named).map_err(|e| self.err(e))?;
-        let value = outputs.get(&self.output).ok_or_else(|| ExecutorError::BadOutput {
-            component: self.component,
-            message: format!("no output named {}", self.output),
-        })?;
+        let value = outputs
+            .get(&self.output)
+            .ok_or_else(|| ExecutorError::BadOutput {
+                component: self.component,
+                message: format!("no output named {}", self.output),
+            })?;
         let bad = |message: String| ExecutorError::BadOutput {
             component: self.component,
             message,
         };
         let (shape, data) = match value.dtype().tensor_type() {
             Some(TensorElementType::Float16) => {
-                let (shape, data) = value.try_extract_tensor::<f16>().map_err(|e| bad(e.to_string()))?;
+                let (shape, data) = value
+                    .try_extract_tensor::<f16>()
+                    .map_err(|e| bad(e.to_string()))?;
                 (shape.to_vec(), data.iter().map(|x| x.to_f32()).collect())
             }
             _ => {
-                let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| bad(e.to_string()))?;
+                let (shape, data) = value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| bad(e.to_string()))?;
                 (shape.to_vec(), data.to_vec())
             }
         };

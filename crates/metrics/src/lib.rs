@@ -74,7 +74,10 @@ pub fn request_rate_query(pool: &str) -> String {
 
 /// PromQL for the per-pool images generated per second over the last minute.
 pub fn image_rate_query(pool: &str) -> String {
-    format!("sum(rate({IMAGES_TOTAL}{{{p}=\"{pool}\"}}[1m]))", p = labels::POOL)
+    format!(
+        "sum(rate({IMAGES_TOTAL}{{{p}=\"{pool}\"}}[1m]))",
+        p = labels::POOL
+    )
 }
 
 #[cfg(test)]

@@ -12,7 +12,11 @@ pub enum ImageError {
     #[error("image format not accepted; send PNG, JPEG or WebP")]
     Format,
     #[error("image is {width}x{height}; at most {max_pixels} pixels are accepted")]
-    TooLarge { width: u32, height: u32, max_pixels: u64 },
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
     #[error("image could not be decoded: {0}")]
     Decode(String),
     #[error("image could not be encoded: {0}")]
@@ -53,7 +57,9 @@ impl FromStr for OutputFormat {
             "png" => Ok(Self::Png),
             "jpeg" | "jpg" => Ok(Self::Jpeg),
             "webp" => Ok(Self::Webp),
-            other => Err(format!("unknown output format `{other}`; expected png, jpeg or webp")),
+            other => Err(format!(
+                "unknown output format `{other}`; expected png, jpeg or webp"
+            )),
         }
     }
 }
@@ -89,7 +95,10 @@ pub fn rgb_to_tensor(img: &RgbImage) -> Vec<f32> {
 /// over `max_pixels` before any pixel buffer is allocated.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     let format = image::guess_format(bytes).map_err(|_| ImageError::Format)?;
-    if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP) {
+    if !matches!(
+        format,
+        ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP
+    ) {
         return Err(ImageError::Format);
     }
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
@@ -108,7 +117,9 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     limits.max_image_height = Some(height);
     limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 20));
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| ImageError::Decode(e.to_string()))?;
+    let img = reader
+        .decode()
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
     Ok(img.to_rgb8())
 }
 
@@ -123,7 +134,12 @@ pub fn fit(img: RgbImage, width: u32, height: u32) -> RgbImage {
 
 /// Encodes an image; PNGs carry `parameters` as a tEXt chunk (A1111's convention).
 /// `quality` (0–100) applies to JPEG; WebP output is lossless.
-pub fn encode(img: &RgbImage, format: OutputFormat, quality: Option<u8>, parameters: &str) -> Result<Vec<u8>, ImageError> {
+pub fn encode(
+    img: &RgbImage,
+    format: OutputFormat,
+    quality: Option<u8>,
+    parameters: &str,
+) -> Result<Vec<u8>, ImageError> {
     let enc = |e: &dyn std::fmt::Display| ImageError::Encode(e.to_string());
     let mut out = Vec::new();
     match format {
@@ -187,9 +203,18 @@ mod tests {
     fn refuses_large_and_unknown_images() {
         let img = RgbImage::new(16, 16);
         let bytes = encode(&img, OutputFormat::Png, None, "").unwrap();
-        assert!(matches!(decode(&bytes, 100), Err(ImageError::TooLarge { .. })));
-        assert!(matches!(decode(b"GIF89a....", 100), Err(ImageError::Format)));
-        assert!(matches!(decode(b"not an image", 100), Err(ImageError::Format)));
+        assert!(matches!(
+            decode(&bytes, 100),
+            Err(ImageError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            decode(b"GIF89a....", 100),
+            Err(ImageError::Format)
+        ));
+        assert!(matches!(
+            decode(b"not an image", 100),
+            Err(ImageError::Format)
+        ));
     }
 
     #[test]

@@ -11,6 +11,10 @@ pub mod scheduler;
 pub mod tokenizer;
 
 pub use model::{Model, ModelError, ModelInfo};
-pub use pipeline::{BatchOutput, GeneratedImage, Observer, Outcome, Pipeline, PipelineError, Quiet, Timings};
-pub use request::{BatchKey, Defaults, GenerationParams, GenerationRequest, Limits, ValidationError};
+pub use pipeline::{
+    BatchOutput, GeneratedImage, Observer, Outcome, Pipeline, PipelineError, Quiet, Timings,
+};
+pub use request::{
+    BatchKey, Defaults, GenerationParams, GenerationRequest, Limits, ValidationError,
+};
 pub use scheduler::SchedulerKind;

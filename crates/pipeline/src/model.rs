@@ -66,8 +66,8 @@ impl Model {
             });
         }
         let sched_path = root.join("scheduler/scheduler_config.json");
-        let scheduler_config: SchedulerConfig =
-            serde_json::from_value(read_json(&sched_path)?).map_err(|e| ModelError::File {
+        let scheduler_config: SchedulerConfig = serde_json::from_value(read_json(&sched_path)?)
+            .map_err(|e| ModelError::File {
                 path: sched_path.clone(),
                 message: format!("not a scheduler config: {e}"),
             })?;
@@ -141,7 +141,11 @@ fn read_json(path: &Path) -> Result<Value, ModelError> {
 }
 
 fn optional_config(path: &Path) -> Result<Option<Value>, ModelError> {
-    if path.is_file() { read_json(path).map(Some) } else { Ok(None) }
+    if path.is_file() {
+        read_json(path).map(Some)
+    } else {
+        Ok(None)
+    }
 }
 
 /// SHA-256 over every weight file of the ONNX components, in path order.
@@ -149,7 +153,9 @@ fn weights_hash(root: &Path) -> Result<String, ModelError> {
     let mut files = Vec::new();
     for component in ["text_encoder", "unet", "vae_decoder", "vae_encoder", "vae"] {
         let dir = root.join(component);
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
@@ -187,7 +193,8 @@ fn resolve(spec: &str) -> Result<PathBuf, ModelError> {
     if path.is_dir() {
         return Ok(path.to_path_buf());
     }
-    let looks_like_repo = spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.starts_with('/');
+    let looks_like_repo =
+        spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.starts_with('/');
     if !looks_like_repo {
         return Err(ModelError::NotFound(spec.to_string()));
     }
@@ -207,9 +214,16 @@ fn download(id: &str) -> Result<PathBuf, ModelError> {
     let info = repo.info().map_err(|e| hub(e.to_string()))?;
     let wanted = |f: &str| {
         f == "model_index.json"
-            || ["scheduler/", "tokenizer/", "text_encoder/", "unet/", "vae_decoder/", "vae_encoder/"]
-                .iter()
-                .any(|d| f.starts_with(d))
+            || [
+                "scheduler/",
+                "tokenizer/",
+                "text_encoder/",
+                "unet/",
+                "vae_decoder/",
+                "vae_encoder/",
+            ]
+            .iter()
+            .any(|d| f.starts_with(d))
     };
     let files: Vec<String> = info
         .siblings

@@ -19,7 +19,9 @@ pub struct NoiseGenerator {
 
 impl std::fmt::Debug for NoiseGenerator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NoiseGenerator").field("index", &self.index).finish()
+        f.debug_struct("NoiseGenerator")
+            .field("index", &self.index)
+            .finish()
     }
 }
 
@@ -130,7 +132,13 @@ mod tests {
 
     #[test]
     fn same_seed_same_stream() {
-        assert_eq!(NoiseGenerator::new(3).randn(40), NoiseGenerator::new(3).randn(40));
-        assert_ne!(NoiseGenerator::new(3).randn(40), NoiseGenerator::new(4).randn(40));
+        assert_eq!(
+            NoiseGenerator::new(3).randn(40),
+            NoiseGenerator::new(3).randn(40)
+        );
+        assert_ne!(
+            NoiseGenerator::new(3).randn(40),
+            NoiseGenerator::new(4).randn(40)
+        );
     }
 }

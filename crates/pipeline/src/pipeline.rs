@@ -103,7 +103,12 @@ struct Item {
 }
 
 impl Pipeline {
-    pub fn new(executor: Arc<dyn Executor>, model: Model, limits: Limits, defaults: Defaults) -> Self {
+    pub fn new(
+        executor: Arc<dyn Executor>,
+        model: Model,
+        limits: Limits,
+        defaults: Defaults,
+    ) -> Self {
         Self {
             executor,
             model,
@@ -186,8 +191,14 @@ impl Pipeline {
             let round = |v: u32| (v / factor * factor).clamp(l.min_size, l.max_size);
             (round(i.width()), round(i.height()))
         });
-        let width = p.width.or(from_init.map(|s| s.0)).unwrap_or(info.native_size);
-        let height = p.height.or(from_init.map(|s| s.1)).unwrap_or(info.native_size);
+        let width = p
+            .width
+            .or(from_init.map(|s| s.0))
+            .unwrap_or(info.native_size);
+        let height = p
+            .height
+            .or(from_init.map(|s| s.1))
+            .unwrap_or(info.native_size);
         for (field, v) in [("width", width), ("height", height)] {
             if v < l.min_size || v > l.max_size || v % factor != 0 {
                 return Err(ValidationError::new(
@@ -199,7 +210,8 @@ impl Pipeline {
                 ));
             }
         }
-        if let anyaccel_executor::Shapes::Static { sizes, .. } = &self.executor.capabilities().shapes
+        if let anyaccel_executor::Shapes::Static { sizes, .. } =
+            &self.executor.capabilities().shapes
             && !sizes.contains(&(width, height))
         {
             let list: Vec<String> = sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect();
@@ -214,7 +226,10 @@ impl Pipeline {
         let init = match p.init_image {
             None => {
                 if p.strength.is_some() {
-                    return Err(ValidationError::new("strength", "only applies with an init image"));
+                    return Err(ValidationError::new(
+                        "strength",
+                        "only applies with an init image",
+                    ));
                 }
                 None
             }
@@ -259,7 +274,10 @@ impl Pipeline {
     }
 
     /// Runs one request.
-    pub fn generate(&self, request: &GenerationRequest) -> Result<Vec<GeneratedImage>, PipelineError> {
+    pub fn generate(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<Vec<GeneratedImage>, PipelineError> {
         let out = self.run_batch(&[request], &Quiet)?;
         match out.outcomes.into_iter().next() {
             Some(Outcome::Completed(images)) => Ok(images),
@@ -268,7 +286,11 @@ impl Pipeline {
     }
 
     /// Runs compatible requests (equal [`GenerationRequest::batch_key`]) as one batch.
-    pub fn run_batch(&self, requests: &[&GenerationRequest], observer: &dyn Observer) -> Result<BatchOutput, PipelineError> {
+    pub fn run_batch(
+        &self,
+        requests: &[&GenerationRequest],
+        observer: &dyn Observer,
+    ) -> Result<BatchOutput, PipelineError> {
         let Some(first) = requests.first() else {
             return Ok(BatchOutput {
                 outcomes: Vec::new(),
@@ -321,8 +343,15 @@ impl Pipeline {
         }
         timings.text_encode = t0.elapsed();
 
-        let schedule = Schedule::new(first.scheduler, &info.scheduler_config, first.steps as usize)?;
-        let start = first.init.as_ref().map_or(0, |i| schedule.start_index(i.strength));
+        let schedule = Schedule::new(
+            first.scheduler,
+            &info.scheduler_config,
+            first.steps as usize,
+        )?;
+        let start = first
+            .init
+            .as_ref()
+            .map_or(0, |i| schedule.start_index(i.strength));
 
         // Initial latents, each image from its own seeded generator.
         let t0 = Instant::now();
@@ -339,7 +368,12 @@ impl Pipeline {
                         return Err(PipelineError::Shape {
                             component: "vae_encoder",
                             shape: p.shape().to_vec(),
-                            expected: format!("[1, {}, {}, {}]", 2 * latent_shape[0], latent_shape[1], latent_shape[2]),
+                            expected: format!(
+                                "[1, {}, {}, {}]",
+                                2 * latent_shape[0],
+                                latent_shape[1],
+                                latent_shape[2]
+                            ),
                         });
                     }
                     Some(p.into_data())
@@ -351,7 +385,11 @@ impl Pipeline {
                 let latents = match &posterior {
                     None => {
                         let sigma = schedule.init_noise_sigma();
-                        noise.randn(latent_len).into_iter().map(|v| v * sigma).collect()
+                        noise
+                            .randn(latent_len)
+                            .into_iter()
+                            .map(|v| v * sigma)
+                            .collect()
                     }
                     Some(params) => {
                         let (mean, logvar) = params.split_at(latent_len);
@@ -360,7 +398,10 @@ impl Pipeline {
                             .iter()
                             .zip(logvar)
                             .zip(eps)
-                            .map(|((m, lv), e)| (m + (0.5 * lv.clamp(-30.0, 20.0)).exp() * e) * info.vae_scaling_factor)
+                            .map(|((m, lv), e)| {
+                                (m + (0.5 * lv.clamp(-30.0, 20.0)).exp() * e)
+                                    * info.vae_scaling_factor
+                            })
                             .collect();
                         let n = noise.randn(latent_len);
                         schedule.add_noise(start, &x0, &n)
@@ -433,7 +474,10 @@ impl Pipeline {
                 let eps: Vec<f32> = if guidance {
                     let u = out.item(j);
                     let c = out.item(n_items + j);
-                    u.iter().zip(c).map(|(u, c)| u + it.guidance * (c - u)).collect()
+                    u.iter()
+                        .zip(c)
+                        .map(|(u, c)| u + it.guidance * (c - u))
+                        .collect()
                 } else {
                     out.item(j).to_vec()
                 };
@@ -454,9 +498,16 @@ impl Pipeline {
         let t0 = Instant::now();
         let mut done: Vec<Vec<GeneratedImage>> = vec![Vec::new(); requests.len()];
         for it in items {
-            let latents: Vec<f32> = it.latents.iter().map(|v| v / info.vae_scaling_factor).collect();
-            let x = Tensor::new(vec![1, latent_shape[0], latent_shape[1], latent_shape[2]], latents)
-                .map_err(ExecutorError::from)?;
+            let latents: Vec<f32> = it
+                .latents
+                .iter()
+                .map(|v| v / info.vae_scaling_factor)
+                .collect();
+            let x = Tensor::new(
+                vec![1, latent_shape[0], latent_shape[1], latent_shape[2]],
+                latents,
+            )
+            .map_err(ExecutorError::from)?;
             let img = self.executor.vae_decode(&x)?;
             if img.data().len() != 3 * (w * h) as usize {
                 return Err(PipelineError::Shape {
@@ -474,7 +525,13 @@ impl Pipeline {
         let outcomes = done
             .into_iter()
             .zip(cancelled)
-            .map(|(imgs, c)| if c { Outcome::Cancelled } else { Outcome::Completed(imgs) })
+            .map(|(imgs, c)| {
+                if c {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Completed(imgs)
+                }
+            })
             .collect();
         Ok(BatchOutput { outcomes, timings })
     }

@@ -165,7 +165,10 @@ impl GenerationRequest {
             steps: self.steps,
             scheduler: self.scheduler,
             guidance: self.uses_guidance(),
-            strength_millis: self.init.as_ref().map(|i| (i.strength * 1000.0).round() as u32),
+            strength_millis: self
+                .init
+                .as_ref()
+                .map(|i| (i.strength * 1000.0).round() as u32),
         }
     }
 

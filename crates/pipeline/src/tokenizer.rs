@@ -85,20 +85,36 @@ impl ClipTokenizer {
     }
 
     /// Builds from CLIP BPE files; `pad` defaults to the end-of-text token (SD 1.x).
-    pub fn from_files(vocab: &Path, merges: &Path, pad: Option<&str>, max_len: usize) -> Result<Self, TokenizerError> {
+    pub fn from_files(
+        vocab: &Path,
+        merges: &Path,
+        pad: Option<&str>,
+        max_len: usize,
+    ) -> Result<Self, TokenizerError> {
         let file_err = |path: &Path, message: String| TokenizerError::File {
             path: path.to_path_buf(),
             message,
         };
-        let vocab_s = vocab.to_str().ok_or_else(|| file_err(vocab, "path is not UTF-8".into()))?;
-        let merges_s = merges.to_str().ok_or_else(|| file_err(merges, "path is not UTF-8".into()))?;
+        let vocab_s = vocab
+            .to_str()
+            .ok_or_else(|| file_err(vocab, "path is not UTF-8".into()))?;
+        let merges_s = merges
+            .to_str()
+            .ok_or_else(|| file_err(merges, "path is not UTF-8".into()))?;
         let bpe = BPE::from_file(vocab_s, merges_s)
             .end_of_word_suffix("</w>".into())
             .unk_token(EOS.into())
             .build()
-            .map_err(|e| file_err(vocab, format!("not a valid BPE vocabulary with its merges: {e}")))?;
+            .map_err(|e| {
+                file_err(
+                    vocab,
+                    format!("not a valid BPE vocabulary with its merges: {e}"),
+                )
+            })?;
         if max_len < 2 {
-            return Err(TokenizerError::Invalid(format!("model_max_length {max_len} is too small")));
+            return Err(TokenizerError::Invalid(format!(
+                "model_max_length {max_len} is too small"
+            )));
         }
         let id = |tok: &str| -> Result<i64, TokenizerError> {
             bpe.token_to_id(tok)
@@ -109,10 +125,8 @@ impl ClipTokenizer {
         let eos = id(EOS)?;
         let pad_text = pad.unwrap_or(EOS).to_string();
         let pad = id(&pad_text)?;
-        let word = Regex::new(
-            r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+",
-        )
-        .map_err(|e| TokenizerError::Invalid(e.to_string()))?;
+        let word = Regex::new(r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+")
+            .map_err(|e| TokenizerError::Invalid(e.to_string()))?;
         Ok(Self {
             bpe,
             word,
@@ -172,7 +186,11 @@ impl ClipTokenizer {
     fn words(&self, text: &str, out: &mut Vec<i64>) -> Result<(), TokenizerError> {
         let clean = clean_text(text);
         for m in self.word.find_iter(&clean) {
-            let encoded: String = m.as_str().bytes().map(|b| self.byte_chars[b as usize]).collect();
+            let encoded: String = m
+                .as_str()
+                .bytes()
+                .map(|b| self.byte_chars[b as usize])
+                .collect();
             let toks = self
                 .bpe
                 .tokenize(&encoded)
@@ -206,7 +224,8 @@ fn token_content(v: &Value) -> Option<String> {
 /// GPT-2/CLIP's reversible map from bytes to printable characters.
 fn byte_chars() -> [char; 256] {
     let mut table = ['\0'; 256];
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
     let mut extra = 0;
     for b in 0..256u32 {
         let c = if printable(b) {
@@ -245,7 +264,12 @@ fn clean_text(text: &str) -> String {
         if c == '\0' || c == '\u{FFFD}' {
             continue;
         }
-        if c == ' ' || c == '\t' || c == '\n' || c == '\r' || c.is_whitespace() && is_space_separator(c) {
+        if c == ' '
+            || c == '\t'
+            || c == '\n'
+            || c == '\r'
+            || c.is_whitespace() && is_space_separator(c)
+        {
             s.push(' ');
         } else if is_other(c) {
             continue;

@@ -19,10 +19,13 @@ pub fn read_json(rel: &str) -> Value {
 pub fn floats(v: &Value) -> Vec<f64> {
     match v {
         Value::String(s) => floats(&serde_json::from_str::<Value>(s).expect("list in string")),
-        Value::Array(a) => a.iter().flat_map(|x| match x {
-            Value::Array(_) | Value::String(_) => floats(x),
-            _ => vec![x.as_f64().expect("number")],
-        }).collect(),
+        Value::Array(a) => a
+            .iter()
+            .flat_map(|x| match x {
+                Value::Array(_) | Value::String(_) => floats(x),
+                _ => vec![x.as_f64().expect("number")],
+            })
+            .collect(),
         other => panic!("expected a list of numbers, got {other}"),
     }
 }
@@ -33,5 +36,9 @@ pub fn rows(v: &Value) -> Vec<Vec<f64>> {
         Value::String(s) => serde_json::from_str::<Value>(s).expect("list in string"),
         other => other.clone(),
     };
-    v.as_array().expect("list of rows").iter().map(floats).collect()
+    v.as_array()
+        .expect("list of rows")
+        .iter()
+        .map(floats)
+        .collect()
 }

@@ -51,11 +51,17 @@ fn diff(a: &RgbImage, b: &RgbImage) -> (u8, f64) {
 }
 
 fn params(case: &Value) -> GenerationParams {
-    let seeds: Vec<u64> = case["seeds"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
+    let seeds: Vec<u64> = case["seeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
     for w in seeds.windows(2) {
         assert_eq!(w[1], w[0] + 1, "our requests number seeds consecutively");
     }
-    let init_image = (case["mode"] == "img2img").then(|| load_png(&fixtures().join("reference/init_64.png")));
+    let init_image =
+        (case["mode"] == "img2img").then(|| load_png(&fixtures().join("reference/init_64.png")));
     GenerationParams {
         prompt: case["prompt"].as_str().unwrap().into(),
         negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
@@ -66,7 +72,10 @@ fn params(case: &Value) -> GenerationParams {
         scheduler: Some(case["scheduler"].as_str().unwrap().into()),
         seed: Some(seeds[0]),
         n: Some(seeds.len() as u32),
-        strength: case.get("strength").and_then(Value::as_f64).map(|s| s as f32),
+        strength: case
+            .get("strength")
+            .and_then(Value::as_f64)
+            .map(|s| s as f32),
         init_image,
     }
 }
@@ -75,7 +84,11 @@ fn cases() -> Vec<(String, Value)> {
     let mut out = Vec::new();
     for model in ["tiny-sd15", "tiny-sd2v"] {
         let dir = fixtures().join("reference").join(model);
-        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         files.sort();
         for f in files {
             let name = f.file_name().unwrap().to_string_lossy().to_string();
@@ -91,28 +104,53 @@ fn cases() -> Vec<(String, Value)> {
 #[test]
 fn images_match_diffusers() {
     let all = cases();
-    assert!(all.len() >= 10, "expected the committed reference cases, found {}", all.len());
+    assert!(
+        all.len() >= 10,
+        "expected the committed reference cases, found {}",
+        all.len()
+    );
     let mut report = Vec::new();
     let mut failures = Vec::new();
     for (model, case) in &all {
         let name = case["case"].as_str().unwrap();
-        let spacing = case["scheduler_overrides"].get("timestep_spacing").and_then(Value::as_str);
+        let spacing = case["scheduler_overrides"]
+            .get("timestep_spacing")
+            .and_then(Value::as_str);
         let p = pipeline(model, spacing);
-        let request = p.validate(params(case)).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let images = p.generate(&request).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let request = p
+            .validate(params(case))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let images = p
+            .generate(&request)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let expected_files = case["images"].as_array().unwrap();
         assert_eq!(images.len(), expected_files.len(), "{name}: image count");
         for (img, file) in images.iter().zip(expected_files) {
-            let reference = load_png(&fixtures().join("reference").join(model).join(file.as_str().unwrap()));
+            let reference = load_png(
+                &fixtures()
+                    .join("reference")
+                    .join(model)
+                    .join(file.as_str().unwrap()),
+            );
             let (max, mean) = diff(&img.image, &reference);
-            report.push(format!("{model}/{name} seed {}: max {max}, mean {mean:.3}", img.seed));
+            report.push(format!(
+                "{model}/{name} seed {}: max {max}, mean {mean:.3}",
+                img.seed
+            ));
             if max > MAX_ABS || mean > MEAN_ABS {
-                failures.push(format!("{model}/{name} seed {}: max {max}, mean {mean:.3}", img.seed));
+                failures.push(format!(
+                    "{model}/{name} seed {}: max {max}, mean {mean:.3}",
+                    img.seed
+                ));
             }
         }
     }
     println!("{}", report.join("\n"));
-    assert!(failures.is_empty(), "outside tolerance (max {MAX_ABS}, mean {MEAN_ABS}):\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "outside tolerance (max {MAX_ABS}, mean {MEAN_ABS}):\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -122,7 +160,8 @@ fn initial_latents_are_diffusers_noise() {
         let seeds = case["seeds"].as_array().unwrap();
         let rows = common::rows(&case["initial_latents"]);
         for (seed, row) in seeds.iter().zip(rows) {
-            let ours = anyaccel_pipeline::noise::NoiseGenerator::new(seed.as_u64().unwrap()).randn(row.len());
+            let ours = anyaccel_pipeline::noise::NoiseGenerator::new(seed.as_u64().unwrap())
+                .randn(row.len());
             for (a, b) in ours.iter().zip(&row) {
                 assert!((*a as f64 - b).abs() < 1e-5, "seed {seed}: {a} vs {b}");
             }
@@ -142,15 +181,28 @@ fn a_seed_gives_the_same_image_alone_and_inside_a_batch() {
         ..GenerationParams::default()
     };
     let batch = p
-        .validate(GenerationParams { seed: Some(1), n: Some(3), ..base.clone() })
+        .validate(GenerationParams {
+            seed: Some(1),
+            n: Some(3),
+            ..base.clone()
+        })
         .unwrap();
-    let solo = p.validate(GenerationParams { seed: Some(2), n: Some(1), ..base }).unwrap();
+    let solo = p
+        .validate(GenerationParams {
+            seed: Some(2),
+            n: Some(1),
+            ..base
+        })
+        .unwrap();
     let batch_images = p.generate(&batch).unwrap();
     let solo_images = p.generate(&solo).unwrap();
     assert_eq!(batch_images[1].seed, 2);
     let (max, mean) = diff(&batch_images[1].image, &solo_images[0].image);
     println!("batch vs solo, seed 2: max {max}, mean {mean:.4}");
-    assert!(max <= 1 && mean < 0.05, "batch vs solo differ: max {max}, mean {mean}");
+    assert!(
+        max <= 1 && mean < 0.05,
+        "batch vs solo differ: max {max}, mean {mean}"
+    );
     // Different seeds in the batch really are different images.
     let (max01, _) = diff(&batch_images[0].image, &batch_images[1].image);
     assert!(max01 > 10);

@@ -9,7 +9,10 @@ fn assert_close(ours: &[f32], theirs: &[f64], what: &str) {
     assert_eq!(ours.len(), theirs.len(), "{what}: length");
     for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
         // libm's logf/cosf may differ from torch's vectorised ones by an ulp or two.
-        assert!((*a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what}[{i}]: ours {a}, torch {b}");
+        assert!(
+            (*a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()),
+            "{what}[{i}]: ours {a}, torch {b}"
+        );
     }
 }
 
@@ -36,7 +39,10 @@ fn randn_matches_torch_for_latent_sized_draws() {
         }
         let sum: f64 = ours.iter().map(|&x| x as f64).sum();
         let expected = case["sum"].as_f64().unwrap();
-        assert!((sum - expected).abs() < 1e-3, "{what}: sum {sum} vs {expected}");
+        assert!(
+            (sum - expected).abs() < 1e-3,
+            "{what}: sum {sum} vs {expected}"
+        );
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} cases checked");

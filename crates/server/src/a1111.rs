@@ -82,9 +82,15 @@ pub struct A1111Response {
 }
 
 fn sampler(body: &A1111Body) -> Option<String> {
-    let name = body.sampler_name.clone().or_else(|| body.sampler_index.clone())?;
+    let name = body
+        .sampler_name
+        .clone()
+        .or_else(|| body.sampler_index.clone())?;
     match body.scheduler.as_deref() {
-        Some(s) if s.eq_ignore_ascii_case("karras") && !name.to_ascii_lowercase().contains("karras") => {
+        Some(s)
+            if s.eq_ignore_ascii_case("karras")
+                && !name.to_ascii_lowercase().contains("karras") =>
+        {
             Some(format!("{name} Karras"))
         }
         _ => Some(name),
@@ -103,7 +109,10 @@ async fn run(state: AppState, body: A1111Body, img2img: bool) -> Result<Response
         None
     };
     if body.batch_size == 0 || body.n_iter == 0 {
-        return Err(ApiError::invalid("batch_size", "batch_size and n_iter must be at least 1"));
+        return Err(ApiError::invalid(
+            "batch_size",
+            "batch_size and n_iter must be at least 1",
+        ));
     }
     let params = GenerationParams {
         prompt: body.prompt.clone(),
@@ -115,10 +124,16 @@ async fn run(state: AppState, body: A1111Body, img2img: bool) -> Result<Response
         scheduler: sampler(&body),
         seed: u64::try_from(body.seed).ok(),
         n: Some(body.batch_size.saturating_mul(body.n_iter)),
-        strength: if img2img { body.denoising_strength } else { None },
+        strength: if img2img {
+            body.denoising_strength
+        } else {
+            None
+        },
         init_image,
     };
-    let request = generate::validate(&state, params).await.map_err(a1111_names)?;
+    let request = generate::validate(&state, params)
+        .await
+        .map_err(a1111_names)?;
     let (job, result) = generate::run(&state, request).await?;
     let encoded = generate::encode(&state, &job, &result, OutputFormat::Png, None).await?;
     let info = state.pipeline().model();
@@ -171,7 +186,10 @@ fn a1111_names(mut e: ApiError) -> ApiError {
 /// A1111 txt2img.
 #[utoipa::path(post, path = "/sdapi/v1/txt2img", tag = "a1111", request_body = A1111Body,
     responses((status = 200, body = A1111Response), (status = 400, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
-pub async fn txt2img(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn txt2img(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body: A1111Body = parse_json(&body_bytes(body)?)?;
     run(state, body, false).await
 }
@@ -179,7 +197,10 @@ pub async fn txt2img(State(state): State<AppState>, body: Result<Bytes, BytesRej
 /// A1111 img2img (`init_images` + `denoising_strength`).
 #[utoipa::path(post, path = "/sdapi/v1/img2img", tag = "a1111", request_body = A1111Body,
     responses((status = 200, body = A1111Response), (status = 400, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
-pub async fn img2img(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn img2img(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body: A1111Body = parse_json(&body_bytes(body)?)?;
     run(state, body, true).await
 }
@@ -211,9 +232,20 @@ pub async fn progress(State(state): State<AppState>) -> Json<ProgressResponse> {
     let (progress, eta, step, steps, job, interrupted) = match &current {
         Some(j) => {
             let s = j.state();
-            let p = if s.total_steps > 0 { s.step as f64 / s.total_steps as f64 } else { 0.0 };
+            let p = if s.total_steps > 0 {
+                s.step as f64 / s.total_steps as f64
+            } else {
+                0.0
+            };
             let eta = s.eta_seconds.unwrap_or(0.0) * (1.0 - p);
-            (p, eta, s.step, s.total_steps, j.id.clone(), s.status == JobStatus::Cancelled)
+            (
+                p,
+                eta,
+                s.step,
+                s.total_steps,
+                j.id.clone(),
+                s.status == JobStatus::Cancelled,
+            )
         }
         None => (0.0, 0.0, 0, 0, String::new(), false),
     };

@@ -35,7 +35,9 @@ impl FromStr for CloudWatchMode {
             "off" => Ok(Self::Off),
             "emf" => Ok(Self::Emf),
             "api" => Ok(Self::Api),
-            other => Err(format!("unknown CloudWatch mode `{other}`; expected off, emf or api")),
+            other => Err(format!(
+                "unknown CloudWatch mode `{other}`; expected off, emf or api"
+            )),
         }
     }
 }
@@ -125,9 +127,17 @@ pub fn spawn(state: AppState, config: CloudWatchConfig) {
             let samples = [
                 (cw::BACKLOG_SECONDS, stats.backlog_seconds(), "Seconds"),
                 (cw::QUEUE_DEPTH, stats.queued as f64, "Count"),
-                (cw::IN_FLIGHT, (stats.queued + stats.running) as f64, "Count"),
+                (
+                    cw::IN_FLIGHT,
+                    (stats.queued + stats.running) as f64,
+                    "Count",
+                ),
                 (cw::REQUESTS, requests as f64, "Count"),
-                (cw::IMAGES, now.images.saturating_sub(last.images) as f64, "Count"),
+                (
+                    cw::IMAGES,
+                    now.images.saturating_sub(last.images) as f64,
+                    "Count",
+                ),
                 (cw::REQUEST_LATENCY, latency, "Seconds"),
             ];
             last = now;
@@ -187,7 +197,10 @@ fn emf_lines(namespace: &str, dims: &[(&'static str, String)], datums: &[Datum])
         .into_iter()
         .map(|(ts, ds)| {
             let mut doc = Map::new();
-            let metrics: Vec<Value> = ds.iter().map(|d| json!({"Name": d.name, "Unit": d.unit})).collect();
+            let metrics: Vec<Value> = ds
+                .iter()
+                .map(|d| json!({"Name": d.name, "Unit": d.unit}))
+                .collect();
             doc.insert(
                 "_aws".into(),
                 json!({
@@ -210,7 +223,11 @@ fn emf_lines(namespace: &str, dims: &[(&'static str, String)], datums: &[Datum])
         .collect()
 }
 
-async fn emf_loop(buffer: Arc<Mutex<Buffer>>, config: CloudWatchConfig, dims: Vec<(&'static str, String)>) {
+async fn emf_loop(
+    buffer: Arc<Mutex<Buffer>>,
+    config: CloudWatchConfig,
+    dims: Vec<(&'static str, String)>,
+) {
     let mut tick = tokio::time::interval(config.interval.min(Duration::from_secs(1)));
     loop {
         tick.tick().await;
@@ -238,7 +255,11 @@ async fn emf_loop(buffer: Arc<Mutex<Buffer>>, config: CloudWatchConfig, dims: Ve
 /// PutMetricData accepts up to 1000 datums per call.
 const API_BATCH: usize = 1000;
 
-async fn api_loop(buffer: Arc<Mutex<Buffer>>, config: CloudWatchConfig, dims: Vec<(&'static str, String)>) {
+async fn api_loop(
+    buffer: Arc<Mutex<Buffer>>,
+    config: CloudWatchConfig,
+    dims: Vec<(&'static str, String)>,
+) {
     use aws_sdk_cloudwatch::primitives::DateTime;
     use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
 
@@ -260,7 +281,10 @@ async fn api_loop(buffer: Arc<Mutex<Buffer>>, config: CloudWatchConfig, dims: Ve
         tick.tick().await;
         let (datums, dropped) = take_all(&buffer);
         if dropped > 0 {
-            tracing::warn!(dropped, "CloudWatch buffer overflowed while the API was unreachable");
+            tracing::warn!(
+                dropped,
+                "CloudWatch buffer overflowed while the API was unreachable"
+            );
         }
         for (i, chunk) in datums.chunks(API_BATCH).enumerate() {
             let metric_data: Vec<MetricDatum> = chunk
@@ -332,7 +356,10 @@ mod tests {
                 timestamp_ms: i,
             });
         }
-        assert_eq!(b.items.iter().map(|d| d.value).collect::<Vec<_>>(), vec![3.0, 4.0]);
+        assert_eq!(
+            b.items.iter().map(|d| d.value).collect::<Vec<_>>(),
+            vec![3.0, 4.0]
+        );
         assert_eq!(b.dropped, 3);
     }
 
@@ -345,10 +372,24 @@ mod tests {
             unit: "Seconds",
             timestamp_ms: ts,
         };
-        let lines = emf_lines("anyaccel", &dims, &[d(cw::BACKLOG_SECONDS, 7), d(cw::QUEUE_DEPTH, 7), d(cw::BACKLOG_SECONDS, 8)]);
+        let lines = emf_lines(
+            "anyaccel",
+            &dims,
+            &[
+                d(cw::BACKLOG_SECONDS, 7),
+                d(cw::QUEUE_DEPTH, 7),
+                d(cw::BACKLOG_SECONDS, 8),
+            ],
+        );
         assert_eq!(lines.len(), 2);
         let v: Value = serde_json::from_str(&lines[0]).unwrap();
-        assert_eq!(v["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
         assert_eq!(v["Pool"], "g5");
         assert_eq!(v[cw::BACKLOG_SECONDS], 1.5);
     }

@@ -87,13 +87,19 @@ impl From<ValidationError> for ApiError {
 impl From<AdmissionError> for ApiError {
     fn from(e: AdmissionError) -> Self {
         let (status, code, retry) = match &e {
-            AdmissionError::QueueFull { retry_after_secs, .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, "queue_full", Some(*retry_after_secs))
-            }
+            AdmissionError::QueueFull {
+                retry_after_secs, ..
+            } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue_full",
+                Some(*retry_after_secs),
+            ),
             AdmissionError::TooLarge => (StatusCode::BAD_REQUEST, "request_too_large", None),
-            AdmissionError::Draining { retry_after_secs } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "draining", Some(*retry_after_secs))
-            }
+            AdmissionError::Draining { retry_after_secs } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                Some(*retry_after_secs),
+            ),
         };
         ApiError {
             status,
@@ -116,7 +122,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut resp = (self.status, Json(body)).into_response();
-        if let Some(v) = self.retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+        if let Some(v) = self
+            .retry_after
+            .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
+        {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp

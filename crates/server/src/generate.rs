@@ -17,7 +17,11 @@ use crate::AppState;
 use crate::error::ApiError;
 
 /// Parses `WxH` against the sizes this server offers.
-pub fn parse_size(state: &AppState, size: Option<&str>, field: &str) -> Result<Option<(u32, u32)>, ApiError> {
+pub fn parse_size(
+    state: &AppState,
+    size: Option<&str>,
+    field: &str,
+) -> Result<Option<(u32, u32)>, ApiError> {
     let allowed = &state.config.sizes;
     let list = || {
         allowed
@@ -26,7 +30,10 @@ pub fn parse_size(state: &AppState, size: Option<&str>, field: &str) -> Result<O
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let Some(s) = size.map(str::trim).filter(|s| !s.is_empty() && *s != "auto") else {
+    let Some(s) = size
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && *s != "auto")
+    else {
         return Ok(None);
     };
     let parsed = s
@@ -34,17 +41,32 @@ pub fn parse_size(state: &AppState, size: Option<&str>, field: &str) -> Result<O
         .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)));
     match parsed {
         Some(wh) if allowed.contains(&wh) => Ok(Some(wh)),
-        Some(_) => Err(ApiError::invalid(field, format!("size `{s}` is not offered; allowed: {}", list()))),
-        None => Err(ApiError::invalid(field, format!("`{s}` is not a size like 512x512; allowed: {}", list()))),
+        Some(_) => Err(ApiError::invalid(
+            field,
+            format!("size `{s}` is not offered; allowed: {}", list()),
+        )),
+        None => Err(ApiError::invalid(
+            field,
+            format!("`{s}` is not a size like 512x512; allowed: {}", list()),
+        )),
     }
 }
 
 /// Decodes a caller's init image with the server's pixel limit.
-pub fn decode_init(state: &AppState, bytes: &[u8], field: &str) -> Result<image::RgbImage, ApiError> {
-    images::decode(bytes, state.config.max_input_pixels).map_err(|e| ApiError::invalid(field, e.to_string()))
+pub fn decode_init(
+    state: &AppState,
+    bytes: &[u8],
+    field: &str,
+) -> Result<image::RgbImage, ApiError> {
+    images::decode(bytes, state.config.max_input_pixels)
+        .map_err(|e| ApiError::invalid(field, e.to_string()))
 }
 
-pub fn decode_base64_image(state: &AppState, data: &str, field: &str) -> Result<image::RgbImage, ApiError> {
+pub fn decode_base64_image(
+    state: &AppState,
+    data: &str,
+    field: &str,
+) -> Result<image::RgbImage, ApiError> {
     // Accept data URLs as browsers produce them.
     let payload = data.split_once("base64,").map(|(_, b)| b).unwrap_or(data);
     let bytes = base64::engine::general_purpose::STANDARD
@@ -54,7 +76,10 @@ pub fn decode_base64_image(state: &AppState, data: &str, field: &str) -> Result<
 }
 
 /// Validates against the model and limits, on a blocking thread (img2img resizes).
-pub async fn validate(state: &AppState, params: GenerationParams) -> Result<GenerationRequest, ApiError> {
+pub async fn validate(
+    state: &AppState,
+    params: GenerationParams,
+) -> Result<GenerationRequest, ApiError> {
     let pipeline = state.pipeline().clone();
     let request = tokio::task::spawn_blocking(move || pipeline.validate(params))
         .await
@@ -63,10 +88,20 @@ pub async fn validate(state: &AppState, params: GenerationParams) -> Result<Gene
     // An img2img request without a size takes the image's; it must still be offered.
     let wh = (request.width(), request.height());
     if !state.config.sizes.contains(&wh) {
-        let list: Vec<String> = state.config.sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect();
+        let list: Vec<String> = state
+            .config
+            .sizes
+            .iter()
+            .map(|(w, h)| format!("{w}x{h}"))
+            .collect();
         return Err(ApiError::invalid(
             "size",
-            format!("{}x{} is not offered; allowed: {}", wh.0, wh.1, list.join(", ")),
+            format!(
+                "{}x{} is not offered; allowed: {}",
+                wh.0,
+                wh.1,
+                list.join(", ")
+            ),
         ));
     }
     Ok(request)
@@ -91,7 +126,10 @@ impl Drop for CancelOnDrop {
 }
 
 /// Submits and waits for the result.
-pub async fn run(state: &AppState, request: GenerationRequest) -> Result<(Arc<Job>, Arc<JobResult>), ApiError> {
+pub async fn run(
+    state: &AppState,
+    request: GenerationRequest,
+) -> Result<(Arc<Job>, Arc<JobResult>), ApiError> {
     let job = state.batcher.submit(request, None)?;
     let mut guard = CancelOnDrop {
         batcher: state.batcher.clone(),
@@ -110,7 +148,11 @@ pub fn outcome(
 ) -> Result<(Arc<Job>, Arc<JobResult>), ApiError> {
     match (status, result) {
         (JobStatus::Completed, Some(r)) => Ok((job.clone(), r)),
-        (JobStatus::Cancelled, _) => Err(ApiError::new(StatusCode::CONFLICT, "cancelled", "the request was cancelled")),
+        (JobStatus::Cancelled, _) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cancelled",
+            "the request was cancelled",
+        )),
         _ => {
             let e = error.unwrap_or(anyaccel_batcher::JobError {
                 code: "internal",

@@ -114,7 +114,10 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
             anyaccel_executor::Shapes::Static { batch_size, .. } => batch_size.to_string(),
         },
         img2img: caps.vae_encoder,
-        schedulers: anyaccel_pipeline::SchedulerKind::ALL.iter().map(|k| k.to_string()).collect(),
+        schedulers: anyaccel_pipeline::SchedulerKind::ALL
+            .iter()
+            .map(|k| k.to_string())
+            .collect(),
         limits: InfoLimits {
             max_images: l.max_images,
             max_steps: l.max_steps,

@@ -25,8 +25,8 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::error::{ApiError, parse_json};
 use crate::generate::{self, Provenance, TimingReport};
-use crate::store::Encoding;
 use crate::openai::{ImageFormat, body_bytes, require_prompt};
+use crate::store::Encoding;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -170,7 +170,10 @@ pub async fn submit(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if key.as_ref().is_some_and(|k| k.len() > 256) {
-        return Err(ApiError::invalid("Idempotency-Key", "must be at most 256 characters"));
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "must be at most 256 characters",
+        ));
     }
     let size = generate::parse_size(&state, body.size.as_deref(), "size")?;
     let init_image = match &body.image {
@@ -227,7 +230,10 @@ fn lookup(state: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
         (status = 404, description = "Unknown id", body = crate::error::ErrorBody),
         (status = 410, description = "Result expired", body = crate::error::ErrorBody),
     ))]
-pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
     let job = lookup(&state, &id)?;
     Ok(Json(view(&state, &job, job.state()).await?))
 }
@@ -239,18 +245,28 @@ pub async fn status(State(state): State<AppState>, Path(id): Path<String>) -> Re
         (status = 200, description = "Cancelled, or already finished (see status)", body = JobView),
         (status = 404, description = "Unknown id", body = crate::error::ErrorBody),
     ))]
-pub async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
     let job = lookup(&state, &id)?;
     if state.batcher.cancel(&job) && job.state().status == JobStatus::Running {
         // Give the worker a moment to reach the next step so the answer is final.
         let mut rx = job.watch();
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), rx.wait_for(|s| s.status.is_terminal())).await;
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            rx.wait_for(|s| s.status.is_terminal()),
+        )
+        .await;
     }
     Ok(Json(view(&state, &job, job.state()).await?))
 }
 
 fn is_terminal(e: &JobEvent) -> bool {
-    matches!(e, JobEvent::Completed | JobEvent::Failed { .. } | JobEvent::Cancelled)
+    matches!(
+        e,
+        JobEvent::Completed | JobEvent::Failed { .. } | JobEvent::Cancelled
+    )
 }
 
 fn sse_event(e: &JobEvent) -> Event {

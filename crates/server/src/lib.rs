@@ -92,7 +92,9 @@ impl AppState {
 
     /// Ready: warmed up for every size and not draining.
     pub fn is_ready(&self) -> bool {
-        self.warmed.load(Ordering::SeqCst) && !self.batcher.is_draining() && self.pipeline().executor().is_ready()
+        self.warmed.load(Ordering::SeqCst)
+            && !self.batcher.is_draining()
+            && self.pipeline().executor().is_ready()
     }
 
     pub fn batcher(&self) -> &Batcher {
@@ -119,12 +121,20 @@ impl AppState {
                     .validate(params)
                     .map_err(|e| e.to_string())
                     .and_then(|r| {
-                        self.pipeline().generate(&r).map(|_| r.work()).map_err(|e| e.to_string())
+                        self.pipeline()
+                            .generate(&r)
+                            .map(|_| r.work())
+                            .map_err(|e| e.to_string())
                     });
                 match result {
                     Ok(work) => {
                         self.batcher.record_throughput(work, started.elapsed());
-                        tracing::info!(width = w, height = h, seconds = started.elapsed().as_secs_f64(), "warmed up");
+                        tracing::info!(
+                            width = w,
+                            height = h,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "warmed up"
+                        );
                     }
                     Err(e) => tracing::error!(width = w, height = h, error = %e, "warm-up failed"),
                 }
@@ -230,7 +240,9 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
             drained.batcher.begin_drain();
             let timeout = drained.config.drain_timeout;
             let b = drained.batcher.clone();
-            let clean = tokio::task::spawn_blocking(move || b.drain(timeout)).await.unwrap_or(false);
+            let clean = tokio::task::spawn_blocking(move || b.drain(timeout))
+                .await
+                .unwrap_or(false);
             if clean {
                 tracing::info!("drained; exiting");
             } else {

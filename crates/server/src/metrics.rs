@@ -32,14 +32,18 @@ pub struct StageLabels {
 }
 
 /// Requests take 0.1 s (tiny models, GPUs) to minutes (big images on CPUs).
-const REQUEST_BUCKETS: [f64; 15] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+const REQUEST_BUCKETS: [f64; 15] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
 
 fn request_histogram() -> Histogram {
     Histogram::new(REQUEST_BUCKETS)
 }
 
 fn step_histogram() -> Histogram {
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.002, 2.0, 14))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.002, 2.0, 14,
+    ))
 }
 
 pub struct Metrics {
@@ -69,7 +73,8 @@ pub struct Totals {
 
 /// Client work, as opposed to probes, scrapes and image downloads.
 fn is_work(endpoint: &str) -> bool {
-    (endpoint.starts_with("/v1/") && !endpoint.starts_with("/v1/images/files")) || endpoint.starts_with("/sdapi/")
+    (endpoint.starts_with("/v1/") && !endpoint.starts_with("/v1/images/files"))
+        || endpoint.starts_with("/sdapi/")
 }
 
 /// A counter's registered name: the client library appends `_total` itself.
@@ -81,7 +86,10 @@ impl Metrics {
     pub fn new(model: &str, accelerator: &str, pool: &str) -> Self {
         let labels = [
             (names::labels::MODEL.into(), model.to_string().into()),
-            (names::labels::ACCELERATOR.into(), accelerator.to_string().into()),
+            (
+                names::labels::ACCELERATOR.into(),
+                accelerator.to_string().into(),
+            ),
             (names::labels::POOL.into(), pool.to_string().into()),
         ];
         let mut registry = Registry::with_labels(labels.into_iter());
@@ -100,16 +108,56 @@ impl Metrics {
             work_latency_micros: AtomicU64::new(0),
             registry: Registry::default(),
         };
-        registry.register(counter_name(names::REQUESTS_TOTAL), "HTTP requests by endpoint and status", m.requests.clone());
-        registry.register(names::REQUEST_DURATION_SECONDS, "HTTP request duration", m.request_duration.clone());
-        registry.register(names::QUEUE_WAIT_SECONDS, "Time a job waited in the queue", m.queue_wait.clone());
-        registry.register(names::STAGE_DURATION_SECONDS, "Duration of each pipeline stage per batch", m.stage_duration.clone());
-        registry.register(names::STEP_DURATION_SECONDS, "Duration of one denoising step (one UNet call on the batch)", m.step_duration.clone());
-        registry.register(counter_name(names::IMAGES_TOTAL), "Images generated", m.images.clone());
-        registry.register(names::QUEUE_DEPTH, "Jobs waiting in the queue", m.queue_depth.clone());
-        registry.register(names::IN_FLIGHT, "HTTP requests being served", m.in_flight.clone());
-        registry.register(names::BATCH_SIZE, "Images per UNet batch", m.batch_size.clone());
-        registry.register(names::BACKLOG_SECONDS, "Estimated seconds of queued and running work, from measured step times", m.backlog.clone());
+        registry.register(
+            counter_name(names::REQUESTS_TOTAL),
+            "HTTP requests by endpoint and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            names::REQUEST_DURATION_SECONDS,
+            "HTTP request duration",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            names::QUEUE_WAIT_SECONDS,
+            "Time a job waited in the queue",
+            m.queue_wait.clone(),
+        );
+        registry.register(
+            names::STAGE_DURATION_SECONDS,
+            "Duration of each pipeline stage per batch",
+            m.stage_duration.clone(),
+        );
+        registry.register(
+            names::STEP_DURATION_SECONDS,
+            "Duration of one denoising step (one UNet call on the batch)",
+            m.step_duration.clone(),
+        );
+        registry.register(
+            counter_name(names::IMAGES_TOTAL),
+            "Images generated",
+            m.images.clone(),
+        );
+        registry.register(
+            names::QUEUE_DEPTH,
+            "Jobs waiting in the queue",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            names::IN_FLIGHT,
+            "HTTP requests being served",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            names::BATCH_SIZE,
+            "Images per UNet batch",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            names::BACKLOG_SECONDS,
+            "Estimated seconds of queued and running work, from measured step times",
+            m.backlog.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -146,7 +194,9 @@ impl Metrics {
 
     pub fn observe_image_encode(&self, elapsed: Duration) {
         self.stage_duration
-            .get_or_create(&StageLabels { stage: "image_encode" })
+            .get_or_create(&StageLabels {
+                stage: "image_encode",
+            })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -176,7 +226,9 @@ impl Telemetry for Metrics {
             ("vae_decode", t.vae_decode),
         ] {
             if !d.is_zero() {
-                self.stage_duration.get_or_create(&StageLabels { stage }).observe(d.as_secs_f64());
+                self.stage_duration
+                    .get_or_create(&StageLabels { stage })
+                    .observe(d.as_secs_f64());
             }
         }
         if t.steps > 0 {

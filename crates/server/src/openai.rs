@@ -168,7 +168,11 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
 pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|e| {
         let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE { "body_too_large" } else { "invalid_body" };
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "invalid_body"
+        };
         ApiError::new(status, code, e.body_text())
     })
 }
@@ -251,7 +255,11 @@ pub struct EditForm {
         (status = 400, description = "Invalid field", body = crate::error::ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = crate::error::ErrorBody),
     ))]
-pub async fn edits(State(state): State<AppState>, headers: HeaderMap, mut form: Multipart) -> Result<Response, ApiError> {
+pub async fn edits(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    mut form: Multipart,
+) -> Result<Response, ApiError> {
     let mut params = GenerationParams::default();
     let mut prompt = None;
     let mut size = None;
@@ -259,7 +267,11 @@ pub async fn edits(State(state): State<AppState>, headers: HeaderMap, mut form: 
     let mut output_format = OutputFormat::default();
     let mut compression = None;
     let multipart_err = |e: axum::extract::multipart::MultipartError| {
-        ApiError::new(e.status(), "invalid_body", format!("multipart body: {}", e.body_text()))
+        ApiError::new(
+            e.status(),
+            "invalid_body",
+            format!("multipart body: {}", e.body_text()),
+        )
     };
     while let Some(field) = form.next_field().await.map_err(multipart_err)? {
         let name = field.name().unwrap_or_default().to_string();
@@ -269,29 +281,46 @@ pub async fn edits(State(state): State<AppState>, headers: HeaderMap, mut form: 
             continue;
         }
         let text = field.text().await.map_err(multipart_err)?;
-        let num = |what: &str| ApiError::invalid(name.clone(), format!("must be {what}, got `{text}`"));
+        let num =
+            |what: &str| ApiError::invalid(name.clone(), format!("must be {what}, got `{text}`"));
         match name.as_str() {
             "prompt" => prompt = Some(text),
             "negative_prompt" => params.negative_prompt = Some(text),
             "n" => params.n = Some(text.parse().map_err(|_| num("an integer"))?),
             "steps" => params.steps = Some(text.parse().map_err(|_| num("an integer"))?),
             "seed" => params.seed = Some(text.parse().map_err(|_| num("an integer"))?),
-            "guidance_scale" => params.guidance_scale = Some(text.parse().map_err(|_| num("a number"))?),
+            "guidance_scale" => {
+                params.guidance_scale = Some(text.parse().map_err(|_| num("a number"))?)
+            }
             "strength" => params.strength = Some(text.parse().map_err(|_| num("a number"))?),
             "scheduler" => params.scheduler = Some(text),
             "size" => size = Some(text),
-            "output_compression" => compression = Some(text.parse().map_err(|_| num("an integer 0-100"))?),
+            "output_compression" => {
+                compression = Some(text.parse().map_err(|_| num("an integer 0-100"))?)
+            }
             "response_format" => {
                 response_format = match text.as_str() {
                     "b64_json" => ResponseFormat::B64Json,
                     "url" => ResponseFormat::Url,
-                    _ => return Err(ApiError::invalid("response_format", "must be b64_json or url")),
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "response_format",
+                            "must be b64_json or url",
+                        ));
+                    }
                 }
             }
             "output_format" => {
-                output_format = text.parse().map_err(|m: String| ApiError::invalid("output_format", m))?
+                output_format = text
+                    .parse()
+                    .map_err(|m: String| ApiError::invalid("output_format", m))?
             }
-            "mask" => return Err(ApiError::invalid("mask", "inpainting masks are not supported; send only `image`")),
+            "mask" => {
+                return Err(ApiError::invalid(
+                    "mask",
+                    "inpainting masks are not supported; send only `image`",
+                ));
+            }
             "model" | "quality" | "user" | "background" | "input_fidelity" => {}
             other => {
                 return Err(ApiError::invalid(
@@ -305,10 +334,19 @@ pub async fn edits(State(state): State<AppState>, headers: HeaderMap, mut form: 
     if params.init_image.is_none() {
         return Err(ApiError::invalid("image", "is required"));
     }
-    params.prompt = require_prompt(prompt.ok_or_else(|| ApiError::invalid("prompt", "is required"))?)?;
+    params.prompt =
+        require_prompt(prompt.ok_or_else(|| ApiError::invalid("prompt", "is required"))?)?;
     if let Some((w, h)) = generate::parse_size(&state, size.as_deref(), "size")? {
         params.width = Some(w);
         params.height = Some(h);
     }
-    respond(&state, &headers, params, response_format, output_format, compression).await
+    respond(
+        &state,
+        &headers,
+        params,
+        response_format,
+        output_format,
+        compression,
+    )
+    .await
 }

@@ -49,7 +49,8 @@ impl ImageStore {
         let now = Instant::now();
         let id = format!(
             "{:016x}{:016x}.{}",
-            anyaccel_pipeline::request::random_seed() << 32 | anyaccel_pipeline::request::random_seed(),
+            anyaccel_pipeline::request::random_seed() << 32
+                | anyaccel_pipeline::request::random_seed(),
             anyaccel_pipeline::request::random_seed(),
             format.extension()
         );
@@ -94,12 +95,13 @@ pub fn routes() -> Router<AppState> {
 
 /// An image behind a `response_format=url` link, until its TTL ends.
 async fn file(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    let (bytes, format) = state
-        .store
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no image {id} (links expire after the result TTL)")))?;
+    let (bytes, format) = state.store.get(&id).ok_or_else(|| {
+        ApiError::not_found(format!("no image {id} (links expire after the result TTL)"))
+    })?;
     let mut resp = bytes.as_ref().clone().into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(format.mime()));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.mime()),
+    );
     Ok(resp)
 }

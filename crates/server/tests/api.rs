@@ -20,7 +20,10 @@ fn openai_generations_b64_url_and_formats() {
     let data = body["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
     assert_eq!(data[1]["seed"], 11);
-    assert_eq!(decode_b64_png(data[0]["b64_json"].as_str().unwrap()).dimensions(), (64, 64));
+    assert_eq!(
+        decode_b64_png(data[0]["b64_json"].as_str().unwrap()).dimensions(),
+        (64, 64)
+    );
     assert_eq!(body["anyaccel"]["scheduler"], "ddim");
     assert_eq!(body["anyaccel"]["model"], "tiny-sd15");
     assert!(body["anyaccel"]["model_hash"].as_str().unwrap().len() == 10);
@@ -38,7 +41,10 @@ fn openai_generations_b64_url_and_formats() {
     assert_eq!(resp.header("content-type"), Some("image/jpeg"));
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut resp.into_reader(), &mut bytes).unwrap();
-    assert_eq!(images::decode(&bytes, 1 << 20).unwrap().dimensions(), (128, 128));
+    assert_eq!(
+        images::decode(&bytes, 1 << 20).unwrap().dimensions(),
+        (128, 128)
+    );
 
     // Timing headers.
     let resp = TestServer::agent()
@@ -56,22 +62,46 @@ fn openai_edits_multipart_img2img() {
     let s = start(config());
     let init = std::fs::read(common::repo().join("fixtures/reference/init_64.png")).unwrap();
     let (ct, body) = multipart(
-        &[("prompt", "a red fox"), ("strength", "0.5"), ("steps", "4"), ("seed", "3"), ("n", "1")],
+        &[
+            ("prompt", "a red fox"),
+            ("strength", "0.5"),
+            ("steps", "4"),
+            ("seed", "3"),
+            ("n", "1"),
+        ],
         Some(("image", &init)),
     );
-    let (status, _, json) = s.send(TestServer::agent().post(&s.url("/v1/images/edits")), &body, &ct);
+    let (status, _, json) = s.send(
+        TestServer::agent().post(&s.url("/v1/images/edits")),
+        &body,
+        &ct,
+    );
     assert_eq!(status, 200, "{json}");
     assert_eq!(json["anyaccel"]["strength"], 0.5);
-    assert_eq!(decode_b64_png(json["data"][0]["b64_json"].as_str().unwrap()).dimensions(), (64, 64));
+    assert_eq!(
+        decode_b64_png(json["data"][0]["b64_json"].as_str().unwrap()).dimensions(),
+        (64, 64)
+    );
 
     let (ct, body) = multipart(&[("prompt", "x")], None);
-    let (status, _, json) = s.send(TestServer::agent().post(&s.url("/v1/images/edits")), &body, &ct);
+    let (status, _, json) = s.send(
+        TestServer::agent().post(&s.url("/v1/images/edits")),
+        &body,
+        &ct,
+    );
     assert_eq!(status, 400);
     assert_eq!(json["error"]["param"], "image");
 }
 
-fn sse_events(s: &TestServer, id: &str, mut on_event: impl FnMut(&str, &Value) -> bool) -> Vec<(String, Value)> {
-    let resp = TestServer::agent().get(&s.url(&format!("/v1/jobs/{id}/events"))).call().unwrap();
+fn sse_events(
+    s: &TestServer,
+    id: &str,
+    mut on_event: impl FnMut(&str, &Value) -> bool,
+) -> Vec<(String, Value)> {
+    let resp = TestServer::agent()
+        .get(&s.url(&format!("/v1/jobs/{id}/events")))
+        .call()
+        .unwrap();
     assert_eq!(resp.header("content-type"), Some("text/event-stream"));
     let mut out = Vec::new();
     let mut event = String::new();
@@ -155,14 +185,24 @@ fn cancel_mid_run_via_delete() {
     let events = sse_events(&s, &id, |event, v| {
         if event == "step" && cancelled_at.is_none() && v["step"].as_u64() >= Some(2) {
             cancelled_at = v["step"].as_u64();
-            let deleted: Value = TestServer::agent().delete(&del_url).call().unwrap().into_json().unwrap();
+            let deleted: Value = TestServer::agent()
+                .delete(&del_url)
+                .call()
+                .unwrap()
+                .into_json()
+                .unwrap();
             assert_eq!(deleted["status"], "cancelled", "{deleted}");
         }
         true
     });
     let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
     assert_eq!(names.last(), Some(&"cancelled"), "{names:?}");
-    let last_step = events.iter().filter(|(e, _)| e == "step").map(|(_, v)| v["step"].as_u64().unwrap()).max().unwrap();
+    let last_step = events
+        .iter()
+        .filter(|(e, _)| e == "step")
+        .map(|(_, v)| v["step"].as_u64().unwrap())
+        .max()
+        .unwrap();
     assert!(last_step < 150, "stopped at step {last_step}");
     let (_, view) = s.get(&format!("/v1/jobs/{id}"));
     assert_eq!(view["status"], "cancelled");
@@ -202,7 +242,12 @@ fn a1111_subset() {
     let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
     assert_eq!(info["all_seeds"], json!([77, 78]));
     assert_eq!(info["sampler_name"], "DPM++ 2M Karras");
-    assert!(info["infotexts"][0].as_str().unwrap().contains("Negative prompt: dog"));
+    assert!(
+        info["infotexts"][0]
+            .as_str()
+            .unwrap()
+            .contains("Negative prompt: dog")
+    );
     assert_eq!(body["parameters"]["prompt"], "a cat");
 
     let init = common::decode_b64_png(body["images"][0].as_str().unwrap());
@@ -217,11 +262,22 @@ fn a1111_subset() {
     );
     assert_eq!(status, 200, "{body}");
     let info: Value = serde_json::from_str(body["info"].as_str().unwrap()).unwrap();
-    assert_eq!(info["denoising_strength"].as_f64().map(|v| (v * 10.0).round()), Some(4.0));
+    assert_eq!(
+        info["denoising_strength"]
+            .as_f64()
+            .map(|v| (v * 10.0).round()),
+        Some(4.0)
+    );
 
     let (status, samplers) = s.get("/sdapi/v1/samplers");
     assert_eq!(status, 200);
-    assert!(samplers.as_array().unwrap().iter().any(|x| x["name"] == "Euler a"));
+    assert!(
+        samplers
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "Euler a")
+    );
     let (_, models) = s.get("/sdapi/v1/sd-models");
     assert_eq!(models[0]["model_name"], "tiny-sd15");
     let (status, progress) = s.get("/sdapi/v1/progress");
@@ -234,7 +290,12 @@ fn a1111_subset() {
 #[test]
 fn health_info_metrics_and_docs() {
     let s = start(config());
-    for path in ["/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"] {
+    for path in [
+        "/health/live",
+        "/health/ready",
+        "/v2/health/live",
+        "/v2/health/ready",
+    ] {
         assert_eq!(s.get(path).0, 200, "{path}");
     }
     let (_, info) = s.get("/info");
@@ -242,7 +303,10 @@ fn health_info_metrics_and_docs() {
     assert_eq!(info["executor"], "onnx");
     assert_eq!(info["dtype"], "fp32");
     assert_eq!(info["limits"]["max_batch_images"], 4);
-    s.post_json("/v1/images/generations", &json!({"prompt": "x", "steps": 2}));
+    s.post_json(
+        "/v1/images/generations",
+        &json!({"prompt": "x", "steps": 2}),
+    );
     let (_, metrics) = s.get("/metrics");
     let text = metrics.as_str().unwrap();
     for name in [
@@ -258,7 +322,12 @@ fn health_info_metrics_and_docs() {
     assert!(text.contains("pool=\"test\"") && text.contains("model=\"tiny-sd15\""));
     let (status, doc) = s.get("/openapi.json");
     assert_eq!(status, 200);
-    for p in ["/v1/images/generations", "/v1/jobs/{id}/events", "/sdapi/v1/txt2img", "/health/ready"] {
+    for p in [
+        "/v1/images/generations",
+        "/v1/jobs/{id}/events",
+        "/sdapi/v1/txt2img",
+        "/health/ready",
+    ] {
         assert!(doc["paths"].get(p).is_some(), "{p} missing from OpenAPI");
     }
     let (status, page) = s.get("/docs");
@@ -271,7 +340,10 @@ fn batched_and_solo_results_are_the_same_images() {
     let s = start(config());
     let solo: Vec<Value> = (0..3u64)
         .map(|i| {
-            let (st, _, b) = s.post_json("/v1/images/generations", &json!({"prompt": format!("p{i}"), "steps": 3, "seed": 100 + i}));
+            let (st, _, b) = s.post_json(
+                "/v1/images/generations",
+                &json!({"prompt": format!("p{i}"), "steps": 3, "seed": 100 + i}),
+            );
             assert_eq!(st, 200);
             assert_eq!(b["timings"]["batch_images"], 1);
             b
@@ -293,14 +365,25 @@ fn batched_and_solo_results_are_the_same_images() {
         .collect();
     let batched: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(
-        batched.iter().any(|b| b["timings"]["batch_images"].as_u64() > Some(1)),
+        batched
+            .iter()
+            .any(|b| b["timings"]["batch_images"].as_u64() > Some(1)),
         "no request was batched: {:?}",
-        batched.iter().map(|b| &b["timings"]["batch_images"]).collect::<Vec<_>>()
+        batched
+            .iter()
+            .map(|b| &b["timings"]["batch_images"])
+            .collect::<Vec<_>>()
     );
     for (a, b) in solo.iter().zip(&batched) {
         let ia = decode_b64_png(a["data"][0]["b64_json"].as_str().unwrap());
         let ib = decode_b64_png(b["data"][0]["b64_json"].as_str().unwrap());
-        let max = ia.as_raw().iter().zip(ib.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        let max = ia
+            .as_raw()
+            .iter()
+            .zip(ib.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
+            .max()
+            .unwrap();
         assert!(max <= 1, "batched image differs from solo by {max}");
     }
 }
@@ -308,9 +391,13 @@ fn batched_and_solo_results_are_the_same_images() {
 #[test]
 fn client_disconnect_cancels_a_synchronous_request() {
     let s = start(config());
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_millis(400)).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_millis(400))
+        .build();
     let url = s.url("/v1/images/generations");
-    let r = agent.post(&url).send_json(json!({"prompt": "slow", "steps": 150, "n": 8, "size": "128x128"}));
+    let r = agent
+        .post(&url)
+        .send_json(json!({"prompt": "slow", "steps": 150, "n": 8, "size": "128x128"}));
     assert!(r.is_err(), "the request should have timed out client-side");
     let job = s.state.batcher().current();
     let started = Instant::now();
@@ -320,7 +407,10 @@ fn client_disconnect_cancels_a_synchronous_request() {
         if stats.running == 0 && stats.queued == 0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "job kept running after the client left");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "job kept running after the client left"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     if let Some(j) = job {

@@ -15,45 +15,194 @@ fn bad_inputs_get_4xx_errors_that_name_the_field() {
     let huge_prompt = "a".repeat(5000);
     let big_body = format!("{{\"prompt\": \"{}\"}}", "b".repeat(3 * 1024 * 1024));
     let cases: Vec<(&str, &str, String, u16, Option<&str>)> = vec![
-        ("malformed JSON", generations, "{\"prompt\": ".into(), 400, None),
-        ("wrong type", generations, json!({"prompt": "x", "n": "two"}).to_string(), 400, Some("n")),
-        ("wrong type nested", generations, json!({"prompt": 5}).to_string(), 400, Some("prompt")),
-        ("missing prompt", generations, json!({"n": 1}).to_string(), 400, Some("prompt")),
-        ("empty prompt", generations, json!({"prompt": "  "}).to_string(), 400, Some("prompt")),
-        ("size not allowed", generations, json!({"prompt": "x", "size": "512x512"}).to_string(), 400, Some("size")),
-        ("size garbage", generations, json!({"prompt": "x", "size": "big"}).to_string(), 400, Some("size")),
-        ("n too large", generations, json!({"prompt": "x", "n": 50}).to_string(), 400, Some("n")),
-        ("n zero", generations, json!({"prompt": "x", "n": 0}).to_string(), 400, Some("n")),
-        ("steps zero", generations, json!({"prompt": "x", "steps": 0}).to_string(), 400, Some("steps")),
-        ("too many steps", generations, json!({"prompt": "x", "steps": 5000}).to_string(), 400, Some("steps")),
-        ("huge prompt", generations, json!({"prompt": huge_prompt}).to_string(), 400, Some("prompt")),
-        ("unknown scheduler", generations, json!({"prompt": "x", "scheduler": "heun"}).to_string(), 400, Some("scheduler")),
-        ("negative guidance", generations, json!({"prompt": "x", "guidance_scale": -1}).to_string(), 400, Some("guidance_scale")),
-        ("unknown field", generations, json!({"prompt": "x", "stepz": 3}).to_string(), 400, Some("stepz")),
-        ("bad response_format", generations, json!({"prompt": "x", "response_format": "gif"}).to_string(), 400, Some("response_format")),
+        (
+            "malformed JSON",
+            generations,
+            "{\"prompt\": ".into(),
+            400,
+            None,
+        ),
+        (
+            "wrong type",
+            generations,
+            json!({"prompt": "x", "n": "two"}).to_string(),
+            400,
+            Some("n"),
+        ),
+        (
+            "wrong type nested",
+            generations,
+            json!({"prompt": 5}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "missing prompt",
+            generations,
+            json!({"n": 1}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "empty prompt",
+            generations,
+            json!({"prompt": "  "}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "size not allowed",
+            generations,
+            json!({"prompt": "x", "size": "512x512"}).to_string(),
+            400,
+            Some("size"),
+        ),
+        (
+            "size garbage",
+            generations,
+            json!({"prompt": "x", "size": "big"}).to_string(),
+            400,
+            Some("size"),
+        ),
+        (
+            "n too large",
+            generations,
+            json!({"prompt": "x", "n": 50}).to_string(),
+            400,
+            Some("n"),
+        ),
+        (
+            "n zero",
+            generations,
+            json!({"prompt": "x", "n": 0}).to_string(),
+            400,
+            Some("n"),
+        ),
+        (
+            "steps zero",
+            generations,
+            json!({"prompt": "x", "steps": 0}).to_string(),
+            400,
+            Some("steps"),
+        ),
+        (
+            "too many steps",
+            generations,
+            json!({"prompt": "x", "steps": 5000}).to_string(),
+            400,
+            Some("steps"),
+        ),
+        (
+            "huge prompt",
+            generations,
+            json!({"prompt": huge_prompt}).to_string(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            "unknown scheduler",
+            generations,
+            json!({"prompt": "x", "scheduler": "heun"}).to_string(),
+            400,
+            Some("scheduler"),
+        ),
+        (
+            "negative guidance",
+            generations,
+            json!({"prompt": "x", "guidance_scale": -1}).to_string(),
+            400,
+            Some("guidance_scale"),
+        ),
+        (
+            "unknown field",
+            generations,
+            json!({"prompt": "x", "stepz": 3}).to_string(),
+            400,
+            Some("stepz"),
+        ),
+        (
+            "bad response_format",
+            generations,
+            json!({"prompt": "x", "response_format": "gif"}).to_string(),
+            400,
+            Some("response_format"),
+        ),
         ("oversized body", generations, big_body, 413, None),
-        ("invalid base64", "/v1/jobs", json!({"prompt": "x", "image": "!!!not base64"}).to_string(), 400, Some("image")),
-        ("invalid image bytes", "/v1/jobs", json!({"prompt": "x", "image": "aGVsbG8gd29ybGQ="}).to_string(), 400, Some("image")),
-        ("strength without image", "/v1/jobs", json!({"prompt": "x", "strength": 0.5}).to_string(), 400, Some("strength")),
-        ("a1111 no init image", "/sdapi/v1/img2img", json!({"prompt": "x"}).to_string(), 400, Some("init_images")),
-        ("a1111 bad sampler", "/sdapi/v1/txt2img", json!({"prompt": "x", "sampler_name": "Foo"}).to_string(), 400, Some("sampler_name")),
+        (
+            "invalid base64",
+            "/v1/jobs",
+            json!({"prompt": "x", "image": "!!!not base64"}).to_string(),
+            400,
+            Some("image"),
+        ),
+        (
+            "invalid image bytes",
+            "/v1/jobs",
+            json!({"prompt": "x", "image": "aGVsbG8gd29ybGQ="}).to_string(),
+            400,
+            Some("image"),
+        ),
+        (
+            "strength without image",
+            "/v1/jobs",
+            json!({"prompt": "x", "strength": 0.5}).to_string(),
+            400,
+            Some("strength"),
+        ),
+        (
+            "a1111 no init image",
+            "/sdapi/v1/img2img",
+            json!({"prompt": "x"}).to_string(),
+            400,
+            Some("init_images"),
+        ),
+        (
+            "a1111 bad sampler",
+            "/sdapi/v1/txt2img",
+            json!({"prompt": "x", "sampler_name": "Foo"}).to_string(),
+            400,
+            Some("sampler_name"),
+        ),
     ];
     for (name, path, body, want, field) in &cases {
-        let (status, _, json) = s.send(TestServer::agent().post(&s.url(path)), body.as_bytes(), "application/json");
+        let (status, _, json) = s.send(
+            TestServer::agent().post(&s.url(path)),
+            body.as_bytes(),
+            "application/json",
+        );
         assert_eq!(status, *want, "{name}: {json}");
         let err = &json["error"];
-        assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: no message in {json}");
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{name}: no message in {json}"
+        );
         assert!(err["code"].is_string(), "{name}: no code");
         if let Some(f) = field {
             assert_eq!(err["param"], *f, "{name}: {json}");
         }
     }
     // An image over the pixel limit is refused before decoding its pixels.
-    let big = anyaccel_pipeline::images::encode(&image::RgbImage::new(1024, 1024), anyaccel_pipeline::images::OutputFormat::Png, None, "").unwrap();
+    let big = anyaccel_pipeline::images::encode(
+        &image::RgbImage::new(1024, 1024),
+        anyaccel_pipeline::images::OutputFormat::Png,
+        None,
+        "",
+    )
+    .unwrap();
     let (ct, body) = multipart(&[("prompt", "x")], Some(("image", &big)));
-    let (status, _, json) = s.send(TestServer::agent().post(&s.url("/v1/images/edits")), &body, &ct);
+    let (status, _, json) = s.send(
+        TestServer::agent().post(&s.url("/v1/images/edits")),
+        &body,
+        &ct,
+    );
     assert_eq!(status, 400, "{json}");
-    assert!(json["error"]["message"].as_str().unwrap().contains("pixels"), "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pixels"),
+        "{json}"
+    );
 
     // Still healthy, still generating.
     assert_eq!(s.get("/health/ready").0, 200);
@@ -67,7 +216,12 @@ fn api_keys_are_required_when_configured() {
     c.api_keys = vec!["sekret-1".into(), "sekret-2".into()];
     let s = start(c);
     let body = json!({"prompt": "x", "steps": 1}).to_string();
-    for auth in [None, Some("Bearer wrong"), Some("sekret-1"), Some("Bearer sekret-")] {
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("sekret-1"),
+        Some("Bearer sekret-"),
+    ] {
         let mut req = TestServer::agent().post(&s.url("/v1/images/generations"));
         if let Some(a) = auth {
             req = req.set("Authorization", a);
@@ -76,7 +230,9 @@ fn api_keys_are_required_when_configured() {
         assert_eq!(status, 401, "{auth:?}: {json}");
         assert_eq!(json["error"]["code"], "invalid_api_key");
     }
-    let req = TestServer::agent().post(&s.url("/v1/images/generations")).set("Authorization", "Bearer sekret-2");
+    let req = TestServer::agent()
+        .post(&s.url("/v1/images/generations"))
+        .set("Authorization", "Bearer sekret-2");
     assert_eq!(s.send(req, body.as_bytes(), "application/json").0, 200);
     // Probes stay open for the kubelet.
     assert_eq!(s.get("/health/ready").0, 200);
@@ -94,15 +250,18 @@ fn overload_gets_429_with_retry_after_and_every_accepted_request_completes() {
         .map(|i| {
             let url = url.clone();
             std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build();
-                match agent
-                    .post(&url)
-                    .send_json(json!({"prompt": format!("load {i}"), "steps": 20, "size": "128x128", "n": 2}))
-                {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(120))
+                    .build();
+                match agent.post(&url).send_json(
+                    json!({"prompt": format!("load {i}"), "steps": 20, "size": "128x128", "n": 2}),
+                ) {
                     Ok(r) => (r.status(), None, r.into_json::<Value>().ok()),
-                    Err(ureq::Error::Status(code, r)) => {
-                        (code, r.header("retry-after").map(str::to_string), r.into_json::<Value>().ok())
-                    }
+                    Err(ureq::Error::Status(code, r)) => (
+                        code,
+                        r.header("retry-after").map(str::to_string),
+                        r.into_json::<Value>().ok(),
+                    ),
                     Err(e) => panic!("transport error {e}"),
                 }
             })
@@ -111,7 +270,11 @@ fn overload_gets_429_with_retry_after_and_every_accepted_request_completes() {
     let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let ok = results.iter().filter(|r| r.0 == 200).count();
     let limited: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
-    assert!(results.iter().all(|r| r.0 == 200 || r.0 == 429), "{:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(
+        results.iter().all(|r| r.0 == 200 || r.0 == 429),
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
     assert!(!limited.is_empty(), "nothing was refused");
     assert!(ok >= 3, "only {ok} accepted");
     for (_, retry, body) in &limited {

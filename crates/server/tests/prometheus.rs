@@ -41,10 +41,20 @@ fn start_prometheus(target: &str) -> Prometheus {
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: anyaccel\n    static_configs:\n      - targets: ['{target}']\n"
     );
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new(bin)
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -57,7 +67,10 @@ fn start_prometheus(target: &str) -> Prometheus {
     };
     let t = Instant::now();
     while ureq::get(&format!("{}/-/ready", p.base)).call().is_err() {
-        assert!(t.elapsed() < Duration::from_secs(30), "prometheus never became ready");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "prometheus never became ready"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     p
@@ -96,7 +109,10 @@ fn wait_for(p: &Prometheus, promql: &str, what: &str, pred: impl Fn(f64) -> bool
         if v.len() == 1 && pred(v[0]) {
             return v[0];
         }
-        assert!(t.elapsed() < Duration::from_secs(30), "{what}: `{promql}` answered {v:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{what}: `{promql}` answered {v:?}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -108,7 +124,10 @@ fn keda_queries_follow_the_load() {
     c.batcher.max_queue = 64;
     let s = start(c);
     // The counters exist before Prometheus first looks, so rates see all the load.
-    s.post_json("/v1/images/generations", &json!({"prompt": "first", "steps": 1}));
+    s.post_json(
+        "/v1/images/generations",
+        &json!({"prompt": "first", "steps": 1}),
+    );
     let prom = start_prometheus(s.base.trim_start_matches("http://"));
     let pool = "test";
     let backlog = anyaccel_metrics::backlog_query(pool);

@@ -23,7 +23,11 @@ impl Drop for Server {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn serve(extra: &[&str]) -> Server {
@@ -33,8 +37,23 @@ pub fn serve(extra: &[&str]) -> Server {
 pub fn serve_with(extra: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
-        .args(["serve", "--model", "fixtures/models/tiny-sd15", "--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--sizes", "64x64,128x128", "--device", "cpu", "--threads", "1"])
+        .args([
+            "serve",
+            "--model",
+            "fixtures/models/tiny-sd15",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .args([
+            "--sizes",
+            "64x64,128x128",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
         .args(extra)
         .current_dir(repo())
         .env("RUST_LOG", "warn")
@@ -54,14 +73,20 @@ pub fn serve_with(extra: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Server
         {
             return server;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "server never became ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "server never became ready"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 pub fn venv_python() -> PathBuf {
     let py = repo().join(".venv/bin/python");
-    assert!(py.exists(), "{} missing: run scripts/setup-test-env.sh (the README's test command does)", py.display());
+    assert!(
+        py.exists(),
+        "{} missing: run scripts/setup-test-env.sh (the README's test command does)",
+        py.display()
+    );
     py
 }
-

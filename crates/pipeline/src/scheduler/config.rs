@@ -134,14 +134,20 @@ impl SchedulerConfig {
         } else {
             match self.beta_schedule.as_str() {
                 "linear" => linspace(self.beta_start as f32, self.beta_end as f32, n),
-                "scaled_linear" => {
-                    linspace((self.beta_start as f32).sqrt(), (self.beta_end as f32).sqrt(), n)
-                        .into_iter()
-                        .map(|x| x * x)
-                        .collect()
-                }
+                "scaled_linear" => linspace(
+                    (self.beta_start as f32).sqrt(),
+                    (self.beta_end as f32).sqrt(),
+                    n,
+                )
+                .into_iter()
+                .map(|x| x * x)
+                .collect(),
                 "squaredcos_cap_v2" => {
-                    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+                    let alpha_bar = |t: f64| {
+                        ((t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                            .cos()
+                            .powi(2)
+                    };
                     (0..n)
                         .map(|i| {
                             let t1 = i as f64 / n as f64;
@@ -196,6 +202,12 @@ pub(crate) fn linspace64(start: f64, end: f64, n: usize) -> Vec<f64> {
     }
     let step = (end - start) / (n - 1) as f64;
     (0..n)
-        .map(|i| if i == n - 1 { end } else { start + step * i as f64 })
+        .map(|i| {
+            if i == n - 1 {
+                end
+            } else {
+                start + step * i as f64
+            }
+        })
         .collect()
 }

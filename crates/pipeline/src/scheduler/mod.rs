@@ -13,8 +13,8 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-pub use config::{Prediction, SchedulerConfig, Spacing};
 use config::linspace64;
+pub use config::{Prediction, SchedulerConfig, Spacing};
 
 use crate::noise::NoiseGenerator;
 
@@ -81,7 +81,11 @@ impl SchedulerKind {
     }
 
     pub fn allowed() -> String {
-        Self::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -142,7 +146,11 @@ pub struct Schedule {
 pub struct ScheduleError(pub String);
 
 impl Schedule {
-    pub fn new(kind: SchedulerKind, config: &SchedulerConfig, steps: usize) -> Result<Self, ScheduleError> {
+    pub fn new(
+        kind: SchedulerKind,
+        config: &SchedulerConfig,
+        steps: usize,
+    ) -> Result<Self, ScheduleError> {
         let err = ScheduleError;
         if steps == 0 {
             return Err(err("steps must be at least 1".into()));
@@ -154,7 +162,13 @@ impl Schedule {
             SchedulerKind::Ddim | SchedulerKind::Lcm => "leading",
             _ => "linspace",
         };
-        let spacing = Spacing::parse(config.timestep_spacing.as_deref().unwrap_or(default_spacing)).map_err(err)?;
+        let spacing = Spacing::parse(
+            config
+                .timestep_spacing
+                .as_deref()
+                .unwrap_or(default_spacing),
+        )
+        .map_err(err)?;
         let set_alpha_to_one = config.set_alpha_to_one.unwrap_or(true);
         let clip = match kind {
             SchedulerKind::Ddim if config.clip_sample.unwrap_or(true) => {
@@ -197,7 +211,8 @@ impl Schedule {
                     }
                     Spacing::Leading => {
                         let ratio = (n_train / (steps + 1)) as f64;
-                        let mut v: Vec<f64> = (0..=steps).map(|i| i as f64 * ratio + offset).collect();
+                        let mut v: Vec<f64> =
+                            (0..=steps).map(|i| i as f64 * ratio + offset).collect();
                         v.reverse();
                         v.pop();
                         v
@@ -209,7 +224,10 @@ impl Schedule {
                     let max = train_sigmas[n_train - 1] as f64;
                     let min = train_sigmas[0] as f64;
                     sig = karras(min, max, steps);
-                    ts = sig.iter().map(|&s| sigma_to_t(s, &train_sigmas).round_ties_even()).collect();
+                    ts = sig
+                        .iter()
+                        .map(|&s| sigma_to_t(s, &train_sigmas).round_ties_even())
+                        .collect();
                 } else {
                     sig = ts.iter().map(|&t| interp(t, &train_sigmas)).collect();
                 }
@@ -326,7 +344,9 @@ impl Schedule {
     fn x0_from_sigma(&self, sigma: f32, sample: f32, out: f32) -> f32 {
         match self.prediction {
             Prediction::Epsilon => sample - sigma * out,
-            Prediction::VPrediction => out * (-sigma / (sigma * sigma + 1.0).sqrt()) + sample / (sigma * sigma + 1.0),
+            Prediction::VPrediction => {
+                out * (-sigma / (sigma * sigma + 1.0).sqrt()) + sample / (sigma * sigma + 1.0)
+            }
             Prediction::Sample => out,
         }
     }
@@ -382,16 +402,26 @@ impl Schedule {
                     *x = a_prev.sqrt() * x0 + (1.0 - a_prev).sqrt() * eps;
                 }
             }
-            SchedulerKind::DpmPP2M | SchedulerKind::DpmPP2MKarras => self.dpm_step(i, model_output, sample, state),
+            SchedulerKind::DpmPP2M | SchedulerKind::DpmPP2MKarras => {
+                self.dpm_step(i, model_output, sample, state)
+            }
             SchedulerKind::Lcm => {
                 let t = self.timesteps[i] as i64;
                 let last = i + 1 == self.steps();
-                let prev = if last { t } else { self.timesteps[i + 1] as i64 };
+                let prev = if last {
+                    t
+                } else {
+                    self.timesteps[i + 1] as i64
+                };
                 let (a, a_prev) = (self.alpha_at(t), self.alpha_at(prev));
                 let scaled = t as f64 * self.timestep_scaling;
                 let c_skip = (0.25 / (scaled * scaled + 0.25)) as f32;
                 let c_out = (scaled / (scaled * scaled + 0.25).sqrt()) as f32;
-                let z = if last { None } else { Some(noise.randn(sample.len())) };
+                let z = if last {
+                    None
+                } else {
+                    Some(noise.randn(sample.len()))
+                };
                 for (k, (x, &e)) in sample.iter_mut().zip(model_output).enumerate() {
                     let (mut x0, _) = self.x0_eps_from_alpha(a, *x, e);
                     if let Some(r) = self.clip_sample {
@@ -434,7 +464,10 @@ impl Schedule {
         let h = lambda_t - lambda_s0;
         let ratio = sigma_t / sigma_s0;
         let coef = (alpha_t as f64 * ((-h).exp() - 1.0)) as f32;
-        match (&state.prev_x0, state.lower_order_nums < 1 || lower_order_final) {
+        match (
+            &state.prev_x0,
+            state.lower_order_nums < 1 || lower_order_final,
+        ) {
             (Some(prev), false) => {
                 let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[i - 1]);
                 let h0 = lambda_s0 - lambda(alpha_s1, sigma_s1);

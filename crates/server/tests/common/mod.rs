@@ -57,7 +57,12 @@ pub fn pipeline() -> Pipeline {
         },
     )
     .expect("executor");
-    Pipeline::new(Arc::new(exec), model, Limits::default(), Defaults::default())
+    Pipeline::new(
+        Arc::new(exec),
+        model,
+        Limits::default(),
+        Defaults::default(),
+    )
 }
 
 pub fn start(config: ServerConfig) -> TestServer {
@@ -68,7 +73,9 @@ pub fn start(config: ServerConfig) -> TestServer {
         .unwrap();
     let state = AppState::new(Arc::new(pipeline()), config);
     state.warm_up();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let app = anyaccel_server::router(state.clone());
     rt.spawn(async move {
@@ -87,15 +94,30 @@ impl TestServer {
     }
 
     pub fn agent() -> ureq::Agent {
-        ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build()
+        ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(120))
+            .build()
     }
 
     /// POSTs JSON and returns (status, headers we care about, body as JSON).
-    pub fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, Option<String>, serde_json::Value) {
-        self.send(Self::agent().post(&self.url(path)), body.to_string().as_bytes(), "application/json")
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, Option<String>, serde_json::Value) {
+        self.send(
+            Self::agent().post(&self.url(path)),
+            body.to_string().as_bytes(),
+            "application/json",
+        )
     }
 
-    pub fn send(&self, req: ureq::Request, body: &[u8], content_type: &str) -> (u16, Option<String>, serde_json::Value) {
+    pub fn send(
+        &self,
+        req: ureq::Request,
+        body: &[u8],
+        content_type: &str,
+    ) -> (u16, Option<String>, serde_json::Value) {
         let resp = match req.set("content-type", content_type).send_bytes(body) {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
@@ -116,7 +138,10 @@ impl TestServer {
         };
         let status = resp.status();
         let text = resp.into_string().unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
     }
 }
 
@@ -125,7 +150,10 @@ pub fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (Strin
     let boundary = "anyaccel-test-boundary-7d1f";
     let mut body = Vec::new();
     for (k, v) in fields {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
+                .as_bytes(),
+        );
     }
     if let Some((name, bytes)) = file {
         body.extend_from_slice(
@@ -141,6 +169,8 @@ pub fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (Strin
 
 pub fn decode_b64_png(s: &str) -> image::RgbImage {
     use base64::Engine;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(s).expect("base64");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .expect("base64");
     anyaccel_pipeline::images::decode(&bytes, 1 << 24).expect("image")
 }
