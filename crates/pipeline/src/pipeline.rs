@@ -424,6 +424,9 @@ impl Pipeline {
 
         let mut cancelled = vec![false; requests.len()];
         let total = schedule.steps() - start;
+        // The UNet's text conditioning only changes when images leave the batch.
+        let mut cond_rows: Vec<usize> = Vec::new();
+        let mut cond = Tensor::zeros(vec![0]);
         let t0 = Instant::now();
         for i in start..schedule.steps() {
             for (r, c) in cancelled.iter_mut().enumerate() {
@@ -456,11 +459,14 @@ impl Pipeline {
                 sample,
             )
             .map_err(ExecutorError::from)?;
-            let hidden = gather_rows(&text, &hidden_rows)?;
+            if cond_rows != hidden_rows {
+                cond = gather_rows(&text, &hidden_rows)?;
+                cond_rows = hidden_rows;
+            }
             let out = self.executor.unet(UnetInput {
                 sample: &sample,
                 timestep: schedule.timesteps()[i],
-                encoder_hidden_states: &hidden,
+                encoder_hidden_states: &cond,
             })?;
             if out.shape() != sample.shape() {
                 return Err(PipelineError::Shape {
