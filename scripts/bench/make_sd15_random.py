@@ -3,7 +3,10 @@
 
     .venv/bin/python scripts/bench/make_sd15_random.py            # or $PYTHON
     # -> .cache/bench/sd15-random/       diffusers pipeline (safetensors, fp32)
-    # -> .cache/bench/sd15-random-onnx/  optimum ONNX export (fp32), what anyaccel loads
+    # -> .cache/bench/sd15-random-onnx/  optimum ONNX export (fp32), as exported
+    # -> .cache/bench/sd15-random-onnx-cpu/   + the CPU fusions `anyaccel compile --target onnx-fp32` applies
+    # -> .cache/bench/sd15-random-onnx-int8/  + int8 MatMul weights (`--target onnx-int8`)
+    # The variants link every component but the UNet to sd15-random-onnx/.
 
 The architecture is SD 1.5's (runwayml/stable-diffusion-v1-5 configs): UNet2DConditionModel
 (320/640/1280/1280, cross-attention 768, ~860M parameters), CLIPTextModel (768 wide,
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -135,6 +139,33 @@ def export(src: Path, dst: Path):
     tmp.rename(dst)
 
 
+def compile_passes():
+    """`anyaccel compile`'s graph passes, from python/anyaccel_sidecar/compile.py."""
+    path = REPO / "python" / "anyaccel_sidecar" / "compile.py"
+    spec = importlib.util.spec_from_file_location("anyaccel_compile", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def variant(base: Path, dst: Path, int8: bool):
+    """The base export with compile's CPU passes applied to a copy of the UNet."""
+    passes = compile_passes()
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for item in base.iterdir():
+        if item.name != "unet":
+            (tmp / item.name).symlink_to(Path("..") / base.name / item.name)
+    shutil.copytree(base / "unet", tmp / "unet")
+    report = {"cpu_fusion": passes.optimize_unet_cpu(tmp / "unet")}
+    if int8:
+        report["int8"] = passes.quantize_unet_int8(tmp / "unet")
+    (tmp / "PASSES.json").write_text(json.dumps(report, indent=2) + "\n")
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / ".cache" / "bench", help="parent folder (default .cache/bench)")
@@ -159,6 +190,16 @@ def main():
         t = time.time()
         export(pipe_dir, onnx_dir)
         log(f"exported {onnx_dir} in {time.time() - t:.0f}s")
+    for suffix, int8 in (("cpu", False), ("int8", True)):
+        dst = args.out / f"sd15-random-onnx-{suffix}"
+        if args.force:
+            shutil.rmtree(dst, ignore_errors=True)
+        if (dst / "unet" / "model.onnx").is_file():
+            log(f"{dst} present; skipping")
+        else:
+            t = time.time()
+            variant(onnx_dir, dst, int8)
+            log(f"made {dst} in {time.time() - t:.0f}s")
     print(onnx_dir)
 
 

@@ -79,6 +79,7 @@ impl ModelArgs {
                     inter_threads: self.inter_threads,
                     library: self.ort_lib.clone(),
                     optimization: self.optimization,
+                    ..OnnxConfig::default()
                 };
                 Arc::new(OnnxExecutor::load(&model.info.root, &config)?)
             }

@@ -81,7 +81,7 @@ impl AcceleratorKind {
     pub fn can_run(self, target: CompileTarget) -> bool {
         match self {
             AcceleratorKind::CpuAmd64 | AcceleratorKind::CpuArm64 => {
-                target == CompileTarget::OnnxFp32
+                matches!(target, CompileTarget::OnnxFp32 | CompileTarget::OnnxInt8)
             }
             AcceleratorKind::Nvidia => {
                 matches!(target, CompileTarget::OnnxFp16 | CompileTarget::OnnxFp32)
@@ -105,13 +105,16 @@ impl fmt::Display for AcceleratorKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompileTarget {
     OnnxFp32,
+    /// CPU only: ONNX Runtime's dynamic int8 MatMul has no CUDA kernel.
+    OnnxInt8,
     OnnxFp16,
     Neuron,
 }
 
 impl CompileTarget {
-    const ALL: [CompileTarget; 3] = [
+    const ALL: [CompileTarget; 4] = [
         CompileTarget::OnnxFp32,
+        CompileTarget::OnnxInt8,
         CompileTarget::OnnxFp16,
         CompileTarget::Neuron,
     ];
@@ -119,6 +122,7 @@ impl CompileTarget {
     pub fn as_str(self) -> &'static str {
         match self {
             CompileTarget::OnnxFp32 => "onnx-fp32",
+            CompileTarget::OnnxInt8 => "onnx-int8",
             CompileTarget::OnnxFp16 => "onnx-fp16",
             CompileTarget::Neuron => "neuron",
         }

@@ -185,7 +185,10 @@ fn artifacts_must_exist_and_suit_the_hardware() {
     );
     assert_problem(
         &edit("target = \"onnx-fp32\"", "target = \"onnx-int4\""),
-        &["artifacts[0].target", "onnx-fp32, onnx-fp16, neuron"],
+        &[
+            "artifacts[0].target",
+            "onnx-fp32, onnx-int8, onnx-fp16, neuron",
+        ],
     );
     // A compile Job pushes, which needs a token.
     assert_problem(

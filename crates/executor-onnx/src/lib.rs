@@ -33,6 +33,17 @@ pub struct OnnxConfig {
     /// Explicit path of `libonnxruntime.so`; else `ORT_DYLIB_PATH`, else the repo cache.
     pub library: Option<PathBuf>,
     pub optimization: Optimization,
+    /// ONNX Runtime's CPU memory arena: keeps freed activation buffers for the next
+    /// step. Without it every step maps and faults in its large buffers again
+    /// (1.5x slower UNet steps on the CPU, measured in docs/benchmarks.md).
+    pub memory_arena: bool,
+    /// ONNX Runtime's memory pattern: one block sized from the first run's plan.
+    /// Off, buffers come from the arena as needed, which on the CPU kept the same
+    /// speed with 1 GB less peak memory at 512x512 (docs/benchmarks.md).
+    pub memory_pattern: bool,
+    /// Re-lay out weights once at load for the CPU kernels (faster runs; the
+    /// original layout is freed once every kernel has packed its copy).
+    pub prepacking: bool,
 }
 
 impl Default for OnnxConfig {
@@ -43,6 +54,9 @@ impl Default for OnnxConfig {
             inter_threads: None,
             library: None,
             optimization: Optimization::All,
+            memory_arena: true,
+            memory_pattern: false,
+            prepacking: true,
         }
     }
 }

@@ -53,6 +53,17 @@ impl ComponentSession {
             .map_err(|e| load(e.to_string()))?
             .with_optimization_level(level)
             .map_err(|e| load(e.to_string()))?;
+        builder = builder
+            .with_memory_pattern(config.memory_pattern)
+            .map_err(|e| load(e.to_string()))?
+            .with_prepacking(config.prepacking)
+            .map_err(|e| load(e.to_string()))?;
+        if !config.memory_arena {
+            ep::CPU::default()
+                .with_arena_allocator(false)
+                .register(&mut builder)
+                .map_err(|e| load(e.to_string()))?;
+        }
         if let Some(n) = config.intra_threads {
             builder = builder
                 .with_intra_threads(n)

@@ -17,16 +17,21 @@ use compile::{CompileArgs, Target};
 use serde_json::Value;
 
 fn args(out: &std::path::Path) -> CompileArgs {
+    args_for(out, Target::OnnxFp32)
+}
+
+fn args_for(out: &std::path::Path, target: Target) -> CompileArgs {
     CompileArgs {
         model: tiny_diffusers().display().to_string(),
         revision: None,
-        target: Target::OnnxFp32,
+        target,
         out: out.to_path_buf(),
         batch_size: None,
         size: None,
         push: None,
         force: false,
         no_validate: false,
+        no_optimize: false,
         python: Some(venv_python()),
         venv: None,
         base_python: "python3".into(),
@@ -51,6 +56,20 @@ fn onnx_fp32_artifact_is_served_by_the_onnx_executor() {
     assert_eq!(manifest["accelerator"], "cpu");
     assert_eq!(manifest["dtype"], "fp32");
     assert_eq!(manifest["shapes"]["kind"], "dynamic");
+    // The CPU fusions ran, rewrote every self-attention, and kept the UNet's output.
+    let fusion = &manifest["passes"]["cpu_fusion"];
+    assert!(
+        fusion["fused"]["self-attention rewritten to MultiHeadAttention"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{fusion}"
+    );
+    assert!(
+        fusion["check"]["relative_rms_error"]
+            .as_f64()
+            .is_some_and(|e| e < 1e-4),
+        "{fusion}"
+    );
     assert_eq!(
         manifest["source"]["id"],
         tiny_diffusers().display().to_string()
@@ -110,11 +129,56 @@ fn onnx_fp32_artifact_is_served_by_the_onnx_executor() {
                 == std::fs::read(tiny_onnx().join(c).join("model.onnx")).ok()
         });
     println!("ONNX files byte-identical to fixtures/models/tiny-sd15: {identical}");
+    assert!(
+        !identical,
+        "the UNet should be the fused graph, not optimum's export"
+    );
 
     // A second compile into the same folder needs --force.
     let err = compile::run(args(&out))
         .expect_err("non-empty --out is refused")
         .to_string();
     assert!(err.contains("--force"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn onnx_int8_artifact_is_served_and_stays_close_to_fp32() {
+    let out =
+        std::env::temp_dir().join(format!("anyaccel-compile-int8-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    compile::run(args_for(&out, Target::OnnxInt8)).expect("compile succeeds");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("anyaccel-manifest.json")).expect("manifest written"),
+    )
+    .expect("manifest is JSON");
+    assert_eq!(manifest["target"], "onnx-int8");
+    assert_eq!(manifest["dtype"], "int8");
+    let check = &manifest["passes"]["int8"]["check"];
+    println!("int8 UNet vs fp32 on one step: {check}");
+    let rel = check["relative_rms_error"].as_f64().expect("int8 check");
+    assert!(rel > 0.0, "quantization changed nothing: {check}");
+    assert!(rel < 0.05, "int8 UNet is too far from fp32: {check}");
+
+    // Served by the same executor; the image moves a little from the fp32 one.
+    let int8 = onnx_pipeline_for(&out);
+    let fp32 = onnx_pipeline_for(&tiny_onnx());
+    let p = params(
+        "a photograph of an astronaut riding a horse",
+        42,
+        1,
+        10,
+        "euler",
+    );
+    let a = int8
+        .generate(&int8.validate(p.clone()).expect("valid"))
+        .expect("the int8 artifact generates");
+    let b = fp32
+        .generate(&fp32.validate(p).expect("valid"))
+        .expect("fp32 generates");
+    let (max, mean) = diff(&a[0].image, &b[0].image);
+    println!("int8 vs fp32 image, 10 steps: max {max} mean {mean:.3} (of 255)");
+    assert!(mean > 0.0, "int8 gave the fp32 image exactly");
+    assert!(mean < 2.0, "int8 image is far from fp32: mean {mean}");
     let _ = std::fs::remove_dir_all(&out);
 }
