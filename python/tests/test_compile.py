@@ -39,3 +39,67 @@ def test_sources_are_checked(tmp_path):
 def test_out_must_be_empty(tmp_path):
     (tmp_path / "x").write_text("x")
     assert comp.main(["--model", str(TINY_DIFFUSERS), "--target", "onnx-fp32", "--out", str(tmp_path)]) == 2
+
+
+def test_no_optimize_is_for_onnx_fp32(capsys):
+    assert comp.parse_args(["--model", "m", "--target", "onnx-fp32", "--out", "o", "--no-optimize"]).no_optimize
+    with pytest.raises(SystemExit):
+        comp.parse_args(["--model", "m", "--target", "onnx-int8", "--out", "o", "--no-optimize"])
+    assert "--no-optimize applies to --target onnx-fp32" in capsys.readouterr().err
+
+
+def _attention_model(batch=2, seq=64, hidden=16, heads=2):
+    """One com.microsoft Attention node with packed QKV weights, as ONNX Runtime's UNet
+    fusion emits for self-attention."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array(rng.standard_normal((hidden, 3 * hidden), dtype=np.float32) * 0.3, "w")
+    bias = numpy_helper.from_array(rng.standard_normal(3 * hidden, dtype=np.float32) * 0.1, "b")
+    graph = helper.make_graph(
+        [helper.make_node("Attention", ["x", "w", "b"], ["y"], name="attn", domain="com.microsoft", num_heads=heads)],
+        "attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, hidden])],
+        initializer=[weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    x = rng.standard_normal((batch, seq, hidden), dtype=np.float32)
+    return model, x
+
+
+def test_self_attention_rewrite_computes_the_same_attention():
+    import numpy as np
+    import onnxruntime as ort
+
+    model, x = _attention_model()
+
+    def run(m):
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    want = run(model)
+    assert comp._self_attention_to_mha(model) == 1
+    ops = [n.op_type for n in model.graph.node]
+    assert ops == ["MatMul", "Split", "MultiHeadAttention"], ops
+    got = run(model)
+    assert np.abs(got - want).max() < 1e-5
+    # a graph with nothing to rewrite is left alone
+    assert comp._self_attention_to_mha(model) == 0
+
+
+def test_promote_replaces_the_model_and_its_data(tmp_path):
+    import onnx
+
+    model, _ = _attention_model()
+    unet = tmp_path / "unet"
+    unet.mkdir()
+    onnx.save_model(model, str(unet / "model.onnx"), save_as_external_data=True, location="model.onnx_data", size_threshold=0)
+    comp._self_attention_to_mha(model)
+    candidate = unet / "fused.onnx"
+    onnx.save_model(model, str(candidate), save_as_external_data=True, location="fused.onnx_data", size_threshold=0)
+    comp._promote(unet, candidate)
+    assert sorted(p.name for p in unet.iterdir()) == ["model.onnx", "model.onnx_data"]
+    promoted = onnx.load(str(unet / "model.onnx"))  # loads the renamed external data
+    assert [n.op_type for n in promoted.graph.node] == ["MatMul", "Split", "MultiHeadAttention"]

@@ -42,6 +42,7 @@ enum DeployCommand {
 }
 
 fn main() -> anyhow::Result<()> {
+    anyaccel_executor_onnx::release_large_frees_to_os();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -183,6 +183,11 @@ fn artifacts_must_exist_and_suit_the_hardware() {
             "cpu-amd64 pools cannot run",
         ],
     );
+    // int8 (dynamic quantization) has CPU kernels only.
+    assert_problem(
+        &edit("target = \"onnx-fp16\"", "target = \"onnx-int8\""),
+        &["pools[1].artifact", "onnx-int8", "nvidia pools cannot run"],
+    );
     assert_problem(
         &edit("target = \"onnx-fp32\"", "target = \"onnx-int4\""),
         &[

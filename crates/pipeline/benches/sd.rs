@@ -25,6 +25,7 @@
 //! | `ANYACCEL_BENCH_ARENA` | `1` | CPU memory arena on (1) or off (0) |
 //! | `ANYACCEL_BENCH_PATTERN` | `0` | ONNX Runtime memory pattern on (1) or off (0) |
 //! | `ANYACCEL_BENCH_PREPACK` | `1` | weight prepacking on (1) or off (0) |
+//! | `ANYACCEL_BENCH_GLIBC_DEFAULT` | `0` | 1: keep glibc's dynamic mmap threshold (see `release_large_frees_to_os`) |
 //! | `ANYACCEL_BENCH_JSON` | (none) | also write the results to this file as JSON |
 //! | `ANYACCEL_BENCH_SAVE` | (none) | save the whole-image case's image to this PNG path |
 //!
@@ -234,6 +235,10 @@ fn image(pipeline: &Pipeline, size: u32, steps: u32, reps: usize) -> Case {
 }
 
 fn main() {
+    // as `anyaccel serve` and `generate` do
+    if !env_flag("ANYACCEL_BENCH_GLIBC_DEFAULT", false) {
+        anyaccel_executor_onnx::release_large_frees_to_os();
+    }
     // `cargo bench` passes `--bench`; `cargo test --benches` does not, and should not
     // spend minutes here.
     if !std::env::args().any(|a| a == "--bench") {
@@ -330,7 +335,6 @@ fn main() {
         ));
     }
     let peak = proc_status_mib("VmHWM:");
-
     println!("| case | median ms | min ms | max ms | n |");
     println!("|---|---:|---:|---:|---:|");
     for c in &cases {
