@@ -236,6 +236,7 @@ def _self_attention_to_mha(model) -> int:
     computes attention in tiles (flash attention), so the batch x heads x S x S score
     tensor, 1 GiB at 512x512, is never materialised; the QKV MatMul becomes an ordinary
     MatMul that int8 quantization can reach."""
+    import numpy as np
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -243,14 +244,20 @@ def _self_attention_to_mha(model) -> int:
     rewritten = 0
     nodes = []
     for node in graph.node:
-        if node.op_type != "Attention" or node.domain != "com.microsoft" or node.input[1] not in inits:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (
+            node.op_type != "Attention"
+            or node.domain != "com.microsoft"
+            or node.input[1] not in inits
+            or len(node.input) > 3  # a mask or past state: not what the UNet fusion emits
+            or set(attrs) != {"num_heads"}  # unequal Q/K/V widths and the like: leave as is
+        ):
             nodes.append(node)
             continue
-        heads = next(helper.get_attribute_value(a) for a in node.attribute if a.name == "num_heads")
-        weight = numpy_helper.to_array(inits[node.input[1]])
-        hidden = weight.shape[1] // 3
+        heads = attrs["num_heads"]
+        hidden = inits[node.input[1]].dims[1] // 3
         prefix = f"{node.name}_as_mha"
-        split_sizes = numpy_helper.from_array(__import__("numpy").array([hidden] * 3, dtype="int64"), f"{prefix}_split")
+        split_sizes = numpy_helper.from_array(np.array([hidden] * 3, dtype=np.int64), f"{prefix}_split")
         graph.initializer.append(split_sizes)
         qkv = [f"{prefix}_{n}" for n in ("q", "k", "v")]
         nodes.append(helper.make_node("MatMul", [node.input[0], node.input[1]], [f"{prefix}_qkv"], name=f"{prefix}_matmul"))

@@ -72,6 +72,7 @@ def _attention_model(batch=2, seq=64, hidden=16, heads=2):
 def test_self_attention_rewrite_computes_the_same_attention():
     import numpy as np
     import onnxruntime as ort
+    from onnx import helper
 
     model, x = _attention_model()
 
@@ -87,6 +88,11 @@ def test_self_attention_rewrite_computes_the_same_attention():
     assert np.abs(got - want).max() < 1e-5
     # a graph with nothing to rewrite is left alone
     assert comp._self_attention_to_mha(model) == 0
+    # as is an Attention node the rewrite does not understand
+    other, _ = _attention_model()
+    other.graph.node[0].attribute.append(helper.make_attribute("unidirectional", 1))
+    assert comp._self_attention_to_mha(other) == 0
+    assert [n.op_type for n in other.graph.node] == ["Attention"]
 
 
 def test_promote_replaces_the_model_and_its_data(tmp_path):
