@@ -34,8 +34,8 @@ pub struct OnnxConfig {
     pub library: Option<PathBuf>,
     pub optimization: Optimization,
     /// ONNX Runtime's CPU memory arena: keeps freed activation buffers for the next
-    /// step. Without it every step maps and faults in its large buffers again
-    /// (1.5x slower UNet steps on the CPU, measured in docs/benchmarks.md).
+    /// step. Without it every run maps and faults in its large buffers again
+    /// (up to 1.5x slower on the CPU, measured in docs/benchmarks.md).
     pub memory_arena: bool,
     /// ONNX Runtime's memory pattern: one block sized from the first run's plan.
     /// Off, buffers come from the arena as needed, which on the CPU kept the same
