@@ -5,21 +5,33 @@
 #
 #   scripts/fetch-onnxruntime.sh          # CPU build
 #   scripts/fetch-onnxruntime.sh gpu      # CUDA build (onnxruntime-gpu), for NVIDIA hosts
+#   scripts/fetch-onnxruntime.sh openvino # OpenVINO build (onnxruntime-openvino, x86_64 only)
+#                                         # into .cache/onnxruntime-openvino/lib, for --device openvino
+#
+# The OpenVINO build is its own ONNX Runtime release line (its wheel bundles the
+# OpenVINO runtime), so it has its own pin and folder and never replaces the CPU one.
 set -euo pipefail
 
-ORT_VERSION="${ORT_VERSION:-1.31.1}"
 flavour="${1:-cpu}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 dest="$root/.cache/onnxruntime"
-stamp="$dest/lib/.version"
 
 case "$flavour" in
-  cpu) package="onnxruntime" ;;
-  gpu) package="onnxruntime-gpu" ;;
-  *) echo "usage: $0 [cpu|gpu]" >&2; exit 2 ;;
+  cpu) package="onnxruntime"; version="${ORT_VERSION:-1.31.1}" ;;
+  gpu) package="onnxruntime-gpu"; version="${ORT_VERSION:-1.31.1}" ;;
+  openvino)
+    package="onnxruntime-openvino"; version="${ORT_OPENVINO_VERSION:-1.24.1}"
+    dest="$root/.cache/onnxruntime-openvino"
+    if [[ "$(uname -m)" != x86_64 ]]; then
+      echo "fetch-onnxruntime: onnxruntime-openvino is published for x86_64 Linux only" >&2
+      exit 1
+    fi
+    ;;
+  *) echo "usage: $0 [cpu|gpu|openvino]" >&2; exit 2 ;;
 esac
+stamp="$dest/lib/.version"
 
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$package==$ORT_VERSION" ]]; then
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$package==$version" ]]; then
   echo "$dest/lib/libonnxruntime.so"
   exit 0
 fi
@@ -27,7 +39,7 @@ fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 python3 -m pip download --quiet --no-deps --only-binary=:all: \
-  --dest "$work" "$package==$ORT_VERSION" >&2
+  --dest "$work" "$package==$version" >&2
 wheel="$(ls "$work"/*.whl)"
 python3 - "$wheel" "$work/x" <<'PY'
 import sys, zipfile
@@ -41,5 +53,5 @@ mkdir -p "$dest/lib"
 cp "$work"/x/onnxruntime/capi/*.so* "$dest/lib/"
 core="$(cd "$dest/lib" && ls libonnxruntime.so.* | head -n1)"
 ln -sf "$core" "$dest/lib/libonnxruntime.so"
-echo "$package==$ORT_VERSION" > "$stamp"
+echo "$package==$version" > "$stamp"
 echo "$dest/lib/libonnxruntime.so"

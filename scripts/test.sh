@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 echo "== ONNX Runtime (CPU library from the pinned PyPI wheel)"
 scripts/fetch-onnxruntime.sh
+if [[ "$(uname -m)" == x86_64 ]]; then
+  echo "== ONNX Runtime, OpenVINO build (for --device openvino and its tests)"
+  scripts/fetch-onnxruntime.sh openvino
+fi
 
 if [[ -x scripts/setup-test-env.sh ]]; then
   echo "== test peers (Python venv, Debian packages)"

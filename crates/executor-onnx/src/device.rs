@@ -1,5 +1,6 @@
 //! Choosing the execution provider: CUDA when its provider library and a GPU
-//! are both present, else the CPU.
+//! are both present, OpenVINO when the loaded ONNX Runtime is the OpenVINO
+//! build, else ONNX Runtime's own CPU kernels.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -15,6 +16,9 @@ pub enum DeviceRequest {
     Auto,
     Cpu,
     Cuda,
+    /// The CPU through OpenVINO (the onnxruntime-openvino build of the library),
+    /// which has bf16 kernels where ONNX Runtime's own CPU kernels have none.
+    OpenVino,
 }
 
 impl FromStr for DeviceRequest {
@@ -24,25 +28,84 @@ impl FromStr for DeviceRequest {
             "auto" => Ok(Self::Auto),
             "cpu" => Ok(Self::Cpu),
             "cuda" => Ok(Self::Cuda),
+            "openvino" => Ok(Self::OpenVino),
             other => Err(format!(
-                "unknown device `{other}`; expected auto, cpu or cuda"
+                "unknown device `{other}`; expected auto, cpu, cuda or openvino"
             )),
         }
     }
 }
 
+/// Arithmetic OpenVINO runs the CPU in (its inference precision hint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuPrecision {
+    /// bf16 where the CPU has bf16 instructions (AVX512_BF16 or AMX), else f32.
+    #[default]
+    Auto,
+    F32,
+    /// Halves the UNet's and VAE's time on AVX512_BF16 CPUs; changes pixels
+    /// slightly (docs/benchmarks.md measures by how much).
+    Bf16,
+}
+
+impl FromStr for CpuPrecision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "unknown precision `{other}`; expected auto, f32 or bf16"
+            )),
+        }
+    }
+}
+
+/// The execution provider sessions are built with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Provider {
+    Cpu,
+    Cuda,
+    /// OpenVINO on the CPU; `bf16` once resolved against the CPU's flags.
+    OpenVino {
+        bf16: bool,
+    },
+}
+
 /// The device sessions will run on.
 #[derive(Debug, Clone)]
 pub(crate) struct Device {
-    pub kind: DeviceKind,
+    pub provider: Provider,
     pub name: String,
     pub memory_bytes: Option<u64>,
+}
+
+impl Device {
+    pub fn kind(&self) -> DeviceKind {
+        match self.provider {
+            Provider::Cuda => DeviceKind::Cuda,
+            Provider::Cpu | Provider::OpenVino { .. } => DeviceKind::Cpu,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("--device cuda was requested but {0}")]
     CudaUnavailable(String),
+    #[error("--device openvino was requested but {0}")]
+    OpenVinoUnavailable(String),
+    #[error(
+        "bf16 was requested but this CPU has no bf16 instructions (neither avx512_bf16 nor \
+         amx_bf16 in /proc/cpuinfo); use f32 or auto"
+    )]
+    NoBf16,
+    #[error(
+        "bf16 on the CPU runs through OpenVINO only (ONNX Runtime's own CPU kernels have no \
+         bf16 on x86); use --device openvino, or precision auto/f32"
+    )]
+    Bf16NeedsOpenVino,
 }
 
 /// Why CUDA cannot be used here, or `None` if it can.
@@ -63,42 +126,106 @@ fn cuda_missing(library: &Path) -> Option<String> {
     None
 }
 
-pub(crate) fn select(request: DeviceRequest) -> Result<Device, crate::OnnxError> {
-    let library = runtime::ensure_loaded(None)?;
-    let cuda_problem = cuda_missing(library);
-    let kind = match (request, &cuda_problem) {
-        (DeviceRequest::Cpu, _) => {
-            tracing::info!("device: cpu (requested)");
-            DeviceKind::Cpu
-        }
-        (DeviceRequest::Cuda, Some(why)) => {
-            return Err(DeviceError::CudaUnavailable(why.clone()).into());
-        }
-        (DeviceRequest::Cuda, None) => {
-            tracing::info!("device: cuda (requested)");
-            DeviceKind::Cuda
-        }
-        (DeviceRequest::Auto, None) => {
-            tracing::info!("device: cuda (auto: CUDA provider and a GPU are present)");
-            DeviceKind::Cuda
-        }
-        (DeviceRequest::Auto, Some(why)) => {
-            tracing::info!(reason = %why, "device: cpu (auto: CUDA unavailable)");
-            DeviceKind::Cpu
-        }
+/// Why OpenVINO cannot be used with this library, or `None` if it can.
+fn openvino_missing(library: &Path) -> Option<String> {
+    let provider = library.with_file_name("libonnxruntime_providers_openvino.so");
+    (!provider.is_file()).then(|| {
+        format!(
+            "the ONNX Runtime at {} is not the OpenVINO build ({} is missing; run \
+             scripts/fetch-onnxruntime.sh openvino, or point --ort-lib / ORT_DYLIB_PATH at \
+             .cache/onnxruntime-openvino/lib/libonnxruntime.so)",
+            library.display(),
+            provider.display()
+        )
+    })
+}
+
+/// Whether the CPU has native bf16 arithmetic, from /proc/cpuinfo's flags.
+pub(crate) fn cpu_has_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|info| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("flags"))
+            .is_some_and(|flags| {
+                flags
+                    .split_whitespace()
+                    .any(|f| f == "avx512_bf16" || f == "amx_bf16")
+            })
+    })
+}
+
+fn openvino(precision: CpuPrecision) -> Result<Provider, DeviceError> {
+    let bf16 = match precision {
+        CpuPrecision::Auto => cpu_has_bf16(),
+        CpuPrecision::F32 => false,
+        CpuPrecision::Bf16 if cpu_has_bf16() => true,
+        CpuPrecision::Bf16 => return Err(DeviceError::NoBf16),
     };
-    Ok(match kind {
-        DeviceKind::Cuda => Device {
-            kind,
+    Ok(Provider::OpenVino { bf16 })
+}
+
+pub(crate) fn select(
+    request: DeviceRequest,
+    precision: CpuPrecision,
+) -> Result<Device, crate::OnnxError> {
+    let library = runtime::ensure_loaded(None, request)?;
+    let provider = match request {
+        DeviceRequest::Cpu => {
+            tracing::info!("device: cpu (requested)");
+            Provider::Cpu
+        }
+        DeviceRequest::Cuda => match cuda_missing(library) {
+            Some(why) => return Err(DeviceError::CudaUnavailable(why).into()),
+            None => {
+                tracing::info!("device: cuda (requested)");
+                Provider::Cuda
+            }
+        },
+        DeviceRequest::OpenVino => match openvino_missing(library) {
+            Some(why) => return Err(DeviceError::OpenVinoUnavailable(why).into()),
+            None => {
+                tracing::info!("device: cpu through OpenVINO (requested)");
+                openvino(precision)?
+            }
+        },
+        DeviceRequest::Auto => match (cuda_missing(library), openvino_missing(library)) {
+            (None, _) => {
+                tracing::info!("device: cuda (auto: CUDA provider and a GPU are present)");
+                Provider::Cuda
+            }
+            (Some(_), None) => {
+                tracing::info!("device: cpu through OpenVINO (auto: the OpenVINO build is loaded)");
+                openvino(precision)?
+            }
+            (Some(why), Some(_)) => {
+                tracing::info!(reason = %why, "device: cpu (auto: CUDA unavailable)");
+                Provider::Cpu
+            }
+        },
+    };
+    if precision == CpuPrecision::Bf16 && !matches!(provider, Provider::OpenVino { .. }) {
+        return Err(DeviceError::Bf16NeedsOpenVino.into());
+    }
+    Ok(match provider {
+        Provider::Cuda => Device {
+            provider,
             name: gpu_names()
                 .into_iter()
                 .next()
                 .unwrap_or_else(|| "NVIDIA GPU".into()),
             memory_bytes: None,
         },
-        _ => Device {
-            kind: DeviceKind::Cpu,
+        Provider::Cpu => Device {
+            provider,
             name: cpu_name(),
+            memory_bytes: mem_total(),
+        },
+        Provider::OpenVino { bf16 } => Device {
+            provider,
+            name: format!(
+                "{}, OpenVINO {}",
+                cpu_name(),
+                if bf16 { "bf16" } else { "f32" }
+            ),
             memory_bytes: mem_total(),
         },
     })

@@ -1,6 +1,7 @@
 //! ONNX Runtime executor: runs the optimum ONNX Stable Diffusion layout
 //! in-process, on the CUDA execution provider where a GPU is present and on
-//! the CPU elsewhere.
+//! the CPU elsewhere, either with ONNX Runtime's own kernels or through
+//! OpenVINO (bf16 on CPUs that have it).
 //!
 //! The ONNX Runtime shared library is loaded at run time (`ort`'s
 //! `load-dynamic`), so one binary runs with the CPU library or the CUDA one.
@@ -13,11 +14,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyaccel_executor::{
-    Capabilities, Component, DeviceKind, Dtype, Executor, ExecutorError, Shapes, Tensor, TokenIds,
-    UnetInput,
+    Capabilities, Component, Dtype, Executor, ExecutorError, Shapes, Tensor, TokenIds, UnetInput,
 };
 
-pub use device::{DeviceError, DeviceRequest};
+pub use device::{CpuPrecision, DeviceError, DeviceRequest};
 pub use runtime::{RuntimeError, library_path};
 
 use session::ComponentSession;
@@ -44,6 +44,8 @@ pub struct OnnxConfig {
     /// Pack weights once at load for the CPU kernels; off, they are packed on
     /// every run (same UNet speed on SD 1.5, slower text encoder, no lower peak).
     pub prepacking: bool,
+    /// OpenVINO's arithmetic (`--device openvino` only).
+    pub cpu_precision: CpuPrecision,
 }
 
 impl Default for OnnxConfig {
@@ -57,6 +59,7 @@ impl Default for OnnxConfig {
             memory_arena: true,
             memory_pattern: false,
             prepacking: true,
+            cpu_precision: CpuPrecision::Auto,
         }
     }
 }
@@ -115,8 +118,8 @@ pub struct OnnxExecutor {
 impl OnnxExecutor {
     /// Loads `text_encoder/`, `unet/`, `vae_decoder/` and, if present, `vae_encoder/`.
     pub fn load(model_dir: &Path, config: &OnnxConfig) -> Result<Self, OnnxError> {
-        runtime::ensure_loaded(config.library.as_deref())?;
-        let device = device::select(config.device)?;
+        runtime::ensure_loaded(config.library.as_deref(), config.device)?;
+        let device = device::select(config.device, config.cpu_precision)?;
         let open = |component: Component| -> Result<ComponentSession, OnnxError> {
             let path = model_dir.join(component.folder()).join("model.onnx");
             if !path.is_file() {
@@ -134,7 +137,7 @@ impl OnnxExecutor {
         };
         let capabilities = Capabilities {
             executor: "onnx",
-            device: device.kind,
+            device: device.kind(),
             device_name: device.name.clone(),
             dtype: unet.dtype(),
             shapes: Shapes::Dynamic,
@@ -211,8 +214,4 @@ pub(crate) fn dtype_of(ty: ort::value::TensorElementType) -> Option<Dtype> {
         T::Bfloat16 => Some(Dtype::Bf16),
         _ => None,
     }
-}
-
-pub(crate) fn is_gpu(kind: DeviceKind) -> bool {
-    kind == DeviceKind::Cuda
 }

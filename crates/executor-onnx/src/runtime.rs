@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 
 use ort::environment::Environment;
 
+use crate::DeviceRequest;
+
 const LIB_NAME: &str = "libonnxruntime.so";
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -22,8 +24,12 @@ static ENV: OnceLock<Result<(PathBuf, Environment), RuntimeError>> = OnceLock::n
 
 /// Where the library will be (or was) loaded from: an explicit path, then
 /// `ORT_DYLIB_PATH`, then beside the executable, then `.cache/onnxruntime/lib`
-/// in the working directory or any parent (the repo's fetch script puts it there).
-pub fn library_path(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
+/// in the working directory or any parent (the repo's fetch script puts it there);
+/// for `--device openvino`, `.cache/onnxruntime-openvino/lib` instead.
+pub fn library_path(
+    explicit: Option<&Path>,
+    device: DeviceRequest,
+) -> Result<PathBuf, RuntimeError> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
@@ -38,9 +44,13 @@ pub fn library_path(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
         candidates.push(dir.join(LIB_NAME));
         candidates.push(dir.join("../lib").join(LIB_NAME));
     }
+    let cache = match device {
+        DeviceRequest::OpenVino => ".cache/onnxruntime-openvino/lib",
+        _ => ".cache/onnxruntime/lib",
+    };
     if let Ok(cwd) = std::env::current_dir() {
         for dir in cwd.ancestors() {
-            candidates.push(dir.join(".cache/onnxruntime/lib").join(LIB_NAME));
+            candidates.push(dir.join(cache).join(LIB_NAME));
         }
     }
     candidates
@@ -56,9 +66,12 @@ pub fn library_path(explicit: Option<&Path>) -> Result<PathBuf, RuntimeError> {
 }
 
 /// Loads the library on first use; later calls return the first outcome.
-pub(crate) fn ensure_loaded(explicit: Option<&Path>) -> Result<&'static Path, RuntimeError> {
+pub(crate) fn ensure_loaded(
+    explicit: Option<&Path>,
+    device: DeviceRequest,
+) -> Result<&'static Path, RuntimeError> {
     let loaded = ENV.get_or_init(|| {
-        let path = library_path(explicit)?;
+        let path = library_path(explicit, device)?;
         if !path.is_file() {
             return Err(RuntimeError::NotFound {
                 searched: path.display().to_string(),

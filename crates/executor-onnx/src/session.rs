@@ -11,7 +11,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, TensorElementType, ValueType};
 
-use crate::device::Device;
+use crate::device::{Device, Provider};
 use crate::{OnnxConfig, OnnxError, Optimization};
 
 pub(crate) struct ComponentSession {
@@ -24,6 +24,25 @@ pub(crate) struct ComponentSession {
     /// Rank the graph declares for `timestep`: optimum exports a scalar (0), older exports `[1]`.
     timestep_rank: usize,
     output: String,
+}
+
+/// OpenVINO on the CPU. The precision is always stated: OpenVINO's own default is
+/// bf16 on AMX CPUs, and f32 must stay f32 when asked for.
+fn openvino(bf16: bool, threads: Option<usize>) -> ep::OpenVINO {
+    use ort::ep::ArbitrarilyConfigurableExecutionProvider;
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let hint = if bf16 { "bf16" } else { "f32" };
+    ep::OpenVINO::default()
+        .with_device_type("CPU")
+        .with_num_threads(threads)
+        .with_arbitrary_config(
+            "load_config",
+            format!(r#"{{"CPU": {{"INFERENCE_PRECISION_HINT": "{hint}"}}}}"#),
+        )
 }
 
 fn element_type(ty: &ValueType) -> Option<TensorElementType> {
@@ -76,15 +95,31 @@ impl ComponentSession {
                 .with_parallel_execution(n > 1)
                 .map_err(|e| load(e.to_string()))?;
         }
-        if crate::is_gpu(device.kind) {
-            ep::CUDA::default()
-                .register(&mut builder)
-                .map_err(|e| load(format!("could not enable the CUDA execution provider: {e}")))?;
+        match device.provider {
+            Provider::Cpu => {}
+            Provider::Cuda => {
+                ep::CUDA::default().register(&mut builder).map_err(|e| {
+                    load(format!("could not enable the CUDA execution provider: {e}"))
+                })?;
+            }
+            Provider::OpenVino { bf16 } => {
+                openvino(bf16, config.intra_threads)
+                    .register(&mut builder)
+                    .map_err(|e| {
+                        load(format!(
+                            "could not enable the OpenVINO execution provider: {e}"
+                        ))
+                    })?;
+            }
         }
         let session = builder.commit_from_file(path).map_err(|e| {
-            load(format!(
-                "not a loadable ONNX model (corrupt or truncated file, or external data missing beside it): {e}"
-            ))
+            let hint = if matches!(device.provider, Provider::OpenVino { .. }) {
+                "; OpenVINO takes the plain ONNX export, not a graph fused for ONNX Runtime's \
+                 CPU kernels (compile it with `anyaccel compile --target onnx-fp32 --no-optimize`)"
+            } else {
+                " (corrupt or truncated file, or external data missing beside it)"
+            };
+            load(format!("not a loadable ONNX model{hint}: {e}"))
         })?;
         let inputs: Vec<(String, TensorElementType)> = session
             .inputs()

@@ -11,9 +11,8 @@ mod common;
 use std::sync::Arc;
 
 use anyaccel_executor_onnx::{DeviceRequest, OnnxConfig, OnnxExecutor};
-use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Pipeline, images};
-use common::fixtures;
-use image::RgbImage;
+use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Pipeline};
+use common::{cases, diff, fixtures, params};
 use serde_json::Value;
 
 const MAX_ABS: u8 = 2;
@@ -31,74 +30,6 @@ fn pipeline(model: &str, spacing: Option<&str>) -> Pipeline {
     };
     let exec = OnnxExecutor::load(&dir, &config).expect("onnx executor loads");
     Pipeline::new(Arc::new(exec), m, Limits::default(), Defaults::default())
-}
-
-fn load_png(path: &std::path::Path) -> RgbImage {
-    images::decode(&std::fs::read(path).unwrap(), 1 << 24).unwrap()
-}
-
-/// (max, mean) absolute difference over all channels.
-fn diff(a: &RgbImage, b: &RgbImage) -> (u8, f64) {
-    assert_eq!(a.dimensions(), b.dimensions());
-    let mut max = 0u8;
-    let mut sum = 0u64;
-    for (x, y) in a.as_raw().iter().zip(b.as_raw()) {
-        let d = x.abs_diff(*y);
-        max = max.max(d);
-        sum += d as u64;
-    }
-    (max, sum as f64 / a.as_raw().len() as f64)
-}
-
-fn params(case: &Value) -> GenerationParams {
-    let seeds: Vec<u64> = case["seeds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_u64().unwrap())
-        .collect();
-    for w in seeds.windows(2) {
-        assert_eq!(w[1], w[0] + 1, "our requests number seeds consecutively");
-    }
-    let init_image =
-        (case["mode"] == "img2img").then(|| load_png(&fixtures().join("reference/init_64.png")));
-    GenerationParams {
-        prompt: case["prompt"].as_str().unwrap().into(),
-        negative_prompt: case["negative_prompt"].as_str().map(str::to_string),
-        width: Some(case["width"].as_u64().unwrap() as u32),
-        height: Some(case["height"].as_u64().unwrap() as u32),
-        steps: Some(case["steps"].as_u64().unwrap() as u32),
-        guidance_scale: Some(case["guidance_scale"].as_f64().unwrap() as f32),
-        scheduler: Some(case["scheduler"].as_str().unwrap().into()),
-        seed: Some(seeds[0]),
-        n: Some(seeds.len() as u32),
-        strength: case
-            .get("strength")
-            .and_then(Value::as_f64)
-            .map(|s| s as f32),
-        init_image,
-    }
-}
-
-fn cases() -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    for model in ["tiny-sd15", "tiny-sd2v"] {
-        let dir = fixtures().join("reference").join(model);
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        files.sort();
-        for f in files {
-            let name = f.file_name().unwrap().to_string_lossy().to_string();
-            if name.ends_with(".json") && name != "components.json" {
-                let v: Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
-                out.push((model.to_string(), v));
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -126,7 +57,7 @@ fn images_match_diffusers() {
         let expected_files = case["images"].as_array().unwrap();
         assert_eq!(images.len(), expected_files.len(), "{name}: image count");
         for (img, file) in images.iter().zip(expected_files) {
-            let reference = load_png(
+            let reference = common::load_png(
                 &fixtures()
                     .join("reference")
                     .join(model)
