@@ -14,9 +14,12 @@
 # Environment (all optional):
 #   PYTHON=/path/to/python   a Python with torch, diffusers, transformers, optimum-onnx
 #                            (default: .venv/bin/python, made by scripts/setup-sidecar-env.sh)
-#   VARIANTS="onnx-cpu onnx-int8 onnx"   anyaccel model variants to time (folders
-#                            .cache/bench/sd15-random-<variant>); the first is the headline
-#   IMAGE_VARIANTS="onnx-cpu onnx-int8"  variants that also run the whole image
+#   VARIANTS="onnx-cpu openvino onnx-int8 onnx"   anyaccel variants to time: a folder
+#                            .cache/bench/sd15-random-<variant> on ONNX Runtime's CPU kernels,
+#                            or openvino / openvino-f32: the plain export (sd15-random-onnx)
+#                            with --device openvino at precision auto / f32 (x86_64 only;
+#                            fetches the onnxruntime-openvino library). The first is the headline.
+#   IMAGE_VARIANTS="onnx-cpu openvino onnx-int8"  variants that also run the whole image
 #   SIZES=256,512  REPS=3  IMAGE=512x20x1 (size x steps x timed runs)  THREADS=2
 #   ARENA=1  PATTERN=0  OPT=all   anyaccel's executor settings (crates/pipeline/benches/sd.rs)
 #   TORCH=1        also run diffusers (0: reuse the PyTorch results already in $OUT)
@@ -26,8 +29,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
 
-VARIANTS=${VARIANTS:-onnx-cpu onnx-int8 onnx}
-IMAGE_VARIANTS=${IMAGE_VARIANTS:-onnx-cpu onnx-int8}
+VARIANTS=${VARIANTS:-onnx-cpu openvino onnx-int8 onnx}
+IMAGE_VARIANTS=${IMAGE_VARIANTS:-onnx-cpu openvino onnx-int8}
 SIZES=${SIZES:-256,512}
 REPS=${REPS:-3}
 IMAGE=${IMAGE:-512x20x1}
@@ -52,6 +55,7 @@ if [[ "${TABLE_ONLY:-0}" != 1 ]]; then
     exit 1
   }
   scripts/fetch-onnxruntime.sh >/dev/null
+  if [[ " $VARIANTS " == *" openvino"* ]]; then scripts/fetch-onnxruntime.sh openvino >/dev/null; fi
   "$PYTHON" scripts/bench/make_sd15_random.py >/dev/null
   model_torch=$root/.cache/bench/sd15-random
   # build first, so compiling never overlaps a measurement
@@ -61,7 +65,13 @@ if [[ "${TABLE_ONLY:-0}" != 1 ]]; then
   [[ "$TORCH" == 1 ]] && rm -f "$OUT"/torch-*.json
 
   anyaccel() { # variant cases json
-    ANYACCEL_BENCH_SAVE=$root/$OUT/image-$1.png ANYACCEL_BENCH_MODEL=$root/.cache/bench/sd15-random-$1 ANYACCEL_BENCH_CASES=$2 \
+    local folder=$1 device=cpu precision=auto
+    case "$1" in
+      openvino) folder=onnx device=openvino ;;
+      openvino-f32) folder=onnx device=openvino precision=f32 ;;
+    esac
+    ANYACCEL_BENCH_DEVICE=$device ANYACCEL_BENCH_PRECISION=$precision \
+    ANYACCEL_BENCH_SAVE=$root/$OUT/image-$1.png ANYACCEL_BENCH_MODEL=$root/.cache/bench/sd15-random-$folder ANYACCEL_BENCH_CASES=$2 \
       ANYACCEL_BENCH_SIZES=$SIZES ANYACCEL_BENCH_REPS=$REPS ANYACCEL_BENCH_IMAGE=$IMAGE \
       ANYACCEL_BENCH_THREADS=$THREADS ANYACCEL_BENCH_ARENA=$ARENA ANYACCEL_BENCH_PATTERN=$PATTERN \
       ANYACCEL_BENCH_OPT=$OPT \

@@ -275,3 +275,44 @@ fn mem_total() -> Option<u64> {
         .ok()?;
     Some(kb * 1024)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_and_precision_names_parse_and_bad_ones_list_the_choices() {
+        assert_eq!("openvino".parse(), Ok(DeviceRequest::OpenVino));
+        assert_eq!("cpu".parse(), Ok(DeviceRequest::Cpu));
+        let err = "tpu".parse::<DeviceRequest>().unwrap_err();
+        assert!(err.contains("auto, cpu, cuda or openvino"), "{err}");
+        assert_eq!("bf16".parse(), Ok(CpuPrecision::Bf16));
+        assert_eq!("f32".parse(), Ok(CpuPrecision::F32));
+        let err = "fp8".parse::<CpuPrecision>().unwrap_err();
+        assert!(err.contains("auto, f32 or bf16"), "{err}");
+    }
+
+    #[test]
+    fn a_library_without_the_openvino_provider_is_refused_with_the_fix() {
+        let dir = std::env::temp_dir().join(format!("anyaccel-ov-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lib = dir.join("libonnxruntime.so");
+        let why = openvino_missing(&lib).expect("no provider beside it");
+        assert!(why.contains("fetch-onnxruntime.sh openvino"), "{why}");
+        std::fs::write(dir.join("libonnxruntime_providers_openvino.so"), b"").unwrap();
+        assert_eq!(openvino_missing(&lib), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn f32_never_needs_bf16_hardware_and_bf16_does() {
+        assert_eq!(
+            openvino(CpuPrecision::F32).unwrap(),
+            Provider::OpenVino { bf16: false }
+        );
+        match openvino(CpuPrecision::Bf16) {
+            Ok(p) => assert!(cpu_has_bf16() && p == Provider::OpenVino { bf16: true }),
+            Err(e) => assert!(!cpu_has_bf16() && matches!(e, DeviceError::NoBf16)),
+        }
+    }
+}

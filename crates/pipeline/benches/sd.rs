@@ -19,7 +19,8 @@
 //! | `ANYACCEL_BENCH_SIZES` | `256,512` | square sizes of the component cases |
 //! | `ANYACCEL_BENCH_REPS` | `5` | timed repetitions per component case (after one warm-up) |
 //! | `ANYACCEL_BENCH_IMAGE` | `512x20x1` | whole image: size × steps × timed repetitions |
-//! | `ANYACCEL_BENCH_DEVICE` | `cpu` | auto, cpu or cuda |
+//! | `ANYACCEL_BENCH_DEVICE` | `cpu` | auto, cpu, cuda or openvino (the plain export, not a fused UNet) |
+//! | `ANYACCEL_BENCH_PRECISION` | `auto` | OpenVINO's arithmetic: auto, f32 or bf16 |
 //! | `ANYACCEL_BENCH_THREADS` | `2` | ONNX Runtime intra-op threads (inter-op: 1) |
 //! | `ANYACCEL_BENCH_OPT` | `all` | graph optimisation: disable, basic, extended, all |
 //! | `ANYACCEL_BENCH_ARENA` | `1` | CPU memory arena on (1) or off (0) |
@@ -304,6 +305,10 @@ fn main() {
         memory_arena: env_flag("ANYACCEL_BENCH_ARENA", true),
         memory_pattern: env_flag("ANYACCEL_BENCH_PATTERN", false),
         prepacking: env_flag("ANYACCEL_BENCH_PREPACK", true),
+        cpu_precision: std::env::var("ANYACCEL_BENCH_PRECISION")
+            .unwrap_or_else(|_| "auto".into())
+            .parse()
+            .expect("ANYACCEL_BENCH_PRECISION"),
     };
     eprintln!(
         "anyaccel sd bench: {} ({config:?}, cases={groups:?}, reps={reps})",
@@ -353,6 +358,7 @@ fn main() {
         let doc = serde_json::json!({
             "engine": "anyaccel (ONNX Runtime)",
             "device": exec.capabilities().device.to_string(),
+            "device_name": exec.capabilities().device_name.clone(),
             "model": model.display().to_string(),
             "settings": {
                 "intra_threads": threads,
