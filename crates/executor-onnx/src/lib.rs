@@ -7,6 +7,7 @@
 //! `load-dynamic`), so one binary runs with the CPU library or the CUDA one.
 
 mod device;
+mod mapped;
 mod runtime;
 mod session;
 
@@ -125,7 +126,23 @@ impl OnnxExecutor {
             if !path.is_file() {
                 return Err(OnnxError::MissingFile { path, component });
             }
-            ComponentSession::open(component, &path, &device, config)
+            if !matches!(device.provider, device::Provider::OpenVino { .. }) {
+                return ComponentSession::open(component, &path, &device, config);
+            }
+            // OpenVINO reads the mapped weights while it compiles and packs them
+            // (the warm-up); releasing them as it goes keeps them out of the peak.
+            let dir = model_dir.join(component.folder());
+            let session = mapped::releasing_while(&dir, || {
+                let session = ComponentSession::open(component, &path, &device, config)?;
+                session.warm_up().map_err(|e| OnnxError::Load {
+                    path: path.clone(),
+                    message: format!("warm-up run failed: {e}"),
+                })?;
+                Ok::<_, OnnxError>(session)
+            })?;
+            let released = mapped::release(&dir);
+            tracing::debug!(%component, released_mib = released >> 20, "weights packed; mapped file released");
+            Ok(session)
         };
         let text_encoder = open(Component::TextEncoder)?;
         let unet = open(Component::Unet)?;

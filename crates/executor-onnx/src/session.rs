@@ -21,6 +21,8 @@ pub(crate) struct ComponentSession {
     session: Mutex<Session>,
     /// Name and element type of each declared input.
     inputs: Vec<(String, TensorElementType)>,
+    /// Shape each input declares (-1 where dynamic), for the warm-up run.
+    shapes: Vec<(String, Vec<i64>)>,
     /// Rank the graph declares for `timestep`: optimum exports a scalar (0), older exports `[1]`.
     timestep_rank: usize,
     output: String,
@@ -126,12 +128,18 @@ impl ComponentSession {
             .iter()
             .filter_map(|o| element_type(o.dtype()).map(|t| (o.name().to_string(), t)))
             .collect();
-        let timestep_rank = session
+        let shapes: Vec<(String, Vec<i64>)> = session
             .inputs()
             .iter()
-            .find(|o| o.name() == "timestep")
-            .and_then(|o| o.dtype().tensor_shape().map(|s| s.len()))
-            .unwrap_or(1);
+            .filter_map(|o| {
+                let shape = o.dtype().tensor_shape()?;
+                Some((o.name().to_string(), shape.iter().copied().collect()))
+            })
+            .collect();
+        let timestep_rank = shapes
+            .iter()
+            .find(|(n, _)| n == "timestep")
+            .map_or(1, |(_, s)| s.len());
         let output = session
             .outputs()
             .first()
@@ -141,6 +149,7 @@ impl ComponentSession {
             component,
             session: Mutex::new(session),
             inputs,
+            shapes,
             timestep_rank,
             output,
         };
@@ -169,6 +178,52 @@ impl ComponentSession {
                             .collect::<Vec<_>>()
                     ),
                 });
+            }
+        }
+        Ok(())
+    }
+
+    /// One run at a small size (8x8 latents). OpenVINO packs its weights on a
+    /// graph's first run; doing it at load keeps that cost off the first
+    /// request, and afterwards the mapped model file is no longer read.
+    pub(crate) fn warm_up(&self) -> Result<(), ExecutorError> {
+        let dim = |name: &str, axis: usize, fallback: usize| {
+            self.shapes
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, s)| s.get(axis).copied())
+                .and_then(|d| usize::try_from(d).ok())
+                .filter(|&d| d > 0)
+                .unwrap_or(fallback)
+        };
+        match self.component {
+            Component::TextEncoder => {
+                let len = dim("input_ids", 1, 77);
+                let ids = TokenIds {
+                    batch: 1,
+                    len,
+                    ids: vec![0; len],
+                };
+                self.encode_text(&ids)?;
+            }
+            Component::Unet => {
+                let sample = Tensor::zeros(vec![1, dim("sample", 1, 4), 8, 8]);
+                let text = Tensor::zeros(vec![
+                    1,
+                    dim("encoder_hidden_states", 1, 77),
+                    dim("encoder_hidden_states", 2, 768),
+                ]);
+                self.unet(UnetInput {
+                    sample: &sample,
+                    timestep: 500.0,
+                    encoder_hidden_states: &text,
+                })?;
+            }
+            Component::VaeDecoder => {
+                self.single(&Tensor::zeros(vec![1, dim("latent_sample", 1, 4), 8, 8]))?;
+            }
+            Component::VaeEncoder => {
+                self.single(&Tensor::zeros(vec![1, dim("sample", 1, 3), 64, 64]))?;
             }
         }
         Ok(())
