@@ -134,10 +134,11 @@ impl OnnxExecutor {
             let dir = model_dir.join(component.folder());
             let session = mapped::releasing_while(&dir, || {
                 let session = ComponentSession::open(component, &path, &device, config)?;
-                session.warm_up().map_err(|e| OnnxError::Load {
-                    path: path.clone(),
-                    message: format!("warm-up run failed: {e}"),
-                })?;
+                // Only memory and first-request latency depend on it: a graph that
+                // cannot run a small input still serves the sizes it can.
+                if let Err(e) = session.warm_up() {
+                    tracing::warn!(%component, error = %e, "OpenVINO warm-up run failed; packing on the first request instead");
+                }
                 Ok::<_, OnnxError>(session)
             })?;
             let released = mapped::release(&dir);

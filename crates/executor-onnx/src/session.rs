@@ -183,47 +183,55 @@ impl ComponentSession {
         Ok(())
     }
 
-    /// One run at a small size (8x8 latents). OpenVINO packs its weights on a
-    /// graph's first run; doing it at load keeps that cost off the first
+    /// One run at a small size (8x8 latents where the graph's shapes are
+    /// dynamic, its own sizes where they are fixed). OpenVINO packs its weights
+    /// on a graph's first run; doing it at load keeps that cost off the first
     /// request, and afterwards the mapped model file is no longer read.
     pub(crate) fn warm_up(&self) -> Result<(), ExecutorError> {
-        let dim = |name: &str, axis: usize, fallback: usize| {
-            self.shapes
+        let dims = |name: &str, fallback: &[usize]| -> Vec<usize> {
+            let declared = self
+                .shapes
                 .iter()
                 .find(|(n, _)| n == name)
-                .and_then(|(_, s)| s.get(axis).copied())
-                .and_then(|d| usize::try_from(d).ok())
-                .filter(|&d| d > 0)
-                .unwrap_or(fallback)
+                .map(|(_, s)| s.as_slice())
+                .unwrap_or_default();
+            fallback
+                .iter()
+                .enumerate()
+                .map(|(axis, &f)| {
+                    declared
+                        .get(axis)
+                        .and_then(|&d| usize::try_from(d).ok())
+                        .filter(|&d| d > 0)
+                        .unwrap_or(f)
+                })
+                .collect()
         };
         match self.component {
             Component::TextEncoder => {
-                let len = dim("input_ids", 1, 77);
+                let shape = dims("input_ids", &[1, 77]);
                 let ids = TokenIds {
-                    batch: 1,
-                    len,
-                    ids: vec![0; len],
+                    batch: shape[0],
+                    len: shape[1],
+                    ids: vec![0; shape[0] * shape[1]],
                 };
                 self.encode_text(&ids)?;
             }
             Component::Unet => {
-                let sample = Tensor::zeros(vec![1, dim("sample", 1, 4), 8, 8]);
-                let text = Tensor::zeros(vec![
-                    1,
-                    dim("encoder_hidden_states", 1, 77),
-                    dim("encoder_hidden_states", 2, 768),
-                ]);
+                let sample = dims("sample", &[1, 4, 8, 8]);
+                let mut text = dims("encoder_hidden_states", &[sample[0], 77, 768]);
+                text[0] = sample[0];
                 self.unet(UnetInput {
-                    sample: &sample,
+                    sample: &Tensor::zeros(sample),
                     timestep: 500.0,
-                    encoder_hidden_states: &text,
+                    encoder_hidden_states: &Tensor::zeros(text),
                 })?;
             }
             Component::VaeDecoder => {
-                self.single(&Tensor::zeros(vec![1, dim("latent_sample", 1, 4), 8, 8]))?;
+                self.single(&Tensor::zeros(dims("latent_sample", &[1, 4, 8, 8])))?;
             }
             Component::VaeEncoder => {
-                self.single(&Tensor::zeros(vec![1, dim("sample", 1, 3), 64, 64]))?;
+                self.single(&Tensor::zeros(dims("sample", &[1, 3, 64, 64])))?;
             }
         }
         Ok(())
