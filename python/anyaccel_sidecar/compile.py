@@ -12,6 +12,8 @@ Targets:
              (--no-optimize keeps optimum's graph as exported)
   onnx-int8  onnx-fp32 with the UNet's MatMul weights quantized to int8 (dynamic
              quantization, VNNI on x86); faster on CPUs, at a measured quality cost
+  onnx-openvino  optimum's fp32 export as is, for `--device openvino` (OpenVINO fuses the
+             graph itself and cannot load ONNX Runtime's fused operators); x86_64 CPUs
   onnx-fp16  the same in fp16; optimum exports fp16 only on a CUDA GPU
   neuron     optimum-neuron's compiled layout for inf2/trn1 (static batch and size)
 
@@ -43,6 +45,7 @@ TARGETS = {
     # target: (accelerator, dtype, layout)
     "onnx-fp32": ("cpu", "fp32", "optimum-onnx"),
     "onnx-int8": ("cpu", "int8", "optimum-onnx"),
+    "onnx-openvino": ("cpu", "fp32", "optimum-onnx"),
     "onnx-fp16": ("cuda", "fp16", "optimum-onnx"),
     "neuron": ("neuron", "bf16", "optimum-neuron"),
 }
@@ -86,7 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.target != "neuron" and (args.batch_size is not None or args.size is not None):
         ap.error("--batch-size and --size apply to --target neuron; ONNX exports take any batch and size")
     if args.no_optimize and args.target != "onnx-fp32":
-        ap.error("--no-optimize applies to --target onnx-fp32 (onnx-int8 quantizes the optimized graph)")
+        ap.error("--no-optimize applies to --target onnx-fp32 (onnx-int8 quantizes the optimized graph; "
+                 "onnx-openvino is never optimized for ONNX Runtime)")
     if args.batch_size is not None and args.batch_size < 1:
         ap.error("--batch-size must be at least 1")
     return args
@@ -185,6 +189,13 @@ def export_onnx(src: Path, out: Path, target: str, validate: bool) -> dict:
 
 # ---------------------------------------------------------------------------
 # CPU graph optimisation and int8 quantization of the UNet
+
+
+def unet_passes(target: str, no_optimize: bool) -> tuple[bool, bool]:
+    """(fuse the UNet for ONNX Runtime's CPU kernels, quantize it to int8) for a target.
+    onnx-openvino stays as exported: OpenVINO cannot load ONNX Runtime's fused operators."""
+    fuse = target == "onnx-int8" or (target == "onnx-fp32" and not no_optimize)
+    return fuse, target == "onnx-int8"
 
 # ONNX Runtime's Stable Diffusion fusions that have CPU kernels. GroupNorm, SkipGroupNorm,
 # BiasSplitGelu, BiasAdd, NhwcConv and packed QKV/KV exist only for GPUs.
@@ -536,9 +547,10 @@ def main(argv=None) -> int:
             else:
                 shapes = export_onnx(src, staging, args.target, validate=not args.no_validate)
             passes = {}
-            if args.target == "onnx-int8" or (args.target == "onnx-fp32" and not args.no_optimize):
+            fuse, int8 = unet_passes(args.target, args.no_optimize)
+            if fuse:
                 passes["cpu_fusion"] = optimize_unet_cpu(staging / "unet", validate=not args.no_validate)
-            if args.target == "onnx-int8":
+            if int8:
                 passes["int8"] = quantize_unet_int8(staging / "unet", validate=not args.no_validate)
             manifest = write_manifest(
                 staging, args, src, revision, source_hash, shapes, time.monotonic() - t0, passes=passes

@@ -46,6 +46,17 @@ def test_no_optimize_is_for_onnx_fp32(capsys):
     with pytest.raises(SystemExit):
         comp.parse_args(["--model", "m", "--target", "onnx-int8", "--out", "o", "--no-optimize"])
     assert "--no-optimize applies to --target onnx-fp32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        comp.parse_args(["--model", "m", "--target", "onnx-openvino", "--out", "o", "--no-optimize"])
+
+
+def test_only_onnx_runtime_targets_fuse_the_unet():
+    assert comp.unet_passes("onnx-fp32", no_optimize=False) == (True, False)
+    assert comp.unet_passes("onnx-fp32", no_optimize=True) == (False, False)
+    assert comp.unet_passes("onnx-int8", no_optimize=False) == (True, True)
+    assert comp.unet_passes("onnx-openvino", no_optimize=False) == (False, False)
+    assert comp.unet_passes("onnx-fp16", no_optimize=False) == (False, False)
+    assert comp.TARGETS["onnx-openvino"][:2] == ("cpu", "fp32")
 
 
 def _attention_model(batch=2, seq=64, hidden=16, heads=2):

@@ -3,7 +3,8 @@
 # machine's architecture with podman, without pulling anything: the base is
 # a Debian bookworm root filesystem made here with debootstrap and imported
 # as localhost/anyaccel-base:bookworm, the server binary is built with
-# cargo, and ONNX Runtime's shared library comes from its PyPI wheel.
+# cargo, and ONNX Runtime's shared libraries come from their PyPI wheels
+# (plus the OpenVINO build on amd64).
 #
 #   scripts/deploy/build-cpu-image.sh               # -> localhost/anyaccel:cpu-<arch>
 #   IMAGE=localhost/anyaccel:dev scripts/deploy/build-cpu-image.sh
@@ -76,6 +77,13 @@ if command -v strip >/dev/null; then strip --strip-debug "$ctx/dist/$arch/anyacc
 ort="$("$root/scripts/fetch-onnxruntime.sh" cpu)"
 cp -a "$(dirname "$ort")"/libonnxruntime*.so* "$ctx/dist/$arch/onnxruntime/"
 rm -f "$ctx/dist/$arch/onnxruntime/.version"
+# amd64 also carries the OpenVINO build (pools serving onnx-openvino artifacts);
+# arm64 gets an empty folder, as there is no such build for it.
+mkdir -p "$ctx/dist/$arch/onnxruntime-openvino"
+if [[ "$arch" == amd64 ]]; then
+  ov="$("$root/scripts/fetch-onnxruntime.sh" openvino)"
+  cp -a "$(dirname "$ov")"/*.so* "$ctx/dist/$arch/onnxruntime-openvino/"
+fi
 
 # 3. The image. --pull=never and no network: everything comes from above.
 log "podman build $IMAGE"

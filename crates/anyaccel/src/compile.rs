@@ -34,6 +34,9 @@ pub enum Target {
     /// onnx-fp32 with int8 UNet MatMul weights: faster on CPUs, slightly different images.
     #[value(name = "onnx-int8")]
     OnnxInt8,
+    /// ONNX, fp32, as exported: for `--device openvino` (x86_64 CPUs).
+    #[value(name = "onnx-openvino")]
+    OnnxOpenVino,
     /// ONNX, fp16: the CUDA artifact; exported on a CUDA GPU.
     #[value(name = "onnx-fp16")]
     OnnxFp16,
@@ -47,15 +50,16 @@ impl Target {
         match self {
             Target::OnnxFp32 => "onnx-fp32",
             Target::OnnxInt8 => "onnx-int8",
+            Target::OnnxOpenVino => "onnx-openvino",
             Target::OnnxFp16 => "onnx-fp16",
             Target::Neuron => "neuron",
         }
     }
 
-    /// Name of the prepared environment (the two ONNX targets share one).
+    /// Name of the prepared environment (the ONNX targets share one).
     fn env_name(self) -> &'static str {
         match self {
-            Target::OnnxFp32 | Target::OnnxInt8 | Target::OnnxFp16 => "onnx",
+            Target::OnnxFp32 | Target::OnnxInt8 | Target::OnnxOpenVino | Target::OnnxFp16 => "onnx",
             Target::Neuron => "neuron",
         }
     }
@@ -63,7 +67,7 @@ impl Target {
     /// Requirement files (name, text); the first is the one to install.
     fn requirements(self) -> Vec<(&'static str, &'static str)> {
         match self {
-            Target::OnnxFp32 | Target::OnnxInt8 | Target::OnnxFp16 => vec![
+            Target::OnnxFp32 | Target::OnnxInt8 | Target::OnnxOpenVino | Target::OnnxFp16 => vec![
                 ("requirements-export-onnx.txt", REQ_EXPORT_ONNX),
                 ("requirements-cpu.txt", REQ_CPU),
             ],
@@ -92,8 +96,8 @@ pub struct CompileArgs {
     /// Hub revision (branch, tag or commit) of --model.
     #[arg(long)]
     pub revision: Option<String>,
-    /// onnx-fp32 (CPU), onnx-int8 (CPU, quantized), onnx-fp16 (CUDA; exported on a GPU)
-    /// or neuron (inf2/trn1).
+    /// onnx-fp32 (CPU), onnx-int8 (CPU, quantized), onnx-openvino (CPU through OpenVINO),
+    /// onnx-fp16 (CUDA; exported on a GPU) or neuron (inf2/trn1).
     #[arg(long)]
     pub target: Target,
     /// Output folder; must be absent or empty unless --force.

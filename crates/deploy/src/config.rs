@@ -66,9 +66,10 @@ impl AcceleratorKind {
         }
     }
 
-    /// Value for the server's `--device` / `ANYACCEL_DEVICE`.
-    pub fn server_device(self) -> &'static str {
+    /// Value for the server's `--device` / `ANYACCEL_DEVICE` serving `target`.
+    pub fn server_device(self, target: CompileTarget) -> &'static str {
         match self {
+            AcceleratorKind::CpuAmd64 if target == CompileTarget::OnnxOpenVino => "openvino",
             AcceleratorKind::CpuAmd64 | AcceleratorKind::CpuArm64 => "cpu",
             AcceleratorKind::Nvidia => "cuda",
             // Neuron runs through the remote (sidecar) executor, which the
@@ -80,7 +81,12 @@ impl AcceleratorKind {
     /// Whether a model compiled for `target` runs on this hardware.
     pub fn can_run(self, target: CompileTarget) -> bool {
         match self {
-            AcceleratorKind::CpuAmd64 | AcceleratorKind::CpuArm64 => {
+            // OpenVINO's ONNX Runtime build is published for x86_64 only.
+            AcceleratorKind::CpuAmd64 => matches!(
+                target,
+                CompileTarget::OnnxFp32 | CompileTarget::OnnxInt8 | CompileTarget::OnnxOpenVino
+            ),
+            AcceleratorKind::CpuArm64 => {
                 matches!(target, CompileTarget::OnnxFp32 | CompileTarget::OnnxInt8)
             }
             AcceleratorKind::Nvidia => {
@@ -107,14 +113,17 @@ pub enum CompileTarget {
     OnnxFp32,
     /// CPU only: ONNX Runtime's dynamic int8 MatMul has no CUDA kernel.
     OnnxInt8,
+    /// x86_64 CPUs through OpenVINO (bf16 where the CPU has it).
+    OnnxOpenVino,
     OnnxFp16,
     Neuron,
 }
 
 impl CompileTarget {
-    const ALL: [CompileTarget; 4] = [
+    const ALL: [CompileTarget; 5] = [
         CompileTarget::OnnxFp32,
         CompileTarget::OnnxInt8,
+        CompileTarget::OnnxOpenVino,
         CompileTarget::OnnxFp16,
         CompileTarget::Neuron,
     ];
@@ -123,6 +132,7 @@ impl CompileTarget {
         match self {
             CompileTarget::OnnxFp32 => "onnx-fp32",
             CompileTarget::OnnxInt8 => "onnx-int8",
+            CompileTarget::OnnxOpenVino => "onnx-openvino",
             CompileTarget::OnnxFp16 => "onnx-fp16",
             CompileTarget::Neuron => "neuron",
         }

@@ -188,11 +188,29 @@ fn artifacts_must_exist_and_suit_the_hardware() {
         &edit("target = \"onnx-fp16\"", "target = \"onnx-int8\""),
         &["pools[1].artifact", "onnx-int8", "nvidia pools cannot run"],
     );
+    // OpenVINO's ONNX Runtime build exists for x86_64 CPUs only.
+    assert_problem(
+        &edit("target = \"onnx-fp16\"", "target = \"onnx-openvino\""),
+        &[
+            "pools[1].artifact",
+            "onnx-openvino",
+            "nvidia pools cannot run",
+        ],
+    );
+    assert_problem(
+        &edit("target = \"onnx-fp32\"", "target = \"onnx-openvino\"")
+            .replace("accelerator = \"cpu-amd64\"", "accelerator = \"cpu-arm64\""),
+        &[
+            "pools[0].artifact",
+            "onnx-openvino",
+            "cpu-arm64 pools cannot run",
+        ],
+    );
     assert_problem(
         &edit("target = \"onnx-fp32\"", "target = \"onnx-int4\""),
         &[
             "artifacts[0].target",
-            "onnx-fp32, onnx-int8, onnx-fp16, neuron",
+            "onnx-fp32, onnx-int8, onnx-openvino, onnx-fp16, neuron",
         ],
     );
     // A compile Job pushes, which needs a token.

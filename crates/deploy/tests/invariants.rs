@@ -486,6 +486,50 @@ fn every_pool_is_autoscaled_on_the_published_metric() {
 }
 
 #[test]
+fn servers_run_the_device_and_library_their_artifact_needs() {
+    let server = |objs: &[RenderedObject], pool: &str| -> Value {
+        containers(
+            workloads(objs)
+                .into_iter()
+                .find(|o| o.kind() == "Deployment" && o.name().contains(pool))
+                .expect("the pool's Deployment"),
+        )[0]
+        .clone()
+    };
+    let plain = support::render_str(support::MINIMAL);
+    let cpu = server(&plain, "cpu");
+    assert_eq!(env_of(&cpu, "ANYACCEL_DEVICE"), Some("cpu"));
+    assert_eq!(
+        env_of(&cpu, "ORT_DYLIB_PATH"),
+        None,
+        "the image's default library"
+    );
+    assert_eq!(
+        env_of(&server(&plain, "gpu"), "ANYACCEL_DEVICE"),
+        Some("cuda")
+    );
+
+    let openvino = support::render_str(&support::MINIMAL.replacen(
+        "target = \"onnx-fp32\"",
+        "target = \"onnx-openvino\"",
+        1,
+    ));
+    let cpu = server(&openvino, "cpu");
+    assert_eq!(env_of(&cpu, "ANYACCEL_DEVICE"), Some("openvino"));
+    assert_eq!(
+        env_of(&cpu, "ORT_DYLIB_PATH"),
+        Some("/opt/onnxruntime-openvino/lib/libonnxruntime.so")
+    );
+    let containerfile =
+        std::fs::read_to_string(support::repo_root().join("deploy/containers/Containerfile.cpu"))
+            .expect("Containerfile.cpu");
+    assert!(
+        containerfile.contains("/opt/onnxruntime-openvino/lib/"),
+        "the CPU image must carry the library the env points at"
+    );
+}
+
+#[test]
 fn pods_are_non_root_with_a_read_only_root_filesystem() {
     for (name, objs) in all_fleets() {
         for w in workloads(&objs) {

@@ -117,7 +117,7 @@ impl ComponentSession {
         let session = builder.commit_from_file(path).map_err(|e| {
             let hint = if matches!(device.provider, Provider::OpenVino { .. }) {
                 "; OpenVINO takes the plain ONNX export, not a graph fused for ONNX Runtime's \
-                 CPU kernels (compile it with `anyaccel compile --target onnx-fp32 --no-optimize`)"
+                 CPU kernels (compile it with `anyaccel compile --target onnx-openvino`)"
             } else {
                 " (corrupt or truncated file, or external data missing beside it)"
             };

@@ -182,3 +182,41 @@ fn onnx_int8_artifact_is_served_and_stays_close_to_fp32() {
     assert!(mean < 2.0, "int8 image is far from fp32: mean {mean}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn onnx_openvino_artifact_keeps_the_graph_as_exported() {
+    let out = std::env::temp_dir().join(format!(
+        "anyaccel-compile-openvino-test-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&out);
+    compile::run(args_for(&out, Target::OnnxOpenVino)).expect("compile succeeds");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("anyaccel-manifest.json")).expect("manifest written"),
+    )
+    .expect("manifest is JSON");
+    assert_eq!(manifest["target"], "onnx-openvino");
+    assert_eq!(manifest["dtype"], "fp32");
+    assert_eq!(manifest["passes"], serde_json::json!({}), "no passes ran");
+    // OpenVINO cannot load ONNX Runtime's contrib operators, so none may appear.
+    let unet = std::fs::read(out.join("unet/model.onnx")).expect("unet exported");
+    assert!(
+        !unet.windows(13).any(|w| w == b"com.microsoft"),
+        "the UNet uses ONNX Runtime's contrib operators"
+    );
+
+    // The plain export draws the fixture's image (here on ONNX Runtime's CPU
+    // kernels; crates/pipeline/tests/openvino.rs runs OpenVINO itself).
+    let artifact = onnx_pipeline_for(&out);
+    let fixture = onnx_pipeline_for(&tiny_onnx());
+    let p = params("a lighthouse at dusk", 7, 1, 6, "euler");
+    let a = artifact
+        .generate(&artifact.validate(p.clone()).expect("valid"))
+        .expect("the artifact generates");
+    let b = fixture
+        .generate(&fixture.validate(p).expect("valid"))
+        .expect("the fixture generates");
+    let (max, mean) = diff(&a[0].image, &b[0].image);
+    assert!(max <= 1, "artifact vs fixture: max {max}, mean {mean:.3}");
+    let _ = std::fs::remove_dir_all(&out);
+}

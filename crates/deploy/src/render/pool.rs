@@ -28,8 +28,8 @@ use super::{
     restricted_pod_security,
 };
 use crate::config::{
-    AcceleratorKind, CloudWatchPublish, ClusterConfig, InstanceSelector, Pool, PrometheusSignal,
-    ScalingTrigger,
+    AcceleratorKind, CloudWatchPublish, ClusterConfig, CompileTarget, InstanceSelector, Pool,
+    PrometheusSignal, ScalingTrigger,
 };
 use crate::crd::{
     AdvancedConfig, AmiSelectorTerm, AuthenticationKind, AuthenticationRef, BlockDevice,
@@ -73,6 +73,10 @@ fn http_probe(path: &str, period: i32, timeout: i32, failures: i32) -> Probe {
     }
 }
 
+/// Where deploy/containers/Containerfile.cpu puts ONNX Runtime's OpenVINO build
+/// (amd64 images only).
+const OPENVINO_ORT_LIB: &str = "/opt/onnxruntime-openvino/lib/libonnxruntime.so";
+
 /// Env that tells a server pod who it is, shared with the compile Job.
 pub(super) fn identity_env(cfg: &ClusterConfig, pool: &Pool) -> Vec<EnvVar> {
     let mut e = vec![
@@ -82,11 +86,19 @@ pub(super) fn identity_env(cfg: &ClusterConfig, pool: &Pool) -> Vec<EnvVar> {
             pool.accelerator().as_str(),
         ),
         env(anyaccel_metrics::env::MODEL, cfg.artifact_of(pool).repo()),
-        env("ANYACCEL_DEVICE", pool.accelerator().server_device()),
+        env(
+            "ANYACCEL_DEVICE",
+            pool.accelerator()
+                .server_device(cfg.artifact_of(pool).target()),
+        ),
         // Hub downloads land on the model cache volume, not the read-only
         // root filesystem.
         env("HF_HOME", "/models/hf"),
     ];
+    if cfg.artifact_of(pool).target() == CompileTarget::OnnxOpenVino {
+        // The CPU image carries both ONNX Runtime builds; this one has OpenVINO.
+        e.push(env("ORT_DYLIB_PATH", OPENVINO_ORT_LIB));
+    }
     if let Some(secret) = cfg.hub_token_secret() {
         e.push(hub_token_env(secret, true));
     }
