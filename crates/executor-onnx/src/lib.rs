@@ -4,7 +4,7 @@
 //! OpenVINO (bf16 on CPUs that have it).
 //!
 //! The ONNX Runtime shared library is loaded at run time (`ort`'s
-//! `load-dynamic`), so one binary runs with the CPU library or the CUDA one.
+//! `load-dynamic`), so one binary runs with the CPU, CUDA or OpenVINO build of it.
 
 mod device;
 mod mapped;
