@@ -41,16 +41,25 @@ trap 'rm -rf "$work"' EXIT
 python3 -m pip download --quiet --no-deps --only-binary=:all: \
   --dest "$work" "$package==$version" >&2
 wheel="$(ls "$work"/*.whl)"
+# Wheels cannot hold symlinks, so a library's versioned names (libopenvino.so,
+# .so.2541, .so.2025.4.1) arrive as identical copies; keep one, link the rest.
 python3 - "$wheel" "$work/x" <<'PY'
-import sys, zipfile
+import hashlib, os, sys, zipfile
+first = {}
 with zipfile.ZipFile(sys.argv[1]) as z:
-    for n in z.namelist():
+    for n in sorted(z.namelist(), key=len, reverse=True):
         if n.startswith("onnxruntime/capi/") and ".so" in n and "pybind" not in n:
-            z.extract(n, sys.argv[2])
+            digest = hashlib.sha256(z.read(n)).hexdigest()
+            if digest in first:
+                os.makedirs(os.path.join(sys.argv[2], os.path.dirname(n)), exist_ok=True)
+                os.symlink(os.path.basename(first[digest]), os.path.join(sys.argv[2], n))
+            else:
+                first[digest] = n
+                z.extract(n, sys.argv[2])
 PY
 rm -rf "$dest/lib"
 mkdir -p "$dest/lib"
-cp "$work"/x/onnxruntime/capi/*.so* "$dest/lib/"
+cp -P "$work"/x/onnxruntime/capi/*.so* "$dest/lib/"
 core="$(cd "$dest/lib" && ls libonnxruntime.so.* | head -n1)"
 ln -sf "$core" "$dest/lib/libonnxruntime.so"
 echo "$package==$version" > "$stamp"

@@ -3,7 +3,9 @@
 # 10001, read-only root filesystem, no capabilities, writable /tmp and
 # /models only) with a tiny model folder mounted read-only, and polls
 # /health/ready until it answers 200. Then checks /health/live and /info,
-# and with SMOKE_GENERATE=1 asks for one small image.
+# and with SMOKE_GENERATE=1 asks for one small image. SMOKE_DEVICE=openvino
+# (amd64) runs it as a pool serving an onnx-openvino artifact does: through
+# the image's OpenVINO build of ONNX Runtime.
 #
 #   scripts/deploy/smoke-cpu-image.sh                       # builds the image if missing
 #   IMAGE=localhost/anyaccel:dev MODEL_DIR=/path/to/model scripts/deploy/smoke-cpu-image.sh
@@ -55,7 +57,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-log "starting $IMAGE with $MODEL_DIR"
+device_env=(-e ANYACCEL_DEVICE=cpu)
+if [[ "${SMOKE_DEVICE:-cpu}" == openvino ]]; then
+  # what crates/deploy/src/render/pool.rs sets for onnx-openvino artifacts
+  device_env=(-e ANYACCEL_DEVICE=openvino -e ORT_DYLIB_PATH=/opt/onnxruntime-openvino/lib/libonnxruntime.so)
+fi
+
+log "starting $IMAGE with $MODEL_DIR (device ${SMOKE_DEVICE:-cpu})"
 "${PODMAN[@]}" run -d --name "$name" "${PODMAN_RUN_OPTS[@]}" \
   --read-only --user 10001:10001 --cap-drop ALL --security-opt no-new-privileges \
   --tmpfs /tmp:rw,size=512m,mode=1777 \
@@ -63,7 +71,7 @@ log "starting $IMAGE with $MODEL_DIR"
   -v "$MODEL_DIR:/model:ro" \
   -e ANYACCEL_MODEL=/model \
   -e ANYACCEL_PORT="$port_env" \
-  -e ANYACCEL_DEVICE=cpu \
+  "${device_env[@]}" \
   -e ANYACCEL_POOL=smoke \
   -e ANYACCEL_ACCELERATOR="cpu-$arch" \
   -e ANYACCEL_DRAIN_TIMEOUT_SECS=5 \
@@ -93,6 +101,11 @@ for path in /health/live /info; do
   [[ "$code" == 200 ]] || { log "$path answered $code"; exit 1; }
   log "$path: 200"
 done
+if [[ "${SMOKE_DEVICE:-cpu}" == openvino ]]; then
+  device="$(curl -s --max-time 5 "$base/info" | python3 -c 'import json,sys; print(json.load(sys.stdin)["device"])')"
+  [[ "$device" == *OpenVINO* ]] || { log "/info device is \"$device\", not OpenVINO"; exit 1; }
+  log "/info device: $device"
+fi
 
 if [[ -n "${SMOKE_GENERATE:-}" ]]; then
   body="$(mktemp)"
