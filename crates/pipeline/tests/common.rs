@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyaccel_pipeline::{GenerationParams, images};
+use anyaccel_pipeline::{GenerationParams, Pipeline, images};
 use image::RgbImage;
 use serde_json::Value;
 
@@ -111,4 +111,58 @@ pub fn cases() -> Vec<(String, Value)> {
         }
     }
     out
+}
+
+/// Runs every committed reference case through `pipeline(model, timestep_spacing)`
+/// and fails unless each image is within `max_abs` (any channel) and `mean_abs`
+/// (mean) of diffusers' on 0-255 pixels. Prints every image's difference.
+pub fn assert_matches_references(
+    pipeline: impl Fn(&str, Option<&str>) -> Pipeline,
+    max_abs: u8,
+    mean_abs: f64,
+) {
+    let all = cases();
+    assert!(
+        all.len() >= 10,
+        "expected the committed reference cases, found {}",
+        all.len()
+    );
+    let mut report = Vec::new();
+    let mut failures = Vec::new();
+    for (model, case) in &all {
+        let name = case["case"].as_str().unwrap();
+        let spacing = case["scheduler_overrides"]
+            .get("timestep_spacing")
+            .and_then(Value::as_str);
+        let p = pipeline(model, spacing);
+        let request = p
+            .validate(params(case))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let images = p
+            .generate(&request)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let expected_files = case["images"].as_array().unwrap();
+        assert_eq!(images.len(), expected_files.len(), "{name}: image count");
+        for (img, file) in images.iter().zip(expected_files) {
+            let path = fixtures()
+                .join("reference")
+                .join(model)
+                .join(file.as_str().unwrap());
+            let (max, mean) = diff(&img.image, &load_png(&path));
+            let line = format!(
+                "{model}/{name} seed {}: max {max}, mean {mean:.3}",
+                img.seed
+            );
+            if max > max_abs || mean > mean_abs {
+                failures.push(line.clone());
+            }
+            report.push(line);
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "outside tolerance (max {max_abs}, mean {mean_abs}):\n{}",
+        failures.join("\n")
+    );
 }

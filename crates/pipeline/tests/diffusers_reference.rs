@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use anyaccel_executor_onnx::{DeviceRequest, OnnxConfig, OnnxExecutor};
 use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Pipeline};
-use common::{cases, diff, fixtures, params};
-use serde_json::Value;
+use common::{cases, diff, fixtures};
 
 const MAX_ABS: u8 = 2;
 const MEAN_ABS: f64 = 0.02;
@@ -34,54 +33,7 @@ fn pipeline(model: &str, spacing: Option<&str>) -> Pipeline {
 
 #[test]
 fn images_match_diffusers() {
-    let all = cases();
-    assert!(
-        all.len() >= 10,
-        "expected the committed reference cases, found {}",
-        all.len()
-    );
-    let mut report = Vec::new();
-    let mut failures = Vec::new();
-    for (model, case) in &all {
-        let name = case["case"].as_str().unwrap();
-        let spacing = case["scheduler_overrides"]
-            .get("timestep_spacing")
-            .and_then(Value::as_str);
-        let p = pipeline(model, spacing);
-        let request = p
-            .validate(params(case))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let images = p
-            .generate(&request)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expected_files = case["images"].as_array().unwrap();
-        assert_eq!(images.len(), expected_files.len(), "{name}: image count");
-        for (img, file) in images.iter().zip(expected_files) {
-            let reference = common::load_png(
-                &fixtures()
-                    .join("reference")
-                    .join(model)
-                    .join(file.as_str().unwrap()),
-            );
-            let (max, mean) = diff(&img.image, &reference);
-            report.push(format!(
-                "{model}/{name} seed {}: max {max}, mean {mean:.3}",
-                img.seed
-            ));
-            if max > MAX_ABS || mean > MEAN_ABS {
-                failures.push(format!(
-                    "{model}/{name} seed {}: max {max}, mean {mean:.3}",
-                    img.seed
-                ));
-            }
-        }
-    }
-    println!("{}", report.join("\n"));
-    assert!(
-        failures.is_empty(),
-        "outside tolerance (max {MAX_ABS}, mean {MEAN_ABS}):\n{}",
-        failures.join("\n")
-    );
+    common::assert_matches_references(pipeline, MAX_ABS, MEAN_ABS);
 }
 
 #[test]

@@ -17,7 +17,7 @@ use anyaccel_executor_onnx::{
     CpuPrecision, DeviceError, DeviceRequest, OnnxConfig, OnnxError, OnnxExecutor,
 };
 use anyaccel_pipeline::{Defaults, Limits, Model, Pipeline};
-use common::{cases, diff, fixtures, load_png, params};
+use common::{cases, diff, fixtures, params};
 
 const MAX_ABS: u8 = 2;
 const MEAN_ABS: f64 = 0.02;
@@ -55,48 +55,15 @@ fn cpu_has_bf16() -> bool {
 
 #[test]
 fn f32_images_match_diffusers() {
-    let all = cases();
-    assert!(all.len() >= 10, "expected the committed reference cases");
-    let mut report = Vec::new();
-    let mut failures = Vec::new();
-    for (model, case) in &all {
-        let name = case["case"].as_str().unwrap();
-        let spacing = case["scheduler_overrides"]
-            .get("timestep_spacing")
-            .and_then(serde_json::Value::as_str);
-        let exec = executor(model, CpuPrecision::F32).expect("OpenVINO executor loads");
-        let caps = exec.capabilities();
-        assert!(
-            caps.device_name.ends_with("OpenVINO f32"),
-            "{}",
-            caps.device_name
-        );
-        let p = pipeline(model, spacing, exec);
-        let request = p.validate(params(case)).unwrap();
-        let images = p
-            .generate(&request)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        for (img, file) in images.iter().zip(case["images"].as_array().unwrap()) {
-            let path = fixtures()
-                .join("reference")
-                .join(model)
-                .join(file.as_str().unwrap());
-            let (max, mean) = diff(&img.image, &load_png(&path));
-            let line = format!(
-                "{model}/{name} seed {}: max {max}, mean {mean:.3}",
-                img.seed
-            );
-            if max > MAX_ABS || mean > MEAN_ABS {
-                failures.push(line.clone());
-            }
-            report.push(line);
-        }
-    }
-    println!("{}", report.join("\n"));
-    assert!(
-        failures.is_empty(),
-        "outside tolerance (max {MAX_ABS}, mean {MEAN_ABS}):\n{}",
-        failures.join("\n")
+    common::assert_matches_references(
+        |model, spacing| {
+            let exec = executor(model, CpuPrecision::F32).expect("OpenVINO executor loads");
+            let name = &exec.capabilities().device_name;
+            assert!(name.ends_with("OpenVINO f32"), "{name}");
+            pipeline(model, spacing, exec)
+        },
+        MAX_ABS,
+        MEAN_ABS,
     );
 }
 
