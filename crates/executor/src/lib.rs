@@ -1,10 +1,16 @@
 //! The accelerator boundary.
 //!
-//! An [`Executor`] runs the neural-network components of a Stable Diffusion
-//! model (text encoder, UNet, VAE decoder and encoder) on host tensors and says
-//! what it can do. Everything else (tokenizer, schedulers, guidance, noise,
-//! batching, images) lives in the pipeline and is identical on every
-//! accelerator, so only this trait has an implementation per hardware family.
+//! An [`Executor`] runs the neural-network components of a diffusion model
+//! (text encoders, the denoiser, VAE decoder and encoder) and says what it can
+//! do. A batch's denoising loop is a [`DenoiseSession`]: its [`Conditioning`]
+//! is handed over once and kept where the executor wants it (device memory,
+//! the sidecar's cache), so each step moves only latents and per-row
+//! timesteps. Everything else (tokenizers, schedulers, guidance, noise,
+//! batching, images, what differs between model families) lives in the
+//! pipeline and is identical on every accelerator.
+//!
+//! The same boundary is defined for the Python sidecar in
+//! `proto/anyaccel/sidecar/v1/sidecar.proto`.
 
 use std::fmt;
 
@@ -14,25 +20,64 @@ mod tensor;
 
 pub use tensor::{Tensor, TensorError};
 
-/// A model component the executor can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+/// A model component the executor can run, named after its folder in the
+/// diffusers/optimum layout. Which of them a model has is read from its
+/// `model_index.json` (by the pipeline's model family), not fixed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Component {
+    /// The first (CLIP) text encoder.
     TextEncoder,
+    /// SDXL's, SD3's and Flux's second text encoder.
+    TextEncoder2,
+    /// SD3's third (T5) text encoder.
+    TextEncoder3,
+    /// The UNet denoiser (SD 1.x/2.x, SDXL).
     Unet,
+    /// The DiT denoiser (SD3, Flux).
+    Transformer,
     VaeDecoder,
     VaeEncoder,
 }
 
 impl Component {
+    pub const ALL: [Component; 7] = [
+        Component::TextEncoder,
+        Component::TextEncoder2,
+        Component::TextEncoder3,
+        Component::Unet,
+        Component::Transformer,
+        Component::VaeDecoder,
+        Component::VaeEncoder,
+    ];
+
     /// Folder of the component in the diffusers/optimum ONNX layout.
     pub fn folder(self) -> &'static str {
         match self {
             Component::TextEncoder => "text_encoder",
+            Component::TextEncoder2 => "text_encoder_2",
+            Component::TextEncoder3 => "text_encoder_3",
             Component::Unet => "unet",
+            Component::Transformer => "transformer",
             Component::VaeDecoder => "vae_decoder",
             Component::VaeEncoder => "vae_encoder",
         }
+    }
+
+    /// The component whose folder is `name`.
+    pub fn from_folder(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.folder() == name)
+    }
+
+    pub fn is_text_encoder(self) -> bool {
+        matches!(
+            self,
+            Component::TextEncoder | Component::TextEncoder2 | Component::TextEncoder3
+        )
+    }
+
+    pub fn is_denoiser(self) -> bool {
+        matches!(self, Component::Unet | Component::Transformer)
     }
 }
 
@@ -95,6 +140,16 @@ pub enum Shapes {
     },
 }
 
+/// How the denoiser graph takes its timestep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepInput {
+    /// One value for the whole batch: every row of a call must share it.
+    Scalar,
+    /// One value per row (`[batch]`): rows at different steps can share a call.
+    PerSample,
+}
+
 /// What an executor reports about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Capabilities {
@@ -109,9 +164,10 @@ pub struct Capabilities {
     pub memory_bytes: Option<u64>,
     /// Whether a VAE encoder is loaded (needed for img2img).
     pub vae_encoder: bool,
+    pub timestep: TimestepInput,
 }
 
-/// Token ids for the text encoder: `batch` rows of `len` ids.
+/// Token ids for one text encoder: `batch` rows of `len` ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenIds {
     pub batch: usize,
@@ -119,15 +175,81 @@ pub struct TokenIds {
     pub ids: Vec<i64>,
 }
 
-/// One UNet evaluation.
-#[derive(Debug)]
-pub struct UnetInput<'a> {
-    /// Scaled latents, `[batch, channels, h, w]`.
-    pub sample: &'a Tensor,
-    /// The scheduler's timestep (continuous for some schedulers).
-    pub timestep: f32,
-    /// Text conditioning, `[batch, tokens, dim]`.
-    pub encoder_hidden_states: &'a Tensor,
+/// Which hidden-state layer of a text encoder conditions the denoiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HiddenLayer {
+    /// The final layer's output (SD 1.x/2.x).
+    Last,
+    /// The layer before the last (SDXL, "clip skip 2").
+    Penultimate,
+}
+
+/// What a text encoder returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextEncoding {
+    /// `[batch, len, dim]`: the chosen hidden-state layer.
+    pub hidden: Tensor,
+    /// `[batch, dim]`: the pooled (or projected) embedding, where the encoder has one.
+    pub pooled: Option<Tensor>,
+}
+
+/// Everything the denoiser is conditioned on, one row per denoiser row. It is
+/// handed to [`Executor::denoise`] once per batch and kept by the executor
+/// across steps (on the device, or cached in the sidecar).
+///
+/// Per-request adapters (LoRA) and masks (inpainting) will attach here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conditioning {
+    /// `[rows, tokens, dim]`: the text sequence (`encoder_hidden_states`).
+    pub encoder_hidden_states: Tensor,
+    /// `[rows, dim]`: the pooled text embedding (SDXL's `text_embeds`).
+    pub pooled: Option<Tensor>,
+    /// `[rows, 6]`: SDXL's micro-conditioning (original size, crop, target size).
+    pub time_ids: Option<Tensor>,
+}
+
+impl Conditioning {
+    /// Conditioning by the text sequence alone (SD 1.x/2.x).
+    pub fn text(encoder_hidden_states: Tensor) -> Self {
+        Self {
+            encoder_hidden_states,
+            pooled: None,
+            time_ids: None,
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.encoder_hidden_states.batch()
+    }
+
+    /// Rows `rows` of every part, in that order.
+    pub fn select(&self, rows: &[usize]) -> Result<Self, TensorError> {
+        Ok(Self {
+            encoder_hidden_states: self.encoder_hidden_states.gather(rows)?,
+            pooled: self.pooled.as_ref().map(|t| t.gather(rows)).transpose()?,
+            time_ids: self.time_ids.as_ref().map(|t| t.gather(rows)).transpose()?,
+        })
+    }
+
+    /// Checks that every part has the same number of rows.
+    pub fn check(&self) -> Result<(), ExecutorError> {
+        let rows = self.rows();
+        for (name, t) in [("pooled", &self.pooled), ("time_ids", &self.time_ids)] {
+            if let Some(t) = t
+                && t.batch() != rows
+            {
+                return Err(ExecutorError::Invalid {
+                    component: None,
+                    message: format!(
+                        "conditioning `{name}` has {} rows, encoder_hidden_states {rows}",
+                        t.batch()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,16 +269,48 @@ pub enum ExecutorError {
         component: Component,
         message: String,
     },
+    /// The caller passed something the boundary does not accept (a shape, a
+    /// row count, differing timesteps for a scalar-timestep graph).
+    #[error("invalid executor input{}: {message}", component.map(|c| format!(" for {c}")).unwrap_or_default())]
+    Invalid {
+        component: Option<Component>,
+        message: String,
+    },
+    /// The device (or the sidecar driving it) is down; retrying later can succeed.
     #[error("executor unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
     Tensor(#[from] TensorError),
 }
 
+impl ExecutorError {
+    /// Whether the failure is the device's availability, not the request.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ExecutorError::Unavailable(_))
+    }
+}
+
+/// A batch's denoising loop on the executor: the conditioning is set once
+/// (by [`Executor::denoise`]) and each step sends only the latents and
+/// timesteps. Rows of `sample` match rows of the conditioning.
+pub trait DenoiseSession {
+    /// Rows of the conditioning the session holds now.
+    fn rows(&self) -> usize;
+
+    /// Keeps conditioning rows `rows` (indices into the current rows), in that
+    /// order: images that leave the batch (cancelled) leave the session too.
+    fn select(&mut self, rows: &[usize]) -> Result<(), ExecutorError>;
+
+    /// One denoiser evaluation: `sample` is `[rows, channels, h, w]` (already
+    /// scaled for the model input) and `timesteps` has one value per row.
+    /// Returns the model output (noise, v or flow), shaped like `sample`.
+    fn step(&mut self, sample: &Tensor, timesteps: &[f32]) -> Result<Tensor, ExecutorError>;
+}
+
 /// Runs model components on an accelerator.
 ///
-/// Calls may block for a long time (a UNet step can take seconds on a CPU);
-/// callers run them on a blocking thread.
+/// Calls may block for a long time (a denoiser step can take seconds on a
+/// CPU); callers run them on a blocking thread.
 pub trait Executor: Send + Sync {
     fn capabilities(&self) -> &Capabilities;
 
@@ -166,16 +320,162 @@ pub trait Executor: Send + Sync {
         true
     }
 
-    /// `[batch, len]` token ids to `[batch, len, dim]` hidden states.
-    fn encode_text(&self, ids: &TokenIds) -> Result<Tensor, ExecutorError>;
+    /// `[batch, len]` token ids through text encoder `encoder`.
+    fn encode_text(
+        &self,
+        encoder: Component,
+        ids: &TokenIds,
+        layer: HiddenLayer,
+    ) -> Result<TextEncoding, ExecutorError>;
 
-    /// Predicts noise (or v) for the given latents; output has the sample's shape.
-    fn unet(&self, input: UnetInput<'_>) -> Result<Tensor, ExecutorError>;
+    /// Starts denoising a batch conditioned on `conditioning`.
+    fn denoise<'a>(
+        &'a self,
+        conditioning: Conditioning,
+    ) -> Result<Box<dyn DenoiseSession + 'a>, ExecutorError>;
 
-    /// `[batch, 4, h/8, w/8]` unscaled latents to `[batch, 3, h, w]` images in `[-1, 1]`.
+    /// `[batch, c, h/8, w/8]` unscaled latents to `[batch, 3, h, w]` images in `[-1, 1]`.
     fn vae_decode(&self, latents: &Tensor) -> Result<Tensor, ExecutorError>;
 
     /// `[batch, 3, h, w]` images in `[-1, 1]` to the posterior's parameters,
     /// `[batch, 2 * latent_channels, h/8, w/8]` (mean then log-variance).
     fn vae_encode(&self, image: &Tensor) -> Result<Tensor, ExecutorError>;
+}
+
+/// The timestep a scalar-timestep graph gets for a call: rows must agree.
+pub fn shared_timestep(component: Component, timesteps: &[f32]) -> Result<f32, ExecutorError> {
+    let Some(&first) = timesteps.first() else {
+        return Err(ExecutorError::Invalid {
+            component: Some(component),
+            message: "no timesteps given".into(),
+        });
+    };
+    if timesteps.iter().any(|&t| t != first) {
+        return Err(ExecutorError::Invalid {
+            component: Some(component),
+            message: "this graph takes one timestep for the whole batch, but the rows differ \
+                      (export it with per-sample timesteps: `anyaccel compile`)"
+                .into(),
+        });
+    }
+    Ok(first)
+}
+
+/// A denoise session that keeps the conditioning in host memory and hands
+/// it, with each step's inputs, to `run`: what executors without device
+/// memory of their own (ONNX Runtime on the CPU) need.
+pub struct HostSession<F> {
+    conditioning: Conditioning,
+    run: F,
+}
+
+impl<F> HostSession<F>
+where
+    F: FnMut(&Conditioning, &Tensor, &[f32]) -> Result<Tensor, ExecutorError>,
+{
+    pub fn new(conditioning: Conditioning, run: F) -> Result<Self, ExecutorError> {
+        conditioning.check()?;
+        Ok(Self { conditioning, run })
+    }
+}
+
+impl<F> DenoiseSession for HostSession<F>
+where
+    F: FnMut(&Conditioning, &Tensor, &[f32]) -> Result<Tensor, ExecutorError>,
+{
+    fn rows(&self) -> usize {
+        self.conditioning.rows()
+    }
+
+    fn select(&mut self, rows: &[usize]) -> Result<(), ExecutorError> {
+        self.conditioning = self.conditioning.select(rows)?;
+        Ok(())
+    }
+
+    fn step(&mut self, sample: &Tensor, timesteps: &[f32]) -> Result<Tensor, ExecutorError> {
+        let rows = self.conditioning.rows();
+        if sample.batch() != rows || timesteps.len() != rows {
+            return Err(ExecutorError::Invalid {
+                component: None,
+                message: format!(
+                    "step got {} sample rows and {} timesteps for {rows} conditioning rows",
+                    sample.batch(),
+                    timesteps.len()
+                ),
+            });
+        }
+        (self.run)(&self.conditioning, sample, timesteps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: Vec<usize>) -> Tensor {
+        let n = shape.iter().product::<usize>();
+        Tensor::new(shape, (0..n).map(|v| v as f32).collect()).unwrap()
+    }
+
+    #[test]
+    fn component_folders_round_trip() {
+        for c in Component::ALL {
+            assert_eq!(Component::from_folder(c.folder()), Some(c));
+        }
+        assert_eq!(Component::from_folder("safety_checker"), None);
+    }
+
+    #[test]
+    fn conditioning_selects_every_part() {
+        let c = Conditioning {
+            encoder_hidden_states: t(vec![3, 2, 2]),
+            pooled: Some(t(vec![3, 2])),
+            time_ids: Some(t(vec![3, 6])),
+        };
+        let s = c.select(&[2, 0]).unwrap();
+        assert_eq!(s.rows(), 2);
+        assert_eq!(s.encoder_hidden_states.item(0), c.encoder_hidden_states.item(2));
+        assert_eq!(s.pooled.as_ref().unwrap().item(1), c.pooled.as_ref().unwrap().item(0));
+        assert_eq!(s.time_ids.as_ref().unwrap().item(0), c.time_ids.as_ref().unwrap().item(2));
+        assert!(c.select(&[3]).is_err());
+    }
+
+    #[test]
+    fn mismatched_conditioning_rows_are_invalid() {
+        let c = Conditioning {
+            encoder_hidden_states: t(vec![2, 2, 2]),
+            pooled: Some(t(vec![3, 2])),
+            time_ids: None,
+        };
+        assert!(matches!(c.check(), Err(ExecutorError::Invalid { .. })));
+    }
+
+    #[test]
+    fn scalar_timestep_graphs_need_equal_rows() {
+        assert_eq!(shared_timestep(Component::Unet, &[5.0, 5.0]).unwrap(), 5.0);
+        assert!(matches!(
+            shared_timestep(Component::Unet, &[5.0, 4.0]),
+            Err(ExecutorError::Invalid { .. })
+        ));
+        assert!(shared_timestep(Component::Unet, &[]).is_err());
+    }
+
+    #[test]
+    fn host_session_checks_rows_and_follows_selection() {
+        let c = Conditioning::text(t(vec![2, 1, 1]));
+        let mut s = HostSession::new(c, |c: &Conditioning, x: &Tensor, _: &[f32]| {
+            let mut out = x.clone();
+            for (o, h) in out.data_mut().iter_mut().zip(c.encoder_hidden_states.data()) {
+                *o += h;
+            }
+            Ok(out)
+        })
+        .unwrap();
+        let x = Tensor::zeros(vec![2, 1]);
+        assert_eq!(s.step(&x, &[1.0, 1.0]).unwrap().data(), &[0.0, 1.0]);
+        assert!(s.step(&x, &[1.0]).is_err());
+        s.select(&[1]).unwrap();
+        assert_eq!(s.rows(), 1);
+        assert_eq!(s.step(&Tensor::zeros(vec![1, 1]), &[1.0]).unwrap().data(), &[1.0]);
+    }
 }

@@ -97,6 +97,26 @@ impl Tensor {
         })
     }
 
+    /// Batch items `rows`, in that order, as a new tensor.
+    pub fn gather(&self, rows: &[usize]) -> Result<Tensor, TensorError> {
+        let batch = self.batch();
+        let n = self.item_len();
+        let mut data = Vec::with_capacity(rows.len() * n);
+        for &r in rows {
+            if r >= batch {
+                return Err(TensorError::Batch {
+                    start: r,
+                    end: r + 1,
+                    batch,
+                });
+            }
+            data.extend_from_slice(self.item(r));
+        }
+        let mut shape = self.shape.clone();
+        shape[0] = rows.len();
+        Ok(Tensor { shape, data })
+    }
+
     /// Concatenates along the batch dimension.
     pub fn concat_batch(parts: &[&Tensor]) -> Result<Tensor, TensorError> {
         let Some(first) = parts.first() else {
