@@ -9,5 +9,10 @@ class ComponentMissing(RuntimeError):
     """The model has no such component (e.g. no VAE encoder): FAILED_PRECONDITION."""
 
 
+class SessionNotFound(LookupError):
+    """A denoise session the sidecar does not hold (ended, evicted, or from before a
+    restart): NOT_FOUND."""
+
+
 class LoadError(RuntimeError):
     """The model could not be loaded; the sidecar exits."""

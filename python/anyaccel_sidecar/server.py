@@ -1,4 +1,4 @@
-"""The gRPC service: health, capabilities and the four component calls.
+"""The gRPC service: health, capabilities, text encoding, denoise sessions and the VAE.
 
 Handlers are registered with grpc's generic handler API, so the sidecar needs only
 `grpcio` and `protobuf` at run time (no generated `*_pb2_grpc.py`).
@@ -12,21 +12,25 @@ import threading
 import time
 import traceback
 from concurrent import futures
-from typing import Callable
+from typing import Callable, TypeVar
 
 import grpc
+import numpy as np
 
 from . import SERVICE
 from . import sidecar_pb2 as pb
 from . import tensors
-from .backends import Backend
-from .errors import BadRequest, ComponentMissing, LoadError
+from .backends import Backend, Conditioning
+from .errors import BadRequest, ComponentMissing, LoadError, SessionNotFound
 
 log = logging.getLogger("anyaccel_sidecar")
+T = TypeVar("T")
 
 # Tensors of a large batch at 1024x1024 run to hundreds of MB; the socket is local.
 MAX_MESSAGE = 2**31 - 1
 Status = pb.HealthResponse.Status
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+LAYERS = {pb.HIDDEN_LAYER_LAST: "last", pb.HIDDEN_LAYER_PENULTIMATE: "penultimate"}
 
 
 class SidecarService:
@@ -79,24 +83,67 @@ class SidecarService:
             max_text_len=c.max_text_len,
             runtime=c.runtime,
             model=c.model,
+            per_sample_timesteps=c.per_sample_timesteps,
+            components=c.components,
+            pipeline_class=c.pipeline_class,
         )
 
     def encode_text(self, request, context):
-        return self._run(context, "text_encoder", lambda b: b.encode_text(tensors.decode_ids(request)))
+        encoder = request.encoder or "text_encoder"
 
-    def unet(self, request, context):
+        def run(b: Backend):
+            if encoder not in TEXT_ENCODERS:
+                raise BadRequest(f"unknown text encoder {encoder!r}; expected one of {', '.join(TEXT_ENCODERS)}")
+            layer = LAYERS.get(request.layer)
+            if layer is None:
+                raise BadRequest(f"unknown hidden layer {request.layer}")
+            return b.encode_text(encoder, tensors.decode_ids(request), layer)
+
+        out, elapsed = self._run(context, encoder, run)
+        return pb.EncodeTextResponse(
+            hidden=tensors.encode(out.hidden),
+            pooled=None if out.pooled is None else tensors.encode(out.pooled),
+            device_seconds=elapsed,
+        )
+
+    def begin_denoise(self, request, context):
+        def run(b: Backend):
+            if not request.HasField("conditioning"):
+                raise BadRequest("BeginDenoise needs a conditioning")
+            c = request.conditioning
+            if not c.HasField("encoder_hidden_states"):
+                raise BadRequest("the conditioning needs encoder_hidden_states")
+            cond = Conditioning(
+                encoder_hidden_states=tensors.decode(c.encoder_hidden_states, "encoder_hidden_states", rank=3),
+                pooled=tensors.decode(c.pooled, "pooled", rank=2) if c.HasField("pooled") else None,
+                time_ids=tensors.decode(c.time_ids, "time_ids", rank=2) if c.HasField("time_ids") else None,
+            )
+            return b.begin_denoise(cond)
+
+        session, _ = self._run(context, "unet", run)
+        return pb.BeginDenoiseResponse(session=session)
+
+    def denoise_step(self, request, context):
         def run(b: Backend):
             sample = tensors.decode(request.sample, "sample", rank=4)
-            hidden = tensors.decode(request.encoder_hidden_states, "encoder_hidden_states", rank=3)
-            return b.unet(sample, float(request.timestep), hidden)
+            timesteps = np.asarray(request.timesteps, dtype=np.float32)
+            return b.denoise_step(request.session, sample, timesteps)
 
-        return self._run(context, "unet", run)
+        out, elapsed = self._run(context, "unet", run)
+        return pb.TensorResponse(output=tensors.encode(out), device_seconds=elapsed)
+
+    def end_denoise(self, request, context):
+        backend = self._backend(context)
+        # no device lock: dropping the references frees the tensors, whatever runs
+        if backend.end_denoise(request.session):
+            log.debug("denoise session %d ended", request.session)
+        return pb.EndDenoiseResponse()
 
     def vae_decode(self, request, context):
-        return self._run(context, "vae_decoder", lambda b: b.vae_decode(tensors.decode(request.input, "latent_sample", rank=4)))
+        return self._tensor(context, "vae_decoder", lambda b: b.vae_decode(tensors.decode(request.input, "latent_sample", rank=4)))
 
     def vae_encode(self, request, context):
-        return self._run(context, "vae_encoder", lambda b: b.vae_encode(tensors.decode(request.input, "sample", rank=4)))
+        return self._tensor(context, "vae_encoder", lambda b: b.vae_encode(tensors.decode(request.input, "sample", rank=4)))
 
     def _backend(self, context) -> Backend:
         if self.backend is None or self.status != Status.SERVING:
@@ -104,7 +151,12 @@ class SidecarService:
         assert self.backend is not None
         return self.backend
 
-    def _run(self, context, component: str, fn: Callable[[Backend], object]):
+    def _tensor(self, context, component: str, fn: Callable[[Backend], np.ndarray]):
+        out, elapsed = self._run(context, component, fn)
+        return pb.TensorResponse(output=tensors.encode(out), device_seconds=elapsed)
+
+    def _run(self, context, component: str, fn: Callable[[Backend], T]) -> tuple[T, float]:
+        """Runs `fn` under the device lock; maps backend errors to status codes."""
         backend = self._backend(context)
         try:
             with self.lock:
@@ -115,11 +167,13 @@ class SidecarService:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{component}: {e}")
         except ComponentMissing as e:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{component}: {e}")
+        except SessionNotFound as e:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"{component}: {e}")
         except Exception as e:  # noqa: BLE001 - a failed run is INTERNAL, the process lives on
             log.exception("%s failed", component)
             context.abort(grpc.StatusCode.INTERNAL, f"{component} failed: {type(e).__name__}: {e}")
         log.debug("%s: %.3fs", component, elapsed)
-        return pb.TensorResponse(output=tensors.encode(out), device_seconds=elapsed)
+        return out, elapsed
 
 
 def handlers(service: SidecarService) -> grpc.GenericRpcHandler:
@@ -133,8 +187,10 @@ def handlers(service: SidecarService) -> grpc.GenericRpcHandler:
         {
             "Health": unary(service.health, pb.HealthRequest, pb.HealthResponse),
             "GetCapabilities": unary(service.capabilities, pb.CapabilitiesRequest, pb.CapabilitiesResponse),
-            "EncodeText": unary(service.encode_text, pb.EncodeTextRequest, pb.TensorResponse),
-            "Unet": unary(service.unet, pb.UnetRequest, pb.TensorResponse),
+            "EncodeText": unary(service.encode_text, pb.EncodeTextRequest, pb.EncodeTextResponse),
+            "BeginDenoise": unary(service.begin_denoise, pb.BeginDenoiseRequest, pb.BeginDenoiseResponse),
+            "DenoiseStep": unary(service.denoise_step, pb.DenoiseStepRequest, pb.TensorResponse),
+            "EndDenoise": unary(service.end_denoise, pb.EndDenoiseRequest, pb.EndDenoiseResponse),
             "VaeDecode": unary(service.vae_decode, pb.TensorRequest, pb.TensorResponse),
             "VaeEncode": unary(service.vae_encode, pb.TensorRequest, pb.TensorResponse),
         },

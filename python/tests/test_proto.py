@@ -19,5 +19,5 @@ def test_service_name_matches_the_proto():
     service = sidecar_pb2.DESCRIPTOR.services_by_name["Sidecar"]
     assert service.full_name == SERVICE
     assert sorted(m.name for m in service.methods) == sorted(
-        ["Health", "GetCapabilities", "EncodeText", "Unet", "VaeDecode", "VaeEncode"]
+        ["Health", "GetCapabilities", "EncodeText", "BeginDenoise", "DenoiseStep", "EndDenoise", "VaeDecode", "VaeEncode"]
     )

@@ -65,18 +65,33 @@ def test_health_and_capabilities(sidecar):
     assert h.pid == proc.pid
     c = call("GetCapabilities", pb.CapabilitiesRequest, pb.CapabilitiesResponse)(pb.CapabilitiesRequest())
     assert (c.device, c.dtype, c.static_shapes, c.max_text_len) == ("cpu", "fp32", False, 77)
+    assert c.per_sample_timesteps and c.pipeline_class == "StableDiffusionPipeline"
+    assert list(c.components) == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
 
 
 def test_components_over_the_socket(sidecar):
     _, call = sidecar
-    hidden = call("EncodeText", pb.EncodeTextRequest, pb.TensorResponse)(pb.EncodeTextRequest(shape=[2, 77], ids=[5] * 154))
-    h = tensors.decode(hidden.output, "h")
-    assert h.shape == (2, 77, 32)
+    encode = call("EncodeText", pb.EncodeTextRequest, pb.EncodeTextResponse)
+    text = encode(pb.EncodeTextRequest(shape=[2, 77], ids=[5] * 154, encoder="text_encoder"))
+    h = tensors.decode(text.hidden, "h")
+    assert h.shape == (2, 77, 32) and tensors.decode(text.pooled, "p").shape == (2, 32)
+    penultimate = encode(pb.EncodeTextRequest(shape=[2, 77], ids=[5] * 154, layer=pb.HIDDEN_LAYER_PENULTIMATE))
+    assert not np.allclose(tensors.decode(penultimate.hidden, "h"), h)
+
+    begin = call("BeginDenoise", pb.BeginDenoiseRequest, pb.BeginDenoiseResponse)
+    step = call("DenoiseStep", pb.DenoiseStepRequest, pb.TensorResponse)
+    end = call("EndDenoise", pb.EndDenoiseRequest, pb.EndDenoiseResponse)
+    session = begin(pb.BeginDenoiseRequest(conditioning=pb.Conditioning(encoder_hidden_states=text.hidden))).session
     sample = np.random.default_rng(1).standard_normal((2, 4, 8, 8)).astype(np.float32)
-    out = call("Unet", pb.UnetRequest, pb.TensorResponse)(
-        pb.UnetRequest(sample=tensors.encode(sample), timestep=501.0, encoder_hidden_states=hidden.output)
-    )
-    assert tensors.decode(out.output, "eps").shape == sample.shape and out.device_seconds > 0
+    for t in ([501.0, 501.0], [401.0, 21.0]):
+        out = step(pb.DenoiseStepRequest(session=session, sample=tensors.encode(sample), timesteps=t))
+        assert tensors.decode(out.output, "eps").shape == sample.shape and out.device_seconds > 0
+    end(pb.EndDenoiseRequest(session=session))
+    end(pb.EndDenoiseRequest(session=session))  # ending twice is fine
+    with pytest.raises(grpc.RpcError) as e:
+        step(pb.DenoiseStepRequest(session=session, sample=tensors.encode(sample), timesteps=[1.0, 1.0]))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND, e.value.details()
+
     img = call("VaeDecode", pb.TensorRequest, pb.TensorResponse)(pb.TensorRequest(input=tensors.encode(sample[:1])))
     assert tensors.decode(img.output, "img").shape == (1, 3, 64, 64)
 
@@ -87,9 +102,51 @@ def test_bad_requests_are_invalid_argument(sidecar):
         call("VaeDecode", pb.TensorRequest, pb.TensorResponse)(pb.TensorRequest(input=pb.Tensor(shape=[1, 4, 8, 8], data=b"\0")))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "needs 1024 bytes" in e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        call("BeginDenoise", pb.BeginDenoiseRequest, pb.BeginDenoiseResponse)(pb.BeginDenoiseRequest())
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as e:
+        call("EncodeText", pb.EncodeTextRequest, pb.EncodeTextResponse)(pb.EncodeTextRequest(shape=[1, 2], ids=[1, 2], encoder="unet"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+
+
+def test_a_missing_encoder_is_failed_precondition(sidecar):
+    _, call = sidecar
+    with pytest.raises(grpc.RpcError) as e:
+        call("EncodeText", pb.EncodeTextRequest, pb.EncodeTextResponse)(
+            pb.EncodeTextRequest(shape=[1, 2], ids=[1, 2], encoder="text_encoder_2")
+        )
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "text_encoder_2" in e.value.details()
 
 
 def test_a_model_that_cannot_load_exits_with_status_3(tmp_path):
     proc, _ = start(tmp_path / "missing")
     assert proc.wait(timeout=120) == 3
     assert "no such model folder" in proc.stderr.read()
+
+
+def test_an_unsupported_pipeline_reports_failed_health(tmp_path):
+    import json
+    import shutil
+
+    model = tmp_path / "sd3"
+    shutil.copytree(TINY_DIFFUSERS, model, ignore=shutil.ignore_patterns("*.safetensors"))
+    index = json.loads((model / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusion3Pipeline"
+    (model / "model_index.json").write_text(json.dumps(index))
+    proc, sock = start(model)
+    health = stub(sock)("Health", pb.HealthRequest, pb.HealthResponse)
+    seen = None
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            seen = health(pb.HealthRequest(), timeout=2)
+            if seen.status == pb.HealthResponse.FAILED:
+                break
+        except grpc.RpcError:
+            pass
+        time.sleep(0.05)
+    assert proc.wait(timeout=30) == 3
+    assert seen is not None and seen.status == pb.HealthResponse.FAILED, seen
+    assert "StableDiffusion3Pipeline is not supported" in seen.message and "StableDiffusionXLPipeline" in seen.message

@@ -1,4 +1,4 @@
-"""Backends run the four Stable Diffusion components on one device family."""
+"""Backends run a Stable Diffusion model's components (text encoders, UNet, VAE) on one device family."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 from ..errors import LoadError
-from .base import Backend, Capabilities
+from .base import Backend, Capabilities, Conditioning, TextEncoding
 
-__all__ = ["Backend", "Capabilities", "load", "neuron_available", "resolve_device"]
+__all__ = ["Backend", "Capabilities", "Conditioning", "TextEncoding", "load", "neuron_available", "resolve_device"]
 
 
 def neuron_available() -> bool:

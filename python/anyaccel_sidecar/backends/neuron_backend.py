@@ -4,49 +4,81 @@ NOT exercised in this repository's tests (no Neuron hardware here); see
 docs/inferentia.md for what is verified and how to run it on inf2.
 
 The artifact is optimum-neuron's compiled layout (`anyaccel compile --target neuron`
-or `optimum-cli export neuron`): text_encoder/, unet/, vae_decoder/, vae_encoder/ each
-with `model.neuron` and a config.json whose `neuron` section records the static shapes
-the component was traced with (static_batch_size, static_height/width in latent cells,
-static_sequence_length). Inputs must have exactly those shapes; the Rust executor pads
-and splits batches to the per-component batch this backend reports.
+or `optimum-cli export neuron`): text_encoder/ (and text_encoder_2/ for SDXL), unet/,
+vae_decoder/, vae_encoder/ each with `model.neuron` and a config.json whose `neuron`
+section records the static shapes the component was traced with (static_batch_size,
+static_height/width in latent cells, static_sequence_length). Inputs must have
+exactly those shapes; the Rust executor pads and splits batches to the per-component
+batch this backend reports.
+
+Written against optimum-neuron 0.4.5's NeuronStableDiffusionPipeline and
+NeuronStableDiffusionXLPipeline (modeling_diffusion.py, exporters/neuron): the
+text encoders return a ModelOutput keyed by the exported output names
+(`last_hidden_state`, `pooler_output` / `text_embeds`, and `hidden_states` when
+compiled with output_hidden_states, as SDXL's are); the UNet takes (sample,
+timestep, encoder_hidden_states[, text_embeds, time_ids]) and was traced with a
+`[batch]` timestep (optimum's DummyTimestepInputGenerator; the wrapper expands a
+scalar to it), so each row may carry its own timestep.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BadRequest, ComponentMissing, LoadError
-from .base import Backend, Capabilities
+from . import families
+from .base import Backend, Capabilities, Conditioning, Prepared, TextEncoding, check_layer
 
 log = logging.getLogger("anyaccel_sidecar.neuron")
+
+COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 
 
 class NeuronBackend(Backend):
     def __init__(self, model: str):
+        super().__init__()
         import torch
         import optimum.neuron
-        from optimum.neuron import NeuronStableDiffusionPipeline
 
         self.torch = torch
+        index_path = Path(model) / "model_index.json"
         try:
-            pipe = NeuronStableDiffusionPipeline.from_pretrained(model)
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise LoadError(f"{model}: cannot read model_index.json: {e}") from e
+        self.family = families.detect(index, model, families.read_json(Path(model) / "unet" / "config.json"))
+        cls_name = "NeuronStableDiffusionXLPipeline" if self.family.sdxl else "NeuronStableDiffusionPipeline"
+        pipeline_cls = getattr(optimum.neuron, cls_name, None)
+        if pipeline_cls is None:
+            raise LoadError(f"this optimum-neuron ({optimum.neuron.__version__}) has no {cls_name}")
+        try:
+            pipe = pipeline_cls.from_pretrained(model)
         except Exception as e:  # noqa: BLE001 - the SDK raises many kinds
             raise LoadError(f"{model}: optimum-neuron could not load the compiled pipeline: {e}") from e
         self.pipe = pipe
-        if pipe.unet is None:
+        if getattr(pipe, "unet", None) is None:
             raise LoadError(f"{model}: no compiled unet (transformer-based pipelines are not supported)")
+        self.text_encoders = {}
+        for name in self.family.text_encoders:
+            part = getattr(pipe, name, None)
+            if part is None:
+                raise LoadError(f"{model}: {self.family.pipeline_class} needs a compiled {name}")
+            self.text_encoders[name] = part
         unet_cfg = dict(pipe.unet.config.neuron)
         scale = int(getattr(pipe, "vae_scale_factor", 8))
         width, height = int(unet_cfg["static_width"]) * scale, int(unet_cfg["static_height"]) * scale
+        self.size = (width, height)
+        self.scale = scale
         # torch_neuronx.DataParallel spreads a component over both NeuronCores of an
         # inf2 chip: the UNet ("unet" mode, for classifier-free guidance's double batch)
         # or every component ("all"); each core takes one compiled batch.
         dp = getattr(pipe, "data_parallel_mode", "none")
         self.batches: dict[str, int] = {}
-        for name in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        for name in COMPONENTS:
             part = getattr(pipe, name, None)
             if part is None:
                 continue
@@ -59,15 +91,16 @@ class NeuronBackend(Backend):
         dtype = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(str(dtype), str(dtype))
         if dtype not in ("fp32", "fp16", "bf16"):
             dtype = "bf16" if "bf16" in str(dtype) else "fp32"
-        te_cfg = pipe.text_encoder.config.neuron if pipe.text_encoder is not None else {}
+        te_cfg = self.text_encoders["text_encoder"].config.neuron
         self.max_text_len = int(te_cfg.get("static_sequence_length", 77))
+        self.vae_encoder = getattr(pipe, "vae_encoder", None)
         cores = sorted(Path("/dev").glob("neuron*"))
         self._caps = Capabilities(
             device="neuron",
             device_name=f"AWS Neuron ({len(cores)} device(s), data parallel: {dp})",
             dtype=dtype,
             memory_bytes=0,
-            vae_encoder=pipe.vae_encoder is not None,
+            vae_encoder=self.vae_encoder is not None,
             runtime=f"optimum-neuron {optimum.neuron.__version__} / torch {torch.__version__}",
             model=model,
             max_text_len=self.max_text_len,
@@ -75,8 +108,12 @@ class NeuronBackend(Backend):
             batch_size=images,
             component_batches=dict(self.batches),
             sizes=[(width, height)],
+            # traced with a [batch] timestep input (see the module docs)
+            per_sample_timesteps=True,
+            components=[n for n in COMPONENTS if n in self.batches],
+            pipeline_class=self.family.pipeline_class,
         )
-        log.info("loaded %s: %sx%s, batches %s, %s", model, width, height, self.batches, dtype)
+        log.info("loaded %s (%s): %sx%s, batches %s, %s", model, cls_name, width, height, self.batches, dtype)
 
     def capabilities(self) -> Capabilities:
         return self._caps
@@ -86,31 +123,75 @@ class NeuronBackend(Backend):
         if want is not None and n != want:
             raise BadRequest(f"{component} was compiled for batch {want}, got {n} (the client pads/splits batches)")
 
-    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        self._check_batch("text_encoder", input_ids.shape[0])
-        with self.torch.inference_mode():
-            out = self.pipe.text_encoder(self.torch.from_numpy(input_ids))
-            hidden = out["last_hidden_state"] if "last_hidden_state" in out else out[0]
-            return hidden.float().numpy()
+    def _check_size(self, component: str, pixels: tuple[int, int]) -> None:
+        if pixels != self.size:
+            raise BadRequest(f"{component} was compiled for {self.size[0]}x{self.size[1]}, got {pixels[0]}x{pixels[1]}")
 
-    def unet(self, sample: np.ndarray, timestep: float, encoder_hidden_states: np.ndarray) -> np.ndarray:
-        self._check_batch("unet", sample.shape[0])
+    def encode_text(self, encoder: str, input_ids: np.ndarray, layer: str) -> TextEncoding:
+        check_layer(layer)
+        part = self.text_encoders.get(encoder)
+        if part is None:
+            raise ComponentMissing(f"the compiled model has no {encoder} (it has {', '.join(self.text_encoders)})")
+        self._check_batch(encoder, input_ids.shape[0])
+        if input_ids.shape[1] != self.max_text_len:
+            raise BadRequest(f"input_ids: {input_ids.shape[1]} tokens, the text encoder was compiled for {self.max_text_len}")
+        penultimate = layer == "penultimate"
+        if penultimate and not _outputs_hidden_states(part):
+            raise ComponentMissing(
+                f"{encoder} was compiled without output_hidden_states, so its penultimate layer is not available; "
+                "recompile it with output_hidden_states"
+            )
         with self.torch.inference_mode():
+            out = part(self.torch.from_numpy(input_ids), output_hidden_states=penultimate or None)
+            hidden = out["hidden_states"][-2] if penultimate else out["last_hidden_state"]
+            pooled = out.get("text_embeds")
+            if pooled is None:
+                pooled = out.get("pooler_output")
+            return TextEncoding(hidden.float().numpy(), None if pooled is None else pooled.float().numpy())
+
+    def prepare_conditioning(self, cond: Conditioning) -> Prepared:
+        cond.check(self.family.sdxl)
+        self._check_batch("unet", cond.rows)
+
+        def tensor(a):
+            return None if a is None else self.torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+        # compiled models take host tensors; the runtime copies them to the cores
+        return Prepared(cond.rows, tensor(cond.encoder_hidden_states), tensor(cond.pooled), tensor(cond.time_ids))
+
+    def run_unet(self, state: Prepared, sample: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
+        self._check_batch("unet", sample.shape[0])
+        self._check_size("unet", (sample.shape[3] * self.scale, sample.shape[2] * self.scale))
+        with self.torch.inference_mode():
+            extra = {}
+            if self.family.sdxl:
+                extra["added_cond_kwargs"] = {"text_embeds": state.pooled, "time_ids": state.time_ids}
             out = self.pipe.unet(
                 self.torch.from_numpy(sample),
-                self.torch.tensor(timestep, dtype=self.torch.float32),
-                self.torch.from_numpy(encoder_hidden_states),
+                self.torch.from_numpy(np.ascontiguousarray(timesteps, dtype=np.float32)),
+                state.encoder_hidden_states,
+                **extra,
             )
             return out[0].float().numpy()
 
     def vae_decode(self, latents: np.ndarray) -> np.ndarray:
         self._check_batch("vae_decoder", latents.shape[0])
+        self._check_size("vae_decoder", (latents.shape[3] * self.scale, latents.shape[2] * self.scale))
         with self.torch.inference_mode():
             return self.pipe.vae_decoder(self.torch.from_numpy(latents)).sample.float().numpy()
 
     def vae_encode(self, image: np.ndarray) -> np.ndarray:
-        if self.pipe.vae_encoder is None:
+        if self.vae_encoder is None:
             raise ComponentMissing("the compiled model has no vae_encoder, so img2img is unavailable")
         self._check_batch("vae_encoder", image.shape[0])
         with self.torch.inference_mode():
-            return self.pipe.vae_encoder(self.torch.from_numpy(image)).latent_dist.parameters.float().numpy()
+            return self.vae_encoder(self.torch.from_numpy(image)).latent_dist.parameters.float().numpy()
+
+
+def _outputs_hidden_states(part) -> bool:
+    """Whether a compiled text encoder returns `hidden_states` (optimum-neuron records
+    it in the component config or the exported output names)."""
+    if getattr(part.config, "output_hidden_states", False) or part.config.neuron.get("output_hidden_states"):
+        return True
+    outputs = getattr(getattr(part, "neuron_config", None), "outputs", None) or part.config.neuron.get("output_names", [])
+    return "hidden_states" in outputs
