@@ -28,7 +28,8 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub api_keys: Vec<String>,
-    /// Sizes clients may request (WxH, comma-separated); each is warmed up. Default: the model's native size.
+    /// Sizes clients may request (WxH, comma-separated); each is warmed up. Default: the
+    /// model's native size (for a 1024-native SDXL model, its usual aspect buckets).
     #[arg(long, value_delimiter = ',', value_parser = parse_size, env = "ANYACCEL_SIZES")]
     pub sizes: Vec<(u32, u32)>,
     /// Requests allowed to wait; more get 429.
@@ -95,9 +96,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ..Limits::default()
     };
     let pipeline = Arc::new(args.model.load(limits, Defaults::default())?);
-    let native = pipeline.model().native_size;
+    let info = pipeline.model();
     let sizes = if args.sizes.is_empty() {
-        vec![(native, native)]
+        info.family.default_sizes(info.native_size)
     } else {
         args.sizes.clone()
     };

@@ -593,7 +593,16 @@ impl Inner {
                     });
                 }
             }
-            Ok(Err(e)) => self.fail_all(&batch, "generation_failed", e.to_string()),
+            Ok(Err(e)) => {
+                // A device that is down is the server's state, not the request's fault.
+                let code = match &e {
+                    anyaccel_pipeline::PipelineError::Executor(x) if x.is_unavailable() => {
+                        "executor_unavailable"
+                    }
+                    _ => "generation_failed",
+                };
+                self.fail_all(&batch, code, e.to_string())
+            }
             Err(_) => self.fail_all(
                 &batch,
                 "internal",

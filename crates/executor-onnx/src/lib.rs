@@ -14,8 +14,11 @@ mod session;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use std::collections::BTreeMap;
+
 use anyaccel_executor::{
-    Capabilities, Component, Dtype, Executor, ExecutorError, Shapes, Tensor, TokenIds, UnetInput,
+    Capabilities, Component, Conditioning, DenoiseSession, Dtype, Executor, ExecutorError,
+    HiddenLayer, HostSession, Shapes, Tensor, TextEncoding, TokenIds,
 };
 
 pub use device::{CpuPrecision, DeviceError, DeviceRequest};
@@ -107,18 +110,24 @@ pub enum OnnxError {
     },
 }
 
-/// Runs the four components of an optimum-layout ONNX model folder.
+/// Runs the components of an optimum-layout ONNX model folder.
 pub struct OnnxExecutor {
     capabilities: Capabilities,
-    text_encoder: ComponentSession,
-    unet: ComponentSession,
+    text_encoders: BTreeMap<Component, ComponentSession>,
+    denoiser: ComponentSession,
     vae_decoder: ComponentSession,
     vae_encoder: Option<ComponentSession>,
 }
 
 impl OnnxExecutor {
-    /// Loads `text_encoder/`, `unet/`, `vae_decoder/` and, if present, `vae_encoder/`.
-    pub fn load(model_dir: &Path, config: &OnnxConfig) -> Result<Self, OnnxError> {
+    /// Loads `components` (the model family's list, read from its
+    /// `model_index.json`) from `model_dir`. `vae_encoder/`, needed only for
+    /// img2img, may be missing.
+    pub fn load(
+        model_dir: &Path,
+        components: &[Component],
+        config: &OnnxConfig,
+    ) -> Result<Self, OnnxError> {
         runtime::ensure_loaded(config.library.as_deref(), config.device)?;
         let device = device::select(config.device, config.cpu_precision)?;
         let open = |component: Component| -> Result<ComponentSession, OnnxError> {
@@ -145,34 +154,53 @@ impl OnnxExecutor {
             tracing::debug!(%component, released_mib = released >> 20, "weights packed; mapped file released");
             Ok(session)
         };
-        let text_encoder = open(Component::TextEncoder)?;
-        let unet = open(Component::Unet)?;
-        let vae_decoder = open(Component::VaeDecoder)?;
-        let vae_encoder = match open(Component::VaeEncoder) {
-            Ok(s) => Some(s),
-            Err(OnnxError::MissingFile { .. }) => None,
-            Err(e) => return Err(e),
+        let mut text_encoders = BTreeMap::new();
+        let mut denoiser = None;
+        let mut vae_decoder = None;
+        let mut vae_encoder = None;
+        for &component in components {
+            match component {
+                c if c.is_text_encoder() => {
+                    text_encoders.insert(c, open(c)?);
+                }
+                c if c.is_denoiser() => denoiser = Some(open(c)?),
+                Component::VaeDecoder => vae_decoder = Some(open(component)?),
+                Component::VaeEncoder => match open(component) {
+                    Ok(s) => vae_encoder = Some(s),
+                    Err(OnnxError::MissingFile { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+                _ => {}
+            }
+        }
+        let missing = |component: Component| OnnxError::MissingFile {
+            path: model_dir.join(component.folder()).join("model.onnx"),
+            component,
         };
+        let denoiser = denoiser.ok_or_else(|| missing(Component::Unet))?;
+        let vae_decoder = vae_decoder.ok_or_else(|| missing(Component::VaeDecoder))?;
         let capabilities = Capabilities {
             executor: "onnx",
             device: device.kind(),
             device_name: device.name.clone(),
-            dtype: unet.dtype(),
+            dtype: denoiser.dtype(),
             shapes: Shapes::Dynamic,
             memory_bytes: device.memory_bytes,
             vae_encoder: vae_encoder.is_some(),
+            timestep: denoiser.timestep_input(),
         };
         tracing::info!(
             device = %capabilities.device,
             device_name = %capabilities.device_name,
             dtype = %capabilities.dtype,
             img2img = capabilities.vae_encoder,
+            timestep = ?capabilities.timestep,
             "onnx executor ready"
         );
         Ok(Self {
             capabilities,
-            text_encoder,
-            unet,
+            text_encoders,
+            denoiser,
             vae_decoder,
             vae_encoder,
         })
@@ -184,12 +212,31 @@ impl Executor for OnnxExecutor {
         &self.capabilities
     }
 
-    fn encode_text(&self, ids: &TokenIds) -> Result<Tensor, ExecutorError> {
-        self.text_encoder.encode_text(ids)
+    fn encode_text(
+        &self,
+        encoder: Component,
+        ids: &TokenIds,
+        layer: HiddenLayer,
+    ) -> Result<TextEncoding, ExecutorError> {
+        match self.text_encoders.get(&encoder) {
+            Some(s) => s.encode_text(ids, layer),
+            None => Err(ExecutorError::Missing {
+                component: encoder,
+                reason: "this model has no such text encoder".into(),
+            }),
+        }
     }
 
-    fn unet(&self, input: UnetInput<'_>) -> Result<Tensor, ExecutorError> {
-        self.unet.unet(input)
+    fn denoise<'a>(
+        &'a self,
+        conditioning: Conditioning,
+    ) -> Result<Box<dyn DenoiseSession + 'a>, ExecutorError> {
+        // ONNX Runtime takes host tensors per run here, so the conditioning stays
+        // on the host; a CUDA executor with I/O binding would keep it on the device.
+        let session = HostSession::new(conditioning, |c: &Conditioning, x: &Tensor, t: &[f32]| {
+            self.denoiser.denoise(c, x, t)
+        })?;
+        Ok(Box::new(session))
     }
 
     fn vae_decode(&self, latents: &Tensor) -> Result<Tensor, ExecutorError> {

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use anyaccel_executor::{Component, Dtype, ExecutorError, Tensor, TokenIds, UnetInput};
+use anyaccel_executor::{
+    Component, Conditioning, Dtype, ExecutorError, HiddenLayer, Tensor, TextEncoding,
+    TimestepInput, TokenIds,
+};
 use half::f16;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
@@ -23,9 +26,12 @@ pub(crate) struct ComponentSession {
     inputs: Vec<(String, TensorElementType)>,
     /// Shape each input declares (-1 where dynamic), for the warm-up run.
     shapes: Vec<(String, Vec<i64>)>,
-    /// Rank the graph declares for `timestep`: optimum exports a scalar (0), older exports `[1]`.
+    /// Rank the graph declares for `timestep`: 0 (a scalar), or 1 (`[1]` or `[batch]`).
     timestep_rank: usize,
-    output: String,
+    /// Whether `timestep` takes one value per row (a dynamic `[batch]` axis).
+    per_sample_timesteps: bool,
+    /// Output names, in the graph's order.
+    outputs: Vec<String>,
 }
 
 /// OpenVINO on the CPU. The precision is always stated: OpenVINO's own default is
@@ -136,32 +142,44 @@ impl ComponentSession {
                 Some((o.name().to_string(), shape.iter().copied().collect()))
             })
             .collect();
-        let timestep_rank = shapes
+        let timestep_shape = shapes
             .iter()
             .find(|(n, _)| n == "timestep")
-            .map_or(1, |(_, s)| s.len());
-        let output = session
+            .map(|(_, s)| s.clone());
+        let timestep_rank = timestep_shape.as_ref().map_or(1, Vec::len);
+        // A fixed `[1]` broadcasts one value; a dynamic first axis takes one per row.
+        let per_sample_timesteps = timestep_shape
+            .as_deref()
+            .is_some_and(|s| s.len() == 1 && s[0] != 1);
+        let outputs: Vec<String> = session
             .outputs()
-            .first()
+            .iter()
             .map(|o| o.name().to_string())
-            .ok_or_else(|| load("the graph declares no outputs".into()))?;
+            .collect();
+        if outputs.is_empty() {
+            return Err(load("the graph declares no outputs".into()));
+        }
         let this = Self {
             component,
             session: Mutex::new(session),
             inputs,
             shapes,
             timestep_rank,
-            output,
+            per_sample_timesteps,
+            outputs,
         };
         this.check_signature(path)?;
-        tracing::debug!(%component, inputs = ?this.inputs, output = %this.output, "session ready");
+        tracing::debug!(%component, inputs = ?this.inputs, outputs = ?this.outputs, "session ready");
         Ok(this)
     }
 
     fn check_signature(&self, path: &Path) -> Result<(), OnnxError> {
         let required: &[&str] = match self.component {
-            Component::TextEncoder => &["input_ids"],
+            Component::TextEncoder | Component::TextEncoder2 | Component::TextEncoder3 => {
+                &["input_ids"]
+            }
             Component::Unet => &["sample", "timestep", "encoder_hidden_states"],
+            Component::Transformer => &["hidden_states", "timestep", "encoder_hidden_states"],
             Component::VaeDecoder => &["latent_sample"],
             Component::VaeEncoder => &["sample"],
         };
@@ -208,24 +226,33 @@ impl ComponentSession {
                 .collect()
         };
         match self.component {
-            Component::TextEncoder => {
+            Component::TextEncoder | Component::TextEncoder2 | Component::TextEncoder3 => {
                 let shape = dims("input_ids", &[1, 77]);
                 let ids = TokenIds {
                     batch: shape[0],
                     len: shape[1],
                     ids: vec![0; shape[0] * shape[1]],
                 };
-                self.encode_text(&ids)?;
+                self.encode_text(&ids, HiddenLayer::Last)?;
             }
-            Component::Unet => {
-                let sample = dims("sample", &[1, 4, 8, 8]);
-                let mut text = dims("encoder_hidden_states", &[sample[0], 77, 768]);
-                text[0] = sample[0];
-                self.unet(UnetInput {
-                    sample: &Tensor::zeros(sample),
-                    timestep: 500.0,
-                    encoder_hidden_states: &Tensor::zeros(text),
-                })?;
+            Component::Unet | Component::Transformer => {
+                let sample = dims(self.latent_input(), &[1, 4, 8, 8]);
+                let rows = sample[0];
+                let mut text = dims("encoder_hidden_states", &[rows, 77, 768]);
+                text[0] = rows;
+                let extra = |name: &str, fallback: usize| {
+                    self.input_type(name).map(|_| {
+                        let mut d = dims(name, &[rows, fallback]);
+                        d[0] = rows;
+                        Tensor::zeros(d)
+                    })
+                };
+                let conditioning = Conditioning {
+                    encoder_hidden_states: Tensor::zeros(text),
+                    pooled: extra("text_embeds", 1280),
+                    time_ids: extra("time_ids", 6),
+                };
+                self.denoise(&conditioning, &Tensor::zeros(sample), &vec![500.0; rows])?;
             }
             Component::VaeDecoder => {
                 self.single(&Tensor::zeros(dims("latent_sample", &[1, 4, 8, 8])))?;
@@ -235,6 +262,25 @@ impl ComponentSession {
             }
         }
         Ok(())
+    }
+
+    /// The denoiser's latent input: diffusers names it `sample` in UNets and
+    /// `hidden_states` in DiTs.
+    fn latent_input(&self) -> &'static str {
+        if self.component == Component::Transformer {
+            "hidden_states"
+        } else {
+            "sample"
+        }
+    }
+
+    /// How the denoiser graph takes its timestep.
+    pub(crate) fn timestep_input(&self) -> TimestepInput {
+        if self.per_sample_timesteps {
+            TimestepInput::PerSample
+        } else {
+            TimestepInput::Scalar
+        }
     }
 
     fn input_type(&self, name: &str) -> Option<TensorElementType> {
@@ -274,7 +320,12 @@ impl ComponentSession {
         value.map_err(|e| self.err(e))
     }
 
-    fn run(&self, inputs: Vec<(&str, DynValue)>) -> Result<Tensor, ExecutorError> {
+    /// Runs the graph and returns the outputs named `wanted`, in that order.
+    fn run(
+        &self,
+        inputs: Vec<(&str, DynValue)>,
+        wanted: &[&str],
+    ) -> Result<Vec<Tensor>, ExecutorError> {
         let mut session = self
             .session
             .lock()
@@ -287,35 +338,82 @@ impl ComponentSession {
             .map(|(n, v)| (std::borrow::Cow::Borrowed(n), v.into()))
             .collect();
         let outputs = session.run(named).map_err(|e| self.err(e))?;
-        let value = outputs
-            .get(&self.output)
-            .ok_or_else(|| ExecutorError::BadOutput {
-                component: self.component,
-                message: format!("no output named {}", self.output),
-            })?;
         let bad = |message: String| ExecutorError::BadOutput {
             component: self.component,
             message,
         };
-        let (shape, data) = match value.dtype().tensor_type() {
-            Some(TensorElementType::Float16) => {
-                let (shape, data) = value
-                    .try_extract_tensor::<f16>()
-                    .map_err(|e| bad(e.to_string()))?;
-                (shape.to_vec(), data.iter().map(|x| x.to_f32()).collect())
-            }
-            _ => {
-                let (shape, data) = value
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| bad(e.to_string()))?;
-                (shape.to_vec(), data.to_vec())
-            }
-        };
-        let shape = shape.iter().map(|&d| d.max(0) as usize).collect();
-        Ok(Tensor::new(shape, data)?)
+        let mut out = Vec::with_capacity(wanted.len());
+        for name in wanted {
+            let value = outputs
+                .get(name)
+                .ok_or_else(|| bad(format!("no output named {name}")))?;
+            let (shape, data) = match value.dtype().tensor_type() {
+                Some(TensorElementType::Float16) => {
+                    let (shape, data) = value
+                        .try_extract_tensor::<f16>()
+                        .map_err(|e| bad(e.to_string()))?;
+                    (shape.to_vec(), data.iter().map(|x| x.to_f32()).collect())
+                }
+                _ => {
+                    let (shape, data) = value
+                        .try_extract_tensor::<f32>()
+                        .map_err(|e| bad(e.to_string()))?;
+                    (shape.to_vec(), data.to_vec())
+                }
+            };
+            let shape = shape.iter().map(|&d| d.max(0) as usize).collect();
+            out.push(Tensor::new(shape, data)?);
+        }
+        Ok(out)
     }
 
-    pub(crate) fn encode_text(&self, ids: &TokenIds) -> Result<Tensor, ExecutorError> {
+    /// The first output (the only one the denoiser and VAE halves have).
+    fn run_one(&self, inputs: Vec<(&str, DynValue)>) -> Result<Tensor, ExecutorError> {
+        let first = self.outputs[0].clone();
+        let mut out = self.run(inputs, &[&first])?;
+        out.pop().ok_or_else(|| ExecutorError::BadOutput {
+            component: self.component,
+            message: "no output".into(),
+        })
+    }
+
+    /// The output holding the requested hidden layer. optimum exports every
+    /// layer as `hidden_states.{i}` (i = 0 is the embeddings) when the
+    /// pipeline needs one other than the last.
+    fn hidden_output(&self, layer: HiddenLayer) -> Result<String, ExecutorError> {
+        let last = self
+            .outputs
+            .iter()
+            .find(|n| *n == "last_hidden_state")
+            .unwrap_or(&self.outputs[0])
+            .clone();
+        match layer {
+            HiddenLayer::Last => Ok(last),
+            HiddenLayer::Penultimate => {
+                let deepest = self
+                    .outputs
+                    .iter()
+                    .filter_map(|n| n.strip_prefix("hidden_states.")?.parse::<usize>().ok())
+                    .max();
+                match deepest {
+                    Some(n) if n >= 1 => Ok(format!("hidden_states.{}", n - 1)),
+                    _ => Err(ExecutorError::Missing {
+                        component: self.component,
+                        reason: "the model needs the penultimate hidden layer, but the graph \
+                                 exports no `hidden_states.N` outputs (export it with optimum \
+                                 or `anyaccel compile`, which keep them)"
+                            .into(),
+                    }),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn encode_text(
+        &self,
+        ids: &TokenIds,
+        layer: HiddenLayer,
+    ) -> Result<TextEncoding, ExecutorError> {
         let shape = vec![ids.batch as i64, ids.len as i64];
         let value = match self.input_type("input_ids") {
             Some(TensorElementType::Int32) => {
@@ -325,32 +423,86 @@ impl ComponentSession {
             _ => ort::value::Tensor::from_array((shape, ids.ids.clone())).map(|t| t.into_dyn()),
         }
         .map_err(|e| self.err(e))?;
-        self.run(vec![("input_ids", value)])
+        let hidden = self.hidden_output(layer)?;
+        // CLIPTextModelWithProjection exports `text_embeds`, CLIPTextModel `pooler_output`.
+        let pooled = ["text_embeds", "pooler_output"]
+            .into_iter()
+            .find(|n| self.outputs.iter().any(|o| o == n));
+        let mut wanted = vec![hidden.as_str()];
+        wanted.extend(pooled);
+        let mut out = self.run(vec![("input_ids", value)], &wanted)?.into_iter();
+        let hidden = out.next().ok_or_else(|| self.err("no hidden state"))?;
+        Ok(TextEncoding {
+            hidden,
+            pooled: out.next(),
+        })
     }
 
-    pub(crate) fn unet(&self, input: UnetInput<'_>) -> Result<Tensor, ExecutorError> {
-        let sample = self.float_value("sample", input.sample.shape(), input.sample.data())?;
-        let hidden = self.float_value(
-            "encoder_hidden_states",
-            input.encoder_hidden_states.shape(),
-            input.encoder_hidden_states.data(),
-        )?;
-        // One timestep for the whole batch; the graph broadcasts it.
-        let shape: &[usize] = if self.timestep_rank == 0 { &[] } else { &[1] };
+    /// One denoiser evaluation with the batch's conditioning.
+    pub(crate) fn denoise(
+        &self,
+        conditioning: &Conditioning,
+        sample: &Tensor,
+        timesteps: &[f32],
+    ) -> Result<Tensor, ExecutorError> {
+        let latents = self.latent_input();
+        let mut inputs = vec![
+            (
+                latents,
+                self.float_value(latents, sample.shape(), sample.data())?,
+            ),
+            (
+                "encoder_hidden_states",
+                self.float_value(
+                    "encoder_hidden_states",
+                    conditioning.encoder_hidden_states.shape(),
+                    conditioning.encoder_hidden_states.data(),
+                )?,
+            ),
+        ];
+        for (name, part) in [
+            ("text_embeds", &conditioning.pooled),
+            ("time_ids", &conditioning.time_ids),
+        ] {
+            match (self.input_type(name).is_some(), part) {
+                (true, Some(t)) => {
+                    inputs.push((name, self.float_value(name, t.shape(), t.data())?))
+                }
+                (true, None) => {
+                    return Err(ExecutorError::Invalid {
+                        component: Some(self.component),
+                        message: format!("the graph takes `{name}` but the conditioning has none"),
+                    });
+                }
+                // SD 1.x/2.x graphs have no such input; the family sends none.
+                (false, _) => {}
+            }
+        }
+        let values: Vec<f32> = if self.per_sample_timesteps {
+            timesteps.to_vec()
+        } else {
+            vec![anyaccel_executor::shared_timestep(
+                self.component,
+                timesteps,
+            )?]
+        };
+        let shape: Vec<usize> = if self.timestep_rank == 0 {
+            Vec::new()
+        } else {
+            vec![values.len()]
+        };
         let timestep = match self.input_type("timestep") {
             Some(TensorElementType::Int64) => {
                 let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-                ort::value::Tensor::from_array((dims, vec![input.timestep.round() as i64]))
+                let v: Vec<i64> = values.iter().map(|t| t.round() as i64).collect();
+                ort::value::Tensor::from_array((dims, v))
                     .map(|t| t.into_dyn())
                     .map_err(|e| self.err(e))?
             }
-            _ => self.float_value("timestep", shape, &[input.timestep])?,
+            _ => self.float_value("timestep", &shape, &values)?,
         };
-        self.run(vec![
-            ("sample", sample),
-            ("timestep", timestep),
-            ("encoder_hidden_states", hidden),
-        ])
+        inputs.push(("timestep", timestep));
+        self.run_one(inputs)
     }
 
     /// Components with one float input (the VAE halves).
@@ -360,6 +512,6 @@ impl ComponentSession {
             _ => "sample",
         };
         let value = self.float_value(name, x.shape(), x.data())?;
-        self.run(vec![(name, value)])
+        self.run_one(vec![(name, value)])
     }
 }

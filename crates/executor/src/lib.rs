@@ -434,9 +434,18 @@ mod tests {
         };
         let s = c.select(&[2, 0]).unwrap();
         assert_eq!(s.rows(), 2);
-        assert_eq!(s.encoder_hidden_states.item(0), c.encoder_hidden_states.item(2));
-        assert_eq!(s.pooled.as_ref().unwrap().item(1), c.pooled.as_ref().unwrap().item(0));
-        assert_eq!(s.time_ids.as_ref().unwrap().item(0), c.time_ids.as_ref().unwrap().item(2));
+        assert_eq!(
+            s.encoder_hidden_states.item(0),
+            c.encoder_hidden_states.item(2)
+        );
+        assert_eq!(
+            s.pooled.as_ref().unwrap().item(1),
+            c.pooled.as_ref().unwrap().item(0)
+        );
+        assert_eq!(
+            s.time_ids.as_ref().unwrap().item(0),
+            c.time_ids.as_ref().unwrap().item(2)
+        );
         assert!(c.select(&[3]).is_err());
     }
 
@@ -465,7 +474,11 @@ mod tests {
         let c = Conditioning::text(t(vec![2, 1, 1]));
         let mut s = HostSession::new(c, |c: &Conditioning, x: &Tensor, _: &[f32]| {
             let mut out = x.clone();
-            for (o, h) in out.data_mut().iter_mut().zip(c.encoder_hidden_states.data()) {
+            for (o, h) in out
+                .data_mut()
+                .iter_mut()
+                .zip(c.encoder_hidden_states.data())
+            {
                 *o += h;
             }
             Ok(out)
@@ -476,6 +489,9 @@ mod tests {
         assert!(s.step(&x, &[1.0]).is_err());
         s.select(&[1]).unwrap();
         assert_eq!(s.rows(), 1);
-        assert_eq!(s.step(&Tensor::zeros(vec![1, 1]), &[1.0]).unwrap().data(), &[1.0]);
+        assert_eq!(
+            s.step(&Tensor::zeros(vec![1, 1]), &[1.0]).unwrap().data(),
+            &[1.0]
+        );
     }
 }

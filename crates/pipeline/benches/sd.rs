@@ -1,7 +1,8 @@
-//! Times Stable Diffusion through anyaccel's ONNX Runtime executor: the components
-//! (text encoder at batch 2, one UNet step at batch 2 as classifier-free guidance
-//! runs it, the VAE decoder at batch 1) and a whole image through the pipeline
-//! (tokenizer, scheduler, CFG, VAE), and reports the process's peak memory.
+//! Times Stable Diffusion (any served family: SD 1.x/2.x, SDXL) through anyaccel's
+//! ONNX Runtime executor: the components (each text encoder at batch 2, one UNet
+//! step at batch 2 as classifier-free guidance runs it, the VAE decoder at batch 1)
+//! and a whole image through the pipeline (tokenizer, scheduler, CFG, VAE), and
+//! reports the process's peak memory.
 //!
 //! ```sh
 //! .venv/bin/python scripts/bench/make_sd15_random.py      # SD 1.5-sized random model
@@ -37,7 +38,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyaccel_executor::{Executor, Tensor, TokenIds, UnetInput};
+use anyaccel_executor::{Conditioning, Executor, Tensor, TokenIds};
 use anyaccel_executor_onnx::{DeviceRequest, OnnxConfig, OnnxExecutor, Optimization};
 use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Outcome, Pipeline, Quiet};
 
@@ -137,9 +138,10 @@ fn proc_status_mib(field: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn components(exec: &OnnxExecutor, sizes: &[usize], reps: usize) -> Vec<Case> {
+fn components(exec: &OnnxExecutor, model: &Model, sizes: &[usize], reps: usize) -> Vec<Case> {
+    let family = model.info.family;
     let mut cases = Vec::new();
-    // Text encoder, batch 2 (prompt + negative prompt), 77 tokens.
+    // Each text encoder, batch 2 (prompt + negative prompt), 77 tokens.
     let mut ids = Vec::with_capacity(2 * TOKENS);
     for row in 0..2 {
         ids.push(BOS);
@@ -152,24 +154,40 @@ fn components(exec: &OnnxExecutor, sizes: &[usize], reps: usize) -> Vec<Case> {
         len: TOKENS,
         ids,
     };
-    cases.push(time("text_encoder_b2".into(), reps, || {
-        exec.encode_text(&ids).expect("text encoder");
-    }));
-    let hidden = exec.encode_text(&ids).expect("text encoder");
-    let dim = hidden.shape()[2];
+    let mut dim = 0;
+    let mut pooled = None;
+    for &encoder in family.text_encoders() {
+        let layer = family.hidden_layer();
+        cases.push(time(format!("{encoder}_b2"), reps, || {
+            exec.encode_text(encoder, &ids, layer)
+                .expect("text encoder");
+        }));
+        let out = exec
+            .encode_text(encoder, &ids, layer)
+            .expect("text encoder");
+        dim += out.hidden.shape()[2];
+        if family.pooled_from() == Some(encoder) {
+            pooled = out.pooled.map(|p| p.shape()[1]);
+        }
+    }
     let hidden = Tensor::new(vec![2, TOKENS, dim], noise(2 * TOKENS * dim, 1)).unwrap();
 
     for &size in sizes {
         let l = size / 8;
+        let conditioning = Conditioning {
+            encoder_hidden_states: hidden.clone(),
+            pooled: pooled.map(|d| Tensor::new(vec![2, d], noise(2 * d, 4)).unwrap()),
+            time_ids: family.has_time_ids().then(|| {
+                let s = size as f32;
+                Tensor::new(vec![2, 6], [s, s, 0.0, 0.0, s, s].repeat(2)).unwrap()
+            }),
+        };
+        let mut session = exec.denoise(conditioning).expect("denoise session");
         let sample = Tensor::new(vec![2, 4, l, l], noise(2 * 4 * l * l, 2)).unwrap();
         cases.push(time(format!("unet_b2_{size}"), reps, || {
-            exec.unet(UnetInput {
-                sample: &sample,
-                timestep: 999.0,
-                encoder_hidden_states: &hidden,
-            })
-            .expect("unet");
+            session.step(&sample, &[999.0, 999.0]).expect("unet");
         }));
+        drop(session);
         let latents = Tensor::new(vec![1, 4, l, l], noise(4 * l * l, 3)).unwrap();
         cases.push(time(format!("vae_decode_b1_{size}"), reps, || {
             exec.vae_decode(&latents).expect("vae decoder");
@@ -315,7 +333,9 @@ fn main() {
         model.display()
     );
     let t = Instant::now();
-    let exec = Arc::new(OnnxExecutor::load(&model, &config).expect("loading the model"));
+    let sd = Model::open(&model.display().to_string()).expect("model folder");
+    let exec =
+        Arc::new(OnnxExecutor::load(&model, &sd.components(), &config).expect("loading the model"));
     let load_s = t.elapsed().as_secs_f64();
     let rss_loaded = proc_status_mib("VmRSS:");
     let peak_loading = proc_status_mib("VmHWM:");
@@ -327,11 +347,11 @@ fn main() {
 
     let mut cases = Vec::new();
     if groups.iter().any(|g| g == "components") {
-        cases.extend(components(&exec, &sizes, reps));
+        cases.extend(components(&exec, &sd, &sizes, reps));
     }
+    let family = sd.info.family;
     if groups.iter().any(|g| g == "image") {
-        let model = Model::open(&model.display().to_string()).expect("model folder");
-        let pipeline = Pipeline::new(exec.clone(), model, Limits::default(), Defaults::default());
+        let pipeline = Pipeline::new(exec.clone(), sd, Limits::default(), Defaults::default());
         cases.push(image(
             &pipeline,
             image_size,
@@ -360,6 +380,7 @@ fn main() {
             "device": exec.capabilities().device.to_string(),
             "device_name": exec.capabilities().device_name.clone(),
             "model": model.display().to_string(),
+            "family": family.name(),
             "settings": {
                 "intra_threads": threads,
                 "inter_threads": 1,

@@ -1,7 +1,9 @@
 //! Stable Diffusion in Rust, shared by every accelerator: CLIP tokenizer,
 //! schedulers, classifier-free guidance, seeded noise, img2img, and image
-//! encoding. Model components run on an [`anyaccel_executor::Executor`].
+//! encoding, for every model family ([`ModelFamily`]: SD 1.x/2.x, SDXL).
+//! Model components run on an [`anyaccel_executor::Executor`].
 
+pub mod family;
 pub mod images;
 pub mod model;
 pub mod noise;
@@ -10,11 +12,13 @@ pub mod request;
 pub mod scheduler;
 pub mod tokenizer;
 
+pub use family::{ModelFamily, UnsupportedPipeline};
 pub use model::{Model, ModelError, ModelInfo};
 pub use pipeline::{
     BatchOutput, GeneratedImage, Observer, Outcome, Pipeline, PipelineError, Quiet, Timings,
 };
 pub use request::{
-    BatchKey, Defaults, GenerationParams, GenerationRequest, Limits, ValidationError,
+    BatchKey, Defaults, GenerationParams, GenerationRequest, Limits, MicroConditioning,
+    MicroParams, ValidationError,
 };
 pub use scheduler::SchedulerKind;

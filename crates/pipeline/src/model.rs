@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use anyaccel_executor::Component;
+
+use crate::family::{ModelFamily, UnsupportedPipeline};
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
 use crate::tokenizer::{ClipTokenizer, TokenizerError};
 
@@ -20,6 +23,12 @@ pub enum ModelError {
     Hub { id: String, message: String },
     #[error("`{0}` is neither a model folder nor a Hub repo id (owner/name)")]
     NotFound(String),
+    #[error("{path}: {source}", path = .path.display())]
+    Unsupported {
+        path: PathBuf,
+        #[source]
+        source: UnsupportedPipeline,
+    },
 }
 
 /// Architecture facts the pipeline needs, read from the components' configs.
@@ -30,6 +39,9 @@ pub struct ModelInfo {
     /// First 10 hex digits of a SHA-256 over the component weights, like A1111's short hash.
     pub hash: String,
     pub root: PathBuf,
+    pub family: ModelFamily,
+    /// `_class_name` of `model_index.json`, e.g. `StableDiffusionXLPipeline`.
+    pub class_name: String,
     /// Latent channels the UNet takes.
     pub latent_channels: usize,
     /// Pixels per latent cell (8 for every released SD VAE).
@@ -41,12 +53,16 @@ pub struct ModelInfo {
     pub scheduler_config: SchedulerConfig,
     /// The scheduler the model folder names, if we implement it.
     pub default_scheduler: SchedulerKind,
+    /// SDXL: an empty negative prompt conditions on zeros, not on the encoded
+    /// empty string (`model_index.json`'s `force_zeros_for_empty_prompt`).
+    pub force_zeros_for_empty_prompt: bool,
 }
 
 /// The model's files, loaded and checked.
 pub struct Model {
     pub info: ModelInfo,
-    pub tokenizer: ClipTokenizer,
+    /// One tokenizer per text encoder, in the family's order.
+    tokenizers: Vec<(Component, ClipTokenizer)>,
 }
 
 impl Model {
@@ -59,12 +75,23 @@ impl Model {
     pub fn load_dir(id: &str, root: &Path) -> Result<Self, ModelError> {
         let index = root.join("model_index.json");
         let index_json = read_json(&index)?;
-        if index_json.get("_class_name").is_none() {
+        let Some(class_name) = index_json.get("_class_name").and_then(Value::as_str) else {
             return Err(ModelError::File {
                 path: index,
                 message: "has no `_class_name`; expected a diffusers pipeline index".into(),
             });
-        }
+        };
+        let class_name = class_name.to_string();
+        let family =
+            ModelFamily::detect(&index_json, root).map_err(|source| ModelError::Unsupported {
+                path: index.clone(),
+                source,
+            })?;
+        let force_zeros_for_empty_prompt = family == ModelFamily::StableDiffusionXl
+            && index_json
+                .get("force_zeros_for_empty_prompt")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
         let sched_path = root.join("scheduler/scheduler_config.json");
         let scheduler_config: SchedulerConfig = serde_json::from_value(read_json(&sched_path)?)
             .map_err(|e| ModelError::File {
@@ -77,7 +104,12 @@ impl Model {
             .and_then(|c| SchedulerKind::from_class_name(c, &scheduler_config))
             // PNDM (SD 1.x's default) is not implemented; Euler is the usual stand-in.
             .unwrap_or(SchedulerKind::Euler);
-        let tokenizer = ClipTokenizer::from_dir(&root.join("tokenizer"))?;
+        let mut tokenizers = Vec::new();
+        for &encoder in family.text_encoders() {
+            // text_encoder_2 reads tokenizer_2/, as diffusers names them.
+            let folder = encoder.folder().replace("text_encoder", "tokenizer");
+            tokenizers.push((encoder, ClipTokenizer::from_dir(&root.join(folder))?));
+        }
 
         let unet = optional_config(&root.join("unet/config.json"))?;
         // optimum's ONNX layout has vae_decoder/; diffusers' own has vae/.
@@ -113,15 +145,31 @@ impl Model {
                 id: id.to_string(),
                 hash,
                 root: root.to_path_buf(),
+                family,
+                class_name,
                 latent_channels,
                 vae_scale_factor,
                 vae_scaling_factor,
                 native_size: sample_size * vae_scale_factor,
                 scheduler_config,
                 default_scheduler,
+                force_zeros_for_empty_prompt,
             },
-            tokenizer,
+            tokenizers,
         })
+    }
+
+    /// The components an executor loads for this model.
+    pub fn components(&self) -> Vec<Component> {
+        self.info.family.components()
+    }
+
+    /// The tokenizer of text encoder `encoder`.
+    pub fn tokenizer(&self, encoder: Component) -> Option<&ClipTokenizer> {
+        self.tokenizers
+            .iter()
+            .find(|(c, _)| *c == encoder)
+            .map(|(_, t)| t)
     }
 }
 
@@ -151,7 +199,14 @@ fn optional_config(path: &Path) -> Result<Option<Value>, ModelError> {
 /// SHA-256 over every weight file of the ONNX components, in path order.
 fn weights_hash(root: &Path) -> Result<String, ModelError> {
     let mut files = Vec::new();
-    for component in ["text_encoder", "unet", "vae_decoder", "vae_encoder", "vae"] {
+    for component in [
+        "text_encoder",
+        "text_encoder_2",
+        "unet",
+        "vae_decoder",
+        "vae_encoder",
+        "vae",
+    ] {
         let dir = root.join(component);
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
@@ -217,7 +272,9 @@ fn download(id: &str) -> Result<PathBuf, ModelError> {
             || [
                 "scheduler/",
                 "tokenizer/",
+                "tokenizer_2/",
                 "text_encoder/",
+                "text_encoder_2/",
                 "unet/",
                 "vae_decoder/",
                 "vae_encoder/",

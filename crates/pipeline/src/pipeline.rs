@@ -4,14 +4,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyaccel_executor::{Executor, ExecutorError, Tensor, TokenIds, UnetInput};
+use anyaccel_executor::{Conditioning, Executor, ExecutorError, Tensor, TokenIds};
 use image::RgbImage;
 
 use crate::images;
 use crate::model::{Model, ModelInfo};
 use crate::noise::NoiseGenerator;
 use crate::request::{
-    Defaults, GenerationParams, GenerationRequest, InitImage, Limits, ValidationError, random_seed,
+    Defaults, GenerationParams, GenerationRequest, InitImage, Limits, MicroConditioning,
+    MicroParams, ValidationError, random_seed,
 };
 use crate::scheduler::{ItemState, Schedule, ScheduleError, SchedulerKind};
 use crate::tokenizer::TokenizerError;
@@ -26,6 +27,8 @@ pub enum PipelineError {
     Tokenizer(#[from] TokenizerError),
     #[error("requests in one batch must share size, steps, scheduler, guidance and strength")]
     IncompatibleBatch,
+    #[error("the model has no tokenizer for {0}")]
+    NoTokenizer(anyaccel_executor::Component),
     #[error("{component} returned shape {shape:?}, expected {expected}")]
     Shape {
         component: &'static str,
@@ -259,6 +262,7 @@ impl Pipeline {
                 })
             }
         };
+        let micro = self.micro(p.micro, width, height)?;
         let seed = p.seed.unwrap_or_else(random_seed);
         Ok(GenerationRequest {
             prompt: p.prompt,
@@ -270,7 +274,135 @@ impl Pipeline {
             scheduler,
             seeds: (0..n as u64).map(|i| seed.wrapping_add(i)).collect(),
             init,
+            micro,
         })
+    }
+
+    /// SDXL's micro-conditioning with diffusers' defaults; refused for
+    /// families that have none, so a caller learns the fields do nothing.
+    fn micro(
+        &self,
+        p: MicroParams,
+        width: u32,
+        height: u32,
+    ) -> Result<Option<MicroConditioning>, ValidationError> {
+        let family = self.model.info.family;
+        if !family.has_time_ids() {
+            if p.is_empty() {
+                return Ok(None);
+            }
+            let field = if p.original_size.is_some() {
+                "original_size"
+            } else if p.crop_top_left.is_some() {
+                "crop_top_left"
+            } else {
+                "target_size"
+            };
+            return Err(ValidationError::new(
+                field,
+                format!("only applies to SDXL models; this model is {family}"),
+            ));
+        }
+        const MAX: u32 = 16384;
+        for (field, v) in [
+            ("original_size", p.original_size),
+            ("target_size", p.target_size),
+        ] {
+            if let Some((w, h)) = v
+                && (w == 0 || h == 0 || w > MAX || h > MAX)
+            {
+                return Err(ValidationError::new(
+                    field,
+                    format!("width and height must be between 1 and {MAX} (got {w}x{h})"),
+                ));
+            }
+        }
+        if let Some((t, l)) = p.crop_top_left
+            && (t > MAX || l > MAX)
+        {
+            return Err(ValidationError::new(
+                "crop_top_left",
+                format!("top and left must be at most {MAX} (got {t}, {l})"),
+            ));
+        }
+        Ok(Some(MicroConditioning {
+            original_size: p.original_size.unwrap_or((width, height)),
+            crop_top_left: p.crop_top_left.unwrap_or((0, 0)),
+            target_size: p.target_size.unwrap_or((width, height)),
+        }))
+    }
+
+    /// Text conditioning for `prompts`, one row each: every text encoder of the
+    /// family, hidden states concatenated along the feature axis, plus the
+    /// pooled embedding where the family uses one. Rows marked in `zeroed`
+    /// are zeros without being encoded (SDXL's empty negative prompt).
+    fn encode_prompts(
+        &self,
+        prompts: &[&str],
+        zeroed: &[bool],
+    ) -> Result<(Tensor, Option<Tensor>), PipelineError> {
+        let family = self.model.info.family;
+        let encoded: Vec<usize> = (0..prompts.len()).filter(|&i| !zeroed[i]).collect();
+        let mut hidden_parts: Vec<Tensor> = Vec::new();
+        let mut pooled = None;
+        for &encoder in family.text_encoders() {
+            let tokenizer = self
+                .model
+                .tokenizer(encoder)
+                .ok_or(PipelineError::NoTokenizer(encoder))?;
+            let mut ids = Vec::with_capacity(encoded.len() * tokenizer.max_len());
+            for &i in &encoded {
+                let enc = tokenizer.encode(prompts[i])?;
+                if enc.truncated {
+                    tracing::warn!(
+                        %encoder,
+                        "prompt longer than {} tokens was truncated",
+                        tokenizer.max_len()
+                    );
+                }
+                ids.extend(enc.ids);
+            }
+            let out = self.executor.encode_text(
+                encoder,
+                &TokenIds {
+                    batch: encoded.len(),
+                    len: tokenizer.max_len(),
+                    ids,
+                },
+                family.hidden_layer(),
+            )?;
+            let h = &out.hidden;
+            if h.shape().len() != 3 || h.batch() != encoded.len() {
+                return Err(PipelineError::Shape {
+                    component: "text_encoder",
+                    shape: h.shape().to_vec(),
+                    expected: format!("[{}, tokens, dim]", encoded.len()),
+                });
+            }
+            if family.pooled_from() == Some(encoder) {
+                match out.pooled {
+                    Some(p) if p.shape().len() == 2 && p.batch() == encoded.len() => {
+                        pooled = Some(p)
+                    }
+                    other => {
+                        return Err(PipelineError::Shape {
+                            component: "text_encoder_2",
+                            shape: other.map(|p| p.shape().to_vec()).unwrap_or_default(),
+                            expected: format!("pooled [{}, dim]", encoded.len()),
+                        });
+                    }
+                }
+            }
+            hidden_parts.push(out.hidden);
+        }
+        let hidden = concat_features(&hidden_parts)?;
+        let rows = prompts.len();
+        Ok((
+            scatter_rows(&hidden, &encoded, rows)?,
+            pooled
+                .map(|p| scatter_rows(&p, &encoded, rows))
+                .transpose()?,
+        ))
     }
 
     /// Runs one request.
@@ -309,38 +441,19 @@ impl Pipeline {
         let latent_shape = [info.latent_channels, (h / f) as usize, (w / f) as usize];
         let latent_len: usize = latent_shape.iter().product();
 
-        // Text: one encoder call for every prompt of the batch.
+        // Text: one call per encoder for every prompt of the batch.
         let t0 = Instant::now();
         let mut prompts: Vec<&str> = Vec::new();
+        let mut zeroed: Vec<bool> = Vec::new();
         for r in requests {
             prompts.push(&r.prompt);
+            zeroed.push(false);
             if guidance {
                 prompts.push(&r.negative_prompt);
+                zeroed.push(info.force_zeros_for_empty_prompt && r.negative_prompt.is_empty());
             }
         }
-        let mut ids = Vec::with_capacity(prompts.len() * self.model.tokenizer.max_len());
-        for p in &prompts {
-            let enc = self.model.tokenizer.encode(p)?;
-            if enc.truncated {
-                tracing::warn!(
-                    "prompt longer than {} tokens was truncated",
-                    self.model.tokenizer.max_len()
-                );
-            }
-            ids.extend(enc.ids);
-        }
-        let text = self.executor.encode_text(&TokenIds {
-            batch: prompts.len(),
-            len: self.model.tokenizer.max_len(),
-            ids,
-        })?;
-        if text.shape().len() != 3 || text.batch() != prompts.len() {
-            return Err(PipelineError::Shape {
-                component: "text_encoder",
-                shape: text.shape().to_vec(),
-                expected: format!("[{}, tokens, dim]", prompts.len()),
-            });
-        }
+        let (text, pooled) = self.encode_prompts(&prompts, &zeroed)?;
         timings.text_encode = t0.elapsed();
 
         let schedule = Schedule::new(
@@ -424,10 +537,38 @@ impl Pipeline {
 
         let mut cancelled = vec![false; requests.len()];
         let total = schedule.steps() - start;
-        // The UNet's text conditioning only changes when images leave the batch.
-        let mut cond_rows: Vec<usize> = Vec::new();
-        let mut cond = Tensor::zeros(vec![0]);
+        // Denoiser rows: unconditional rows first, then conditional, as diffusers orders them.
+        let mut prompt_rows: Vec<usize> = Vec::with_capacity(items.len() * stride);
+        let mut micro_rows: Vec<Option<MicroConditioning>> = Vec::new();
+        if guidance {
+            for it in &items {
+                prompt_rows.push(it.uncond);
+                micro_rows.push(requests[it.request].micro);
+            }
+        }
+        for it in &items {
+            prompt_rows.push(it.cond);
+            micro_rows.push(requests[it.request].micro);
+        }
+        let conditioning = Conditioning {
+            encoder_hidden_states: text.gather(&prompt_rows).map_err(ExecutorError::from)?,
+            pooled: pooled
+                .as_ref()
+                .map(|p| p.gather(&prompt_rows))
+                .transpose()
+                .map_err(ExecutorError::from)?,
+            time_ids: if info.family.has_time_ids() {
+                let ids: Vec<f32> = micro_rows
+                    .iter()
+                    .flat_map(|m| m.map(|m| m.time_ids()).unwrap_or([0.0; 6]))
+                    .collect();
+                Some(Tensor::new(vec![micro_rows.len(), 6], ids).map_err(ExecutorError::from)?)
+            } else {
+                None
+            },
+        };
         let t0 = Instant::now();
+        let mut session = self.executor.denoise(conditioning)?;
         for i in start..schedule.steps() {
             for (r, c) in cancelled.iter_mut().enumerate() {
                 if !*c && observer.is_cancelled(r) {
@@ -435,39 +576,38 @@ impl Pipeline {
                     tracing::info!(request = r, step = i - start, "cancelled");
                 }
             }
-            items.retain(|it| !cancelled[it.request]);
-            if items.is_empty() {
-                break;
+            if items.iter().any(|it| cancelled[it.request]) {
+                // The session keeps the rows of the images that stay, in order.
+                let n = items.len();
+                let kept: Vec<usize> = (0..n).filter(|&k| !cancelled[items[k].request]).collect();
+                let mut rows = Vec::with_capacity(kept.len() * stride);
+                if guidance {
+                    rows.extend(kept.iter().copied());
+                    rows.extend(kept.iter().map(|k| n + k));
+                } else {
+                    rows.extend(kept.iter().copied());
+                }
+                items.retain(|it| !cancelled[it.request]);
+                if items.is_empty() {
+                    break;
+                }
+                session.select(&rows)?;
             }
             let scale = schedule.input_scale(i);
             let rows = items.len() * stride;
             let mut sample = Vec::with_capacity(rows * latent_len);
-            let mut hidden_rows: Vec<usize> = Vec::with_capacity(rows);
-            // Unconditional rows first, then conditional, as diffusers orders them.
-            if guidance {
+            for _ in 0..stride {
                 for it in &items {
                     sample.extend(it.latents.iter().map(|v| v * scale));
-                    hidden_rows.push(it.uncond);
                 }
-            }
-            for it in &items {
-                sample.extend(it.latents.iter().map(|v| v * scale));
-                hidden_rows.push(it.cond);
             }
             let sample = Tensor::new(
                 vec![rows, latent_shape[0], latent_shape[1], latent_shape[2]],
                 sample,
             )
             .map_err(ExecutorError::from)?;
-            if cond_rows != hidden_rows {
-                cond = gather_rows(&text, &hidden_rows)?;
-                cond_rows = hidden_rows;
-            }
-            let out = self.executor.unet(UnetInput {
-                sample: &sample,
-                timestep: schedule.timesteps()[i],
-                encoder_hidden_states: &cond,
-            })?;
+            let timesteps = vec![schedule.timesteps()[i]; rows];
+            let out = session.step(&sample, &timesteps)?;
             if out.shape() != sample.shape() {
                 return Err(PipelineError::Shape {
                     component: "unet",
@@ -498,6 +638,7 @@ impl Pipeline {
                 }
             }
         }
+        drop(session);
         timings.denoise = t0.elapsed();
 
         // Decode one image at a time: VAE activations dominate peak memory.
@@ -575,14 +716,75 @@ impl Pipeline {
     }
 }
 
-/// Rows `rows` of a `[n, ...]` tensor, in that order.
-fn gather_rows(t: &Tensor, rows: &[usize]) -> Result<Tensor, PipelineError> {
+/// `[n, tokens, d_i]` tensors joined along the last axis into `[n, tokens, sum d_i]`.
+fn concat_features(parts: &[Tensor]) -> Result<Tensor, PipelineError> {
+    let [first, rest @ ..] = parts else {
+        return Err(PipelineError::Shape {
+            component: "text_encoder",
+            shape: Vec::new(),
+            expected: "at least one text encoder".into(),
+        });
+    };
+    if rest.is_empty() {
+        return Ok(first.clone());
+    }
+    let lead = &first.shape()[..first.shape().len() - 1];
+    for p in rest {
+        if p.shape().len() != first.shape().len() || &p.shape()[..lead.len()] != lead {
+            return Err(PipelineError::Shape {
+                component: "text_encoder_2",
+                shape: p.shape().to_vec(),
+                expected: format!("{lead:?} + [dim] like text_encoder's"),
+            });
+        }
+    }
+    let dims: Vec<usize> = parts.iter().map(|p| p.shape()[lead.len()]).collect();
+    let positions: usize = lead.iter().product();
+    let mut data = Vec::with_capacity(positions * dims.iter().sum::<usize>());
+    for pos in 0..positions {
+        for (p, &d) in parts.iter().zip(&dims) {
+            data.extend_from_slice(&p.data()[pos * d..(pos + 1) * d]);
+        }
+    }
+    let mut shape = lead.to_vec();
+    shape.push(dims.iter().sum());
+    Ok(Tensor::new(shape, data).map_err(ExecutorError::from)?)
+}
+
+/// A `[rows, ...]` tensor whose rows `at` are `t`'s rows, in order, and zeros elsewhere.
+fn scatter_rows(t: &Tensor, at: &[usize], rows: usize) -> Result<Tensor, PipelineError> {
+    if at.len() == rows {
+        return Ok(t.clone());
+    }
     let n = t.item_len();
-    let mut data = Vec::with_capacity(rows.len() * n);
-    for &r in rows {
-        data.extend_from_slice(t.item(r));
+    let mut data = vec![0.0; rows * n];
+    for (src, &dst) in at.iter().enumerate() {
+        data[dst * n..(dst + 1) * n].copy_from_slice(t.item(src));
     }
     let mut shape = t.shape().to_vec();
-    shape[0] = rows.len();
+    shape[0] = rows;
     Ok(Tensor::new(shape, data).map_err(ExecutorError::from)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_concatenate_per_token() {
+        let a = Tensor::new(vec![1, 2, 1], vec![1.0, 2.0]).unwrap();
+        let b = Tensor::new(vec![1, 2, 2], vec![3.0, 4.0, 5.0, 6.0]).unwrap();
+        let c = concat_features(&[a, b]).unwrap();
+        assert_eq!(c.shape(), &[1, 2, 3]);
+        assert_eq!(c.data(), &[1.0, 3.0, 4.0, 2.0, 5.0, 6.0]);
+        let bad = Tensor::zeros(vec![1, 3, 2]);
+        assert!(concat_features(&[c, bad]).is_err());
+    }
+
+    #[test]
+    fn scattered_rows_are_zero_elsewhere() {
+        let t = Tensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        let s = scatter_rows(&t, &[0, 2], 3).unwrap();
+        assert_eq!(s.data(), &[1.0, 2.0, 0.0, 0.0, 3.0, 4.0]);
+    }
 }

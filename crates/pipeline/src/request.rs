@@ -24,6 +24,44 @@ pub struct GenerationParams {
     /// img2img source, already decoded.
     pub init_image: Option<RgbImage>,
     pub strength: Option<f32>,
+    /// SDXL micro-conditioning; each defaults as diffusers does.
+    pub micro: MicroParams,
+}
+
+/// SDXL's micro-conditioning as a caller gives it. `None` means the default:
+/// original and target size equal to the output size, crop at the origin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MicroParams {
+    /// (width, height) the training image is said to have had.
+    pub original_size: Option<(u32, u32)>,
+    /// (top, left) of the crop the image is said to come from.
+    pub crop_top_left: Option<(u32, u32)>,
+    /// (width, height) the image is said to be generated at.
+    pub target_size: Option<(u32, u32)>,
+}
+
+impl MicroParams {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// SDXL's micro-conditioning, resolved: what the UNet's `time_ids` encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MicroConditioning {
+    pub original_size: (u32, u32),
+    pub crop_top_left: (u32, u32),
+    pub target_size: (u32, u32),
+}
+
+impl MicroConditioning {
+    /// diffusers' `add_time_ids`: original (h, w), crop (top, left), target (h, w).
+    pub fn time_ids(&self) -> [f32; 6] {
+        let (ow, oh) = self.original_size;
+        let (ct, cl) = self.crop_top_left;
+        let (tw, th) = self.target_size;
+        [oh, ow, ct, cl, th, tw].map(|v| v as f32)
+    }
 }
 
 /// Server- or operator-set bounds on requests.
@@ -110,6 +148,8 @@ pub struct GenerationRequest {
     pub(crate) scheduler: SchedulerKind,
     pub(crate) seeds: Vec<u64>,
     pub(crate) init: Option<InitImage>,
+    /// SDXL only.
+    pub(crate) micro: Option<MicroConditioning>,
 }
 
 /// Requests with equal keys can share UNet calls.
@@ -152,6 +192,10 @@ impl GenerationRequest {
     }
     pub fn init(&self) -> Option<&InitImage> {
         self.init.as_ref()
+    }
+    /// SDXL's micro-conditioning (`None` for other families).
+    pub fn micro(&self) -> Option<&MicroConditioning> {
+        self.micro.as_ref()
     }
     /// Classifier-free guidance runs (and doubles UNet work) only above 1.
     pub fn uses_guidance(&self) -> bool {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyaccel_pipeline::{GenerationParams, Pipeline, images};
+use anyaccel_pipeline::{GenerationParams, MicroParams, Pipeline, images};
 use image::RgbImage;
 use serde_json::Value;
 
@@ -89,12 +89,33 @@ pub fn params(case: &Value) -> GenerationParams {
             .and_then(Value::as_f64)
             .map(|s| s as f32),
         init_image,
+        micro: micro(case),
     }
 }
 
+/// SDXL micro-conditioning as diffusers took it ((height, width), (top, left)),
+/// as our (width, height) / (top, left).
+fn micro(case: &Value) -> MicroParams {
+    let pair = |key: &str| {
+        case.get(key).and_then(Value::as_array).map(|a| {
+            let v: Vec<u32> = a.iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            (v[0], v[1])
+        })
+    };
+    let swap = |p: Option<(u32, u32)>| p.map(|(h, w)| (w, h));
+    MicroParams {
+        original_size: swap(pair("original_size")),
+        crop_top_left: pair("crops_coords_top_left"),
+        target_size: swap(pair("target_size")),
+    }
+}
+
+/// The reference models: SD 1.5, SD 2.x v-prediction, SDXL.
+pub const MODELS: [&str; 3] = ["tiny-sd15", "tiny-sd2v", "tiny-sdxl"];
+
 pub fn cases() -> Vec<(String, Value)> {
     let mut out = Vec::new();
-    for model in ["tiny-sd15", "tiny-sd2v"] {
+    for model in MODELS {
         let dir = fixtures().join("reference").join(model);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()

@@ -27,7 +27,7 @@ fn pipeline(model: &str, spacing: Option<&str>) -> Pipeline {
         device: DeviceRequest::Cpu,
         ..OnnxConfig::default()
     };
-    let exec = OnnxExecutor::load(&dir, &config).expect("onnx executor loads");
+    let exec = OnnxExecutor::load(&dir, &m.components(), &config).expect("onnx executor loads");
     Pipeline::new(Arc::new(exec), m, Limits::default(), Defaults::default())
 }
 

@@ -28,7 +28,11 @@ fn executor(model: &str, precision: CpuPrecision) -> Result<OnnxExecutor, OnnxEr
         cpu_precision: precision,
         ..OnnxConfig::default()
     };
-    OnnxExecutor::load(&fixtures().join("models").join(model), &config)
+    let dir = fixtures().join("models").join(model);
+    let components = Model::load_dir(model, &dir)
+        .expect("tiny model loads")
+        .components();
+    OnnxExecutor::load(&dir, &components, &config)
 }
 
 fn pipeline(model: &str, spacing: Option<&str>, executor: OnnxExecutor) -> Pipeline {

@@ -63,6 +63,7 @@ fn pipeline(threads: usize) -> Arc<Pipeline> {
     let model = Model::load_dir("tiny-sd15", &dir).expect("loading the fixture model");
     let exec = OnnxExecutor::load(
         &dir,
+        &model.components(),
         &OnnxConfig {
             device: DeviceRequest::Cpu,
             intra_threads: Some(threads),

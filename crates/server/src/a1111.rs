@@ -130,6 +130,8 @@ async fn run(state: AppState, body: A1111Body, img2img: bool) -> Result<Response
             None
         },
         init_image,
+        // A1111's API has no micro-conditioning fields: diffusers' defaults.
+        micro: Default::default(),
     };
     let request = generate::validate(&state, params)
         .await

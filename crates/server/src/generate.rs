@@ -52,6 +52,44 @@ pub fn parse_size(
     }
 }
 
+/// A `WxH` micro-conditioning size (SDXL's `original_size`, `target_size`).
+fn parse_dims(s: &str, field: &str) -> Result<(u32, u32), ApiError> {
+    s.trim()
+        .split_once(['x', 'X'])
+        .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)))
+        .ok_or_else(|| ApiError::invalid(field, format!("`{s}` is not a size like 1024x1024")))
+}
+
+/// SDXL micro-conditioning fields as the JSON APIs take them: sizes as `WxH`,
+/// the crop as `[top, left]`.
+pub fn micro(
+    original_size: Option<&str>,
+    crop_top_left: Option<[u32; 2]>,
+    target_size: Option<&str>,
+) -> Result<anyaccel_pipeline::MicroParams, ApiError> {
+    Ok(anyaccel_pipeline::MicroParams {
+        original_size: original_size
+            .map(|s| parse_dims(s, "original_size"))
+            .transpose()?,
+        crop_top_left: crop_top_left.map(|[t, l]| (t, l)),
+        target_size: target_size
+            .map(|s| parse_dims(s, "target_size"))
+            .transpose()?,
+    })
+}
+
+/// `top,left` as a multipart form sends a crop.
+pub fn parse_crop(s: &str) -> Result<[u32; 2], ApiError> {
+    s.split_once(',')
+        .and_then(|(t, l)| Some([t.trim().parse().ok()?, l.trim().parse().ok()?]))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "crop_top_left",
+                format!("`{s}` is not `top,left` (e.g. 0,0)"),
+            )
+        })
+}
+
 /// Decodes a caller's init image with the server's pixel limit.
 pub fn decode_init(
     state: &AppState,
@@ -160,8 +198,7 @@ pub fn outcome(
             });
             let status = match e.code {
                 "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
-                "shutting_down" => StatusCode::SERVICE_UNAVAILABLE,
-                _ if e.message.contains("executor unavailable") => StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down" | "executor_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let mut err = ApiError::new(status, e.code, e.message);

@@ -74,6 +74,10 @@ pub struct InfoDefaults {
 pub struct Info {
     pub model: String,
     pub model_hash: String,
+    /// The model family: `sd` (SD 1.x/2.x) or `sdxl`.
+    pub family: String,
+    /// The diffusers pipeline class of the model folder.
+    pub pipeline_class: String,
     pub executor: String,
     /// cpu, cuda or neuron.
     pub accelerator: String,
@@ -82,6 +86,8 @@ pub struct Info {
     pub pool: String,
     /// Sizes clients may request, as `WxH`.
     pub sizes: Vec<String>,
+    /// What one image costs at each size, with the default steps and guidance.
+    pub size_costs: Vec<SizeCost>,
     /// Batch sizes the executor runs: `dynamic`, or the compiled size.
     pub batch_sizes: String,
     pub img2img: bool,
@@ -89,6 +95,18 @@ pub struct Info {
     pub limits: InfoLimits,
     pub defaults: InfoDefaults,
     pub version: &'static str,
+}
+
+/// The cost of one image at one size.
+#[derive(Serialize, ToSchema)]
+pub struct SizeCost {
+    /// `WxH`.
+    pub size: String,
+    /// Admission work units (pixels × steps × denoiser passes), as the queue counts them.
+    pub work_per_image: u64,
+    /// Seconds one image takes here, from the measured seconds per work unit
+    /// (absent until the first batch or warm-up ran).
+    pub estimated_seconds: Option<f64>,
 }
 
 /// What this replica serves and on what hardware.
@@ -100,15 +118,32 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
     let l = p.limits();
     let d = p.defaults();
     let c = &state.config;
+    let passes = if d.guidance_scale > 1.0 { 2 } else { 1 };
+    let seconds_per_work = state.batcher.stats().seconds_per_work;
+    let size_costs = c
+        .sizes
+        .iter()
+        .map(|(w, h)| {
+            let work = *w as u64 * *h as u64 * d.steps as u64 * passes;
+            SizeCost {
+                size: format!("{w}x{h}"),
+                work_per_image: work,
+                estimated_seconds: seconds_per_work.map(|s| s * work as f64),
+            }
+        })
+        .collect();
     Json(Info {
         model: m.id.clone(),
         model_hash: m.hash.clone(),
+        family: m.family.name().to_string(),
+        pipeline_class: m.class_name.clone(),
         executor: caps.executor.to_string(),
         accelerator: caps.device.to_string(),
         device: caps.device_name.clone(),
         dtype: caps.dtype.to_string(),
         pool: c.pool.clone(),
         sizes: c.sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect(),
+        size_costs,
         batch_sizes: match &caps.shapes {
             anyaccel_executor::Shapes::Dynamic => "dynamic".into(),
             anyaccel_executor::Shapes::Static { batch_size, .. } => batch_size.to_string(),

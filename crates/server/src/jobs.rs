@@ -52,6 +52,12 @@ pub struct JobBody {
     pub image: Option<String>,
     /// img2img strength in (0, 1].
     pub strength: Option<f32>,
+    /// SDXL micro-conditioning (`WxH`); default the output size.
+    pub original_size: Option<String>,
+    /// SDXL micro-conditioning `[top, left]`; default `[0, 0]`.
+    pub crop_top_left: Option<[u32; 2]>,
+    /// SDXL micro-conditioning (`WxH`); default the output size.
+    pub target_size: Option<String>,
     pub output_format: Option<ImageFormat>,
     pub output_compression: Option<u8>,
 }
@@ -192,6 +198,11 @@ pub async fn submit(
         n: body.n,
         init_image,
         strength: body.strength,
+        micro: generate::micro(
+            body.original_size.as_deref(),
+            body.crop_top_left,
+            body.target_size.as_deref(),
+        )?,
     };
     let request = generate::validate(&state, params).await?;
     let job = state.batcher.submit(request, key)?;

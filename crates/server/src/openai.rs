@@ -83,6 +83,13 @@ pub struct GenerationBody {
     pub guidance_scale: Option<f32>,
     pub seed: Option<u64>,
     pub scheduler: Option<String>,
+    /// SDXL micro-conditioning: the size (`WxH`) the image is said to come
+    /// from; default the output size.
+    pub original_size: Option<String>,
+    /// SDXL micro-conditioning: `[top, left]` of the crop; default `[0, 0]`.
+    pub crop_top_left: Option<[u32; 2]>,
+    /// SDXL micro-conditioning: the target size (`WxH`); default the output size.
+    pub target_size: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -206,6 +213,11 @@ pub async fn generations(
         n: body.n,
         init_image: None,
         strength: None,
+        micro: generate::micro(
+            body.original_size.as_deref(),
+            body.crop_top_left,
+            body.target_size.as_deref(),
+        )?,
     };
     respond(
         &state,
@@ -295,6 +307,16 @@ pub async fn edits(
             "strength" => params.strength = Some(text.parse().map_err(|_| num("a number"))?),
             "scheduler" => params.scheduler = Some(text),
             "size" => size = Some(text),
+            "original_size" => {
+                params.micro.original_size = generate::micro(Some(&text), None, None)?.original_size
+            }
+            "target_size" => {
+                params.micro.target_size = generate::micro(None, None, Some(&text))?.target_size
+            }
+            "crop_top_left" => {
+                let [t, l] = generate::parse_crop(&text)?;
+                params.micro.crop_top_left = Some((t, l));
+            }
             "output_compression" => {
                 compression = Some(text.parse().map_err(|_| num("an integer 0-100"))?)
             }
@@ -326,7 +348,8 @@ pub async fn edits(
                 return Err(ApiError::invalid(
                     other.to_string(),
                     "unknown field; expected image, prompt, strength, n, size, response_format, output_format, \
-                     negative_prompt, steps, guidance_scale, seed, scheduler",
+                     negative_prompt, steps, guidance_scale, seed, scheduler, original_size, \
+                     crop_top_left, target_size",
                 ));
             }
         }

@@ -50,6 +50,7 @@ pub fn pipeline() -> Pipeline {
     let model = Model::load_dir("tiny-sd15", &dir).expect("model");
     let exec = OnnxExecutor::load(
         &dir,
+        &model.components(),
         &OnnxConfig {
             device: DeviceRequest::Cpu,
             intra_threads: Some(1),
