@@ -109,7 +109,11 @@ impl ModelArgs {
                     },
                     ..OnnxConfig::default()
                 };
-                Arc::new(OnnxExecutor::load(&model.info.root, &config)?)
+                Arc::new(OnnxExecutor::load(
+                    &model.info.root,
+                    &model.components(),
+                    &config,
+                )?)
             }
             ExecutorKind::Remote => {
                 let mut config =
