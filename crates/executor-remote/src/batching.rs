@@ -70,6 +70,13 @@ pub(crate) fn take_ids(ids: &TokenIds, chunk: Chunk) -> TokenIds {
     }
 }
 
+/// The chunk's per-row values (timesteps), padded like [`take`].
+pub(crate) fn take_values(values: &[f32], chunk: Chunk) -> Vec<f32> {
+    let mut out = values[chunk.start..chunk.end].to_vec();
+    out.resize(chunk.padded, values[chunk.end - 1]);
+    out
+}
+
 /// Drops the padding rows of a chunk's output.
 pub(crate) fn trim(out: Tensor, chunk: Chunk) -> Result<Tensor, TensorError> {
     if out.batch() == chunk.rows() {
@@ -151,6 +158,13 @@ mod tests {
             .collect();
         let refs: Vec<&Tensor> = parts.iter().collect();
         assert_eq!(Tensor::concat_batch(&refs).unwrap(), t);
+    }
+
+    #[test]
+    fn per_row_values_pad_with_the_last_row() {
+        let c = plan(3, Some(2));
+        assert_eq!(take_values(&[9.0, 8.0, 7.0], c[0]), vec![9.0, 8.0]);
+        assert_eq!(take_values(&[9.0, 8.0, 7.0], c[1]), vec![7.0, 7.0]);
     }
 
     #[test]

@@ -10,15 +10,22 @@
 //! while it is down, and fails calls that were in flight on a dead sidecar at
 //! once with [`ExecutorError::Unavailable`] (the server answers 503).
 //!
+//! A denoise session ([`Executor::denoise`]) hands the conditioning to the
+//! sidecar once (`BeginDenoise`), which keeps it on its device; each step
+//! sends only latents and per-row timesteps (`DenoiseStep`), and dropping the
+//! session frees it (`EndDenoise`).
+//!
 //! Components compiled for a static batch size (Neuron) get exactly that
 //! batch: smaller batches are padded, larger ones split, and the padding is
-//! dropped from the outputs, so the pipeline runs unchanged.
+//! dropped from the outputs, so the pipeline runs unchanged. A denoise session
+//! then holds one sidecar session per chunk of rows.
 //!
 //! The [`Executor`] calls block; make them from a blocking thread, not from
 //! inside an async runtime (the executor drives its own small tokio runtime).
 
 mod batching;
 mod config;
+mod session;
 mod supervisor;
 
 pub mod proto {
@@ -35,8 +42,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyaccel_executor::{
-    Capabilities, Component, DeviceKind, Dtype, Executor, ExecutorError, Shapes, Tensor, TokenIds,
-    UnetInput,
+    Capabilities, Component, Conditioning, DenoiseSession, DeviceKind, Dtype, Executor,
+    ExecutorError, HiddenLayer, Shapes, Tensor, TextEncoding, TimestepInput, TokenIds,
 };
 use tokio::sync::oneshot;
 
@@ -90,6 +97,10 @@ pub struct RemoteExecutor {
     capabilities: Capabilities,
     /// Batch each component was compiled for (static shapes only).
     batches: HashMap<Component, usize>,
+    /// What the sidecar loaded.
+    components: Vec<Component>,
+    denoiser: Component,
+    pipeline_class: String,
     runtime_info: String,
     call_timeout: Option<Duration>,
     socket: PathBuf,
@@ -151,20 +162,34 @@ impl RemoteExecutor {
                 ));
             }
         };
-        let (capabilities, batches) = convert_capabilities(&caps)?;
+        let Converted {
+            capabilities,
+            batches,
+            components,
+        } = convert_capabilities(&caps)?;
         tracing::info!(
             device = %capabilities.device,
             device_name = %capabilities.device_name,
             dtype = %capabilities.dtype,
             shapes = ?capabilities.shapes,
+            timestep = ?capabilities.timestep,
+            pipeline = %caps.pipeline_class,
             runtime = %caps.runtime,
             model = %cfg.model,
             "remote executor ready"
         );
+        let denoiser = if components.contains(&Component::Transformer) {
+            Component::Transformer
+        } else {
+            Component::Unet
+        };
         Ok(Self {
             shared,
             capabilities,
             batches,
+            components,
+            denoiser,
+            pipeline_class: caps.pipeline_class,
             runtime_info: caps.runtime,
             call_timeout,
             socket,
@@ -209,6 +234,21 @@ impl RemoteExecutor {
         &self.socket
     }
 
+    /// The components the sidecar loaded (text encoders, denoiser, VAE parts).
+    pub fn components(&self) -> &[Component] {
+        &self.components
+    }
+
+    /// The diffusers pipeline class the sidecar serves, e.g. `StableDiffusionXLPipeline`.
+    pub fn pipeline_class(&self) -> &str {
+        &self.pipeline_class
+    }
+
+    /// The generation (sidecar process) calls go to now.
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.conn().generation
+    }
+
     /// Runs one RPC against the live sidecar; fails fast when it is down and as
     /// soon as it dies while the call is in flight.
     fn call<T, F, Fut>(&self, component: Component, rpc: F) -> Result<T, ExecutorError>
@@ -216,26 +256,42 @@ impl RemoteExecutor {
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        self.call_on(component, rpc)
+            .map(|(r, _)| r)
+            .map_err(|e| e.error)
+    }
+
+    /// [`Self::call`], also giving the generation that answered, and the
+    /// status code of a failure (a denoise session retries on NOT_FOUND).
+    pub(crate) fn call_on<T, F, Fut>(
+        &self,
+        component: Component,
+        rpc: F,
+    ) -> Result<(T, u64), CallError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
         if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(ExecutorError::Run {
+            return Err(CallError::local(ExecutorError::Run {
                 component,
                 message: "the remote executor was called inside an async runtime; call it from a blocking thread".into(),
-            });
+            }));
         }
         let Some(runtime) = &self.runtime else {
-            return Err(ExecutorError::Unavailable(
+            return Err(CallError::local(ExecutorError::Unavailable(
                 "the remote executor is shut down".into(),
-            ));
+            )));
         };
         let (client, generation) = {
             let conn = self.shared.conn();
             match (&conn.client, self.is_ready()) {
                 (Some(c), true) => (c.clone(), conn.generation),
                 _ => {
-                    return Err(ExecutorError::Unavailable(format!(
+                    return Err(CallError::local(ExecutorError::Unavailable(format!(
                         "the sidecar is not ready for {component}: {}",
                         conn.down
-                    )));
+                    ))));
                 }
             }
         };
@@ -258,12 +314,15 @@ impl RemoteExecutor {
             };
             tokio::select! {
                 r = call => match r {
-                    Ok(resp) => Ok(resp.into_inner()),
-                    Err(status) => Err(self.map_status(component, generation, status).await),
+                    Ok(resp) => Ok((resp.into_inner(), generation)),
+                    Err(status) => Err(CallError {
+                        code: Some(status.code()),
+                        error: self.map_status(component, generation, status).await,
+                    }),
                 },
-                reason = died => Err(ExecutorError::Unavailable(format!(
+                reason = died => Err(CallError::local(ExecutorError::Unavailable(format!(
                     "the sidecar died while running {component}: {reason}; it is being restarted, retry shortly"
-                ))),
+                )))),
             }
         })
     }
@@ -274,22 +333,14 @@ impl RemoteExecutor {
         generation: u64,
         status: tonic::Status,
     ) -> ExecutorError {
-        use tonic::Code;
-        let message = status.message().to_string();
+        if let Some(e) = status_error(component, &status) {
+            return e;
+        }
+        let message = status.message();
         match status.code() {
-            Code::InvalidArgument | Code::Internal | Code::ResourceExhausted | Code::OutOfRange => {
-                ExecutorError::Run { component, message }
-            }
-            Code::FailedPrecondition => ExecutorError::Missing {
-                component,
-                reason: message,
-            },
-            Code::DeadlineExceeded => ExecutorError::Unavailable(format!(
-                "the sidecar did not finish {component}: {message}"
-            )),
             _ => {
-                // A broken connection usually means the process died; give the
-                // supervisor a moment to confirm it, so the message says why.
+                // UNAVAILABLE or a broken connection usually means the process died;
+                // give the supervisor a moment to confirm it, so the message says why.
                 let mut deaths = self.shared.deaths.subscribe();
                 let confirmed = tokio::time::timeout(
                     Duration::from_secs(2),
@@ -309,7 +360,7 @@ impl RemoteExecutor {
         }
     }
 
-    fn batch(&self, component: Component) -> Option<usize> {
+    pub(crate) fn batch(&self, component: Component) -> Option<usize> {
         self.batches.get(&component).copied()
     }
 
@@ -320,30 +371,48 @@ impl RemoteExecutor {
         n: usize,
         mut run: impl FnMut(Chunk) -> Result<Tensor, ExecutorError>,
     ) -> Result<Tensor, ExecutorError> {
-        let chunks = batching::plan(n, self.batch(component));
-        let mut outs = Vec::with_capacity(chunks.len());
-        for chunk in chunks {
-            let out = run(chunk)?;
-            if out.batch() != chunk.padded {
-                return Err(ExecutorError::BadOutput {
-                    component,
-                    message: format!(
-                        "sent a batch of {}, got {:?} back",
-                        chunk.padded,
-                        out.shape()
-                    ),
-                });
+        let mut outs = Vec::new();
+        for chunk in batching::plan(n, self.batch(component)) {
+            outs.push((chunk, run(chunk)?));
+        }
+        assemble(component, outs)
+    }
+
+    /// Frees sidecar denoise sessions without waiting for the answers: a
+    /// session ends when the caller is done with its batch, which must not
+    /// wait on the sidecar. Sessions of an earlier generation died with it.
+    pub(crate) fn end_sessions(&self, sessions: Vec<(u64, u64)>) {
+        let Some(runtime) = &self.runtime else {
+            return;
+        };
+        let (client, generation) = {
+            let conn = self.shared.conn();
+            match &conn.client {
+                Some(c) => (c.clone(), conn.generation),
+                None => return,
             }
-            outs.push(batching::trim(out, chunk)?);
+        };
+        let ids: Vec<u64> = sessions
+            .into_iter()
+            .filter(|&(g, _)| g == generation)
+            .map(|(_, id)| id)
+            .collect();
+        if ids.is_empty() {
+            return;
         }
-        if outs.len() == 1 {
-            return outs.pop().ok_or_else(|| ExecutorError::BadOutput {
-                component,
-                message: "no output".into(),
-            });
-        }
-        let refs: Vec<&Tensor> = outs.iter().collect();
-        Ok(Tensor::concat_batch(&refs)?)
+        runtime.spawn(async move {
+            for session in ids {
+                let mut c = client.clone();
+                let end = c.end_denoise(proto::EndDenoiseRequest { session });
+                match tokio::time::timeout(END_TIMEOUT, end).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(status)) => {
+                        tracing::debug!(session, "EndDenoise failed: {}", status.message())
+                    }
+                    Err(_) => tracing::debug!(session, "EndDenoise timed out"),
+                }
+            }
+        });
     }
 
     fn single(&self, component: Component, x: &Tensor) -> Result<Tensor, ExecutorError> {
@@ -371,11 +440,34 @@ impl Executor for RemoteExecutor {
         RemoteExecutor::is_ready(self)
     }
 
-    fn encode_text(&self, ids: &TokenIds) -> Result<Tensor, ExecutorError> {
-        let component = Component::TextEncoder;
+    fn encode_text(
+        &self,
+        encoder: Component,
+        ids: &TokenIds,
+        layer: HiddenLayer,
+    ) -> Result<TextEncoding, ExecutorError> {
+        if !encoder.is_text_encoder() {
+            return Err(ExecutorError::Invalid {
+                component: Some(encoder),
+                message: format!("{encoder} is not a text encoder"),
+            });
+        }
+        if !self.components.contains(&encoder) {
+            return Err(ExecutorError::Missing {
+                component: encoder,
+                reason: format!(
+                    "the sidecar's {} has no {encoder}",
+                    if self.pipeline_class.is_empty() {
+                        "model"
+                    } else {
+                        &self.pipeline_class
+                    }
+                ),
+            });
+        }
         if ids.ids.len() != ids.batch * ids.len {
-            return Err(ExecutorError::Run {
-                component,
+            return Err(ExecutorError::Invalid {
+                component: Some(encoder),
                 message: format!(
                     "{} ids for a [{}, {}] batch",
                     ids.ids.len(),
@@ -384,41 +476,50 @@ impl Executor for RemoteExecutor {
                 ),
             });
         }
-        self.chunked(component, ids.batch, |chunk| {
+        let layer = match layer {
+            HiddenLayer::Last => proto::HiddenLayer::Last,
+            HiddenLayer::Penultimate => proto::HiddenLayer::Penultimate,
+        };
+        let (mut hidden, mut pooled) = (Vec::new(), Vec::new());
+        for chunk in batching::plan(ids.batch, self.batch(encoder)) {
             let part = batching::take_ids(ids, chunk);
             let req = proto::EncodeTextRequest {
                 shape: vec![part.batch as u64, part.len as u64],
                 ids: part.ids,
+                encoder: encoder.folder().to_string(),
+                layer: layer as i32,
             };
-            let resp = self.call(component, |mut c| async move { c.encode_text(req).await })?;
-            from_proto(component, resp.output)
+            let resp = self.call(encoder, |mut c| async move { c.encode_text(req).await })?;
+            hidden.push((chunk, from_proto(encoder, resp.hidden)?));
+            if let Some(p) = resp.pooled {
+                pooled.push((chunk, from_proto(encoder, Some(p))?));
+            }
+        }
+        let pooled = match pooled.len() {
+            0 => None,
+            n if n == hidden.len() => Some(assemble(encoder, pooled)?),
+            _ => {
+                return Err(ExecutorError::BadOutput {
+                    component: encoder,
+                    message: "the pooled output is missing from some batches".into(),
+                });
+            }
+        };
+        Ok(TextEncoding {
+            hidden: assemble(encoder, hidden)?,
+            pooled,
         })
     }
 
-    fn unet(&self, input: UnetInput<'_>) -> Result<Tensor, ExecutorError> {
-        let component = Component::Unet;
-        let n = input.sample.batch();
-        if input.encoder_hidden_states.batch() != n {
-            return Err(ExecutorError::Run {
-                component,
-                message: format!(
-                    "sample batch {n} but encoder_hidden_states batch {}",
-                    input.encoder_hidden_states.batch()
-                ),
-            });
-        }
-        self.chunked(component, n, |chunk| {
-            let req = proto::UnetRequest {
-                sample: Some(to_proto(&batching::take(input.sample, chunk)?)),
-                timestep: input.timestep,
-                encoder_hidden_states: Some(to_proto(&batching::take(
-                    input.encoder_hidden_states,
-                    chunk,
-                )?)),
-            };
-            let resp = self.call(component, |mut c| async move { c.unet(req).await })?;
-            from_proto(component, resp.output)
-        })
+    fn denoise<'a>(
+        &'a self,
+        conditioning: Conditioning,
+    ) -> Result<Box<dyn DenoiseSession + 'a>, ExecutorError> {
+        Ok(Box::new(session::RemoteSession::begin(
+            self,
+            self.denoiser,
+            conditioning,
+        )?))
     }
 
     fn vae_decode(&self, latents: &Tensor) -> Result<Tensor, ExecutorError> {
@@ -458,7 +559,7 @@ impl Drop for RemoteExecutor {
     }
 }
 
-fn to_proto(t: &Tensor) -> proto::Tensor {
+pub(crate) fn to_proto(t: &Tensor) -> proto::Tensor {
     let mut data = Vec::with_capacity(t.data().len() * 4);
     for v in t.data() {
         data.extend_from_slice(&v.to_le_bytes());
@@ -469,7 +570,10 @@ fn to_proto(t: &Tensor) -> proto::Tensor {
     }
 }
 
-fn from_proto(component: Component, t: Option<proto::Tensor>) -> Result<Tensor, ExecutorError> {
+pub(crate) fn from_proto(
+    component: Component,
+    t: Option<proto::Tensor>,
+) -> Result<Tensor, ExecutorError> {
     let bad = |message: String| ExecutorError::BadOutput { component, message };
     let t = t.ok_or_else(|| bad("the response has no tensor".into()))?;
     if t.data.len() % 4 != 0 {
@@ -491,19 +595,95 @@ fn from_proto(component: Component, t: Option<proto::Tensor>) -> Result<Tensor, 
     Ok(Tensor::new(shape, data)?)
 }
 
-fn component_of(name: &str) -> Option<Component> {
-    match name {
-        "text_encoder" => Some(Component::TextEncoder),
-        "unet" => Some(Component::Unet),
-        "vae_decoder" => Some(Component::VaeDecoder),
-        "vae_encoder" => Some(Component::VaeEncoder),
-        _ => None,
+/// The error for a status the sidecar answered with, by code only (the
+/// sidecar's messages are for people); `None` for the codes that may mean the
+/// sidecar is dying (UNAVAILABLE, a broken connection), which the caller
+/// checks against the supervisor.
+fn status_error(component: Component, status: &tonic::Status) -> Option<ExecutorError> {
+    use tonic::Code;
+    let message = status.message().to_string();
+    Some(match status.code() {
+        Code::InvalidArgument | Code::OutOfRange => ExecutorError::Invalid {
+            component: Some(component),
+            message,
+        },
+        Code::Internal | Code::ResourceExhausted | Code::Unimplemented | Code::DataLoss => {
+            ExecutorError::Run { component, message }
+        }
+        Code::FailedPrecondition => ExecutorError::Missing {
+            component,
+            reason: message,
+        },
+        Code::NotFound => ExecutorError::Unavailable(format!(
+            "the sidecar no longer holds the denoise session for {component}: {message}"
+        )),
+        Code::DeadlineExceeded => {
+            ExecutorError::Unavailable(format!("the sidecar did not finish {component}: {message}"))
+        }
+        _ => return None,
+    })
+}
+
+/// The outputs of a component's chunks (see [`batching`]) as one batch.
+pub(crate) fn assemble(
+    component: Component,
+    outs: Vec<(Chunk, Tensor)>,
+) -> Result<Tensor, ExecutorError> {
+    let mut trimmed = Vec::with_capacity(outs.len());
+    for (chunk, out) in outs {
+        if out.batch() != chunk.padded {
+            return Err(ExecutorError::BadOutput {
+                component,
+                message: format!(
+                    "sent a batch of {}, got {:?} back",
+                    chunk.padded,
+                    out.shape()
+                ),
+            });
+        }
+        trimmed.push(batching::trim(out, chunk)?);
+    }
+    if trimmed.len() == 1 {
+        return trimmed.pop().ok_or_else(|| ExecutorError::BadOutput {
+            component,
+            message: "no output".into(),
+        });
+    }
+    let refs: Vec<&Tensor> = trimmed.iter().collect();
+    Ok(Tensor::concat_batch(&refs)?)
+}
+
+/// How long a dropped session's EndDenoise may take before it is given up.
+const END_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A failed call: the executor's error, and the sidecar's status code when it answered.
+#[derive(Debug)]
+pub(crate) struct CallError {
+    pub code: Option<tonic::Code>,
+    pub error: ExecutorError,
+}
+
+impl CallError {
+    fn local(error: ExecutorError) -> Self {
+        Self { code: None, error }
     }
 }
 
-fn convert_capabilities(
-    c: &proto::CapabilitiesResponse,
-) -> Result<(Capabilities, HashMap<Component, usize>), RemoteError> {
+/// Components of an SD 1.x/2.x sidecar that reports none (an older one).
+const DEFAULT_COMPONENTS: [Component; 4] = [
+    Component::TextEncoder,
+    Component::Unet,
+    Component::VaeDecoder,
+    Component::VaeEncoder,
+];
+
+struct Converted {
+    capabilities: Capabilities,
+    batches: HashMap<Component, usize>,
+    components: Vec<Component>,
+}
+
+fn convert_capabilities(c: &proto::CapabilitiesResponse) -> Result<Converted, RemoteError> {
     let device = match c.device.as_str() {
         "cpu" => DeviceKind::Cpu,
         "cuda" => DeviceKind::Cuda,
@@ -524,6 +704,23 @@ fn convert_capabilities(
             )));
         }
     };
+    let mut components = Vec::new();
+    for name in &c.components {
+        match Component::from_folder(name) {
+            Some(component) => components.push(component),
+            // e.g. an image encoder the pipeline does not drive
+            None => tracing::warn!("the sidecar loaded `{name}`, which this executor does not run"),
+        }
+    }
+    if components.is_empty() {
+        components = DEFAULT_COMPONENTS.to_vec();
+    }
+    if !components.iter().any(|c| c.is_denoiser()) {
+        return Err(RemoteError::Capabilities(format!(
+            "the sidecar loaded no denoiser (components: {})",
+            c.components.join(", ")
+        )));
+    }
     let mut batches = HashMap::new();
     let shapes = if c.static_shapes {
         if c.batch_size == 0 || c.sizes.is_empty() {
@@ -532,7 +729,7 @@ fn convert_capabilities(
             ));
         }
         for b in &c.component_batches {
-            let component = component_of(&b.component).ok_or_else(|| {
+            let component = Component::from_folder(&b.component).ok_or_else(|| {
                 RemoteError::Capabilities(format!("unknown component `{}`", b.component))
             })?;
             if b.batch_size == 0 {
@@ -543,12 +740,7 @@ fn convert_capabilities(
             }
             batches.insert(component, b.batch_size as usize);
         }
-        for component in [
-            Component::TextEncoder,
-            Component::Unet,
-            Component::VaeDecoder,
-            Component::VaeEncoder,
-        ] {
+        for &component in &components {
             batches.entry(component).or_insert(c.batch_size as usize);
         }
         Shapes::Static {
@@ -565,9 +757,18 @@ fn convert_capabilities(
         dtype,
         shapes,
         memory_bytes: (c.memory_bytes > 0).then_some(c.memory_bytes),
-        vae_encoder: c.vae_encoder,
+        vae_encoder: c.vae_encoder && components.contains(&Component::VaeEncoder),
+        timestep: if c.per_sample_timesteps {
+            TimestepInput::PerSample
+        } else {
+            TimestepInput::Scalar
+        },
     };
-    Ok((capabilities, batches))
+    Ok(Converted {
+        capabilities,
+        batches,
+        components,
+    })
 }
 
 #[cfg(test)]
@@ -633,7 +834,11 @@ mod tests {
 
     #[test]
     fn static_capabilities_give_per_component_batches() {
-        let (c, batches) = convert_capabilities(&caps()).unwrap();
+        let Converted {
+            capabilities: c,
+            batches,
+            components,
+        } = convert_capabilities(&caps()).unwrap();
         assert_eq!(c.device, DeviceKind::Neuron);
         assert_eq!(c.dtype, Dtype::Bf16);
         assert_eq!(c.memory_bytes, None);
@@ -644,9 +849,56 @@ mod tests {
                 sizes: vec![(512, 768)]
             }
         );
+        assert_eq!(c.timestep, TimestepInput::Scalar);
+        assert_eq!(components, DEFAULT_COMPONENTS.to_vec());
         assert_eq!(batches[&Component::Unet], 2);
         assert_eq!(batches[&Component::TextEncoder], 1);
         assert_eq!(batches[&Component::VaeDecoder], 1);
+        assert!(!batches.contains_key(&Component::TextEncoder2));
+    }
+
+    #[test]
+    fn sdxl_capabilities_name_both_encoders() {
+        let mut p = caps();
+        p.per_sample_timesteps = true;
+        p.pipeline_class = "StableDiffusionXLPipeline".into();
+        p.components = [
+            "text_encoder",
+            "text_encoder_2",
+            "unet",
+            "vae_decoder",
+            "image_encoder",
+        ]
+        .map(String::from)
+        .to_vec();
+        p.component_batches.push(proto::ComponentBatch {
+            component: "text_encoder_2".into(),
+            batch_size: 2,
+        });
+        p.vae_encoder = true;
+        let Converted {
+            capabilities: c,
+            batches,
+            components,
+        } = convert_capabilities(&p).unwrap();
+        assert_eq!(c.timestep, TimestepInput::PerSample);
+        // no vae_encoder among the components: img2img is off whatever the flag says
+        assert!(!c.vae_encoder);
+        assert_eq!(
+            components,
+            vec![
+                Component::TextEncoder,
+                Component::TextEncoder2,
+                Component::Unet,
+                Component::VaeDecoder
+            ]
+        );
+        assert_eq!(batches[&Component::TextEncoder2], 2);
+        assert_eq!(batches[&Component::TextEncoder], 1);
+        assert!(!batches.contains_key(&Component::VaeEncoder));
+
+        p.components = vec!["text_encoder".into(), "vae_decoder".into()];
+        assert!(convert_capabilities(&p).is_err(), "no denoiser");
     }
 
     #[test]
@@ -657,7 +909,11 @@ mod tests {
             memory_bytes: 1 << 30,
             ..Default::default()
         };
-        let (c, batches) = convert_capabilities(&c).unwrap();
+        let Converted {
+            capabilities: c,
+            batches,
+            ..
+        } = convert_capabilities(&c).unwrap();
         assert_eq!(c.shapes, Shapes::Dynamic);
         assert_eq!(c.memory_bytes, Some(1 << 30));
         assert!(batches.is_empty());
@@ -671,5 +927,33 @@ mod tests {
         let mut c = caps();
         c.device = "tpu".into();
         assert!(convert_capabilities(&c).is_err());
+    }
+
+    #[test]
+    fn statuses_map_to_typed_errors_by_code() {
+        use tonic::{Code, Status};
+        let unet = Component::Unet;
+        // the same words in every message: only the code decides
+        let err = |code| status_error(unet, &Status::new(code, "not loaded: unavailable"));
+        assert!(matches!(
+            err(Code::InvalidArgument),
+            Some(ExecutorError::Invalid {
+                component: Some(Component::Unet),
+                ..
+            })
+        ));
+        assert!(matches!(
+            err(Code::FailedPrecondition),
+            Some(ExecutorError::Missing { .. })
+        ));
+        assert!(matches!(
+            err(Code::Internal),
+            Some(ExecutorError::Run { .. })
+        ));
+        assert!(err(Code::NotFound).is_some_and(|e| e.is_unavailable()));
+        assert!(err(Code::DeadlineExceeded).is_some_and(|e| e.is_unavailable()));
+        // left to the supervisor's verdict (dead or alive), both `Unavailable`
+        assert!(err(Code::Unavailable).is_none());
+        assert!(err(Code::Unknown).is_none());
     }
 }
