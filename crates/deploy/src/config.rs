@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
+use anyaccel_pipeline::ModelFamily;
 use serde::Deserialize;
 
 use crate::error::DeployError;
@@ -290,6 +291,7 @@ pub struct Artifact {
     name: String,
     repo: String,
     target: CompileTarget,
+    family: ModelFamily,
     source: Option<String>,
 }
 
@@ -303,6 +305,10 @@ impl Artifact {
     }
     pub fn target(&self) -> CompileTarget {
         self.target
+    }
+    /// The model family (SD 1.x/2.x or SDXL): which sizes its pools may serve.
+    pub fn family(&self) -> ModelFamily {
+        self.family
     }
     /// Diffusers model the compile Job starts from; `None` when the artifact
     /// is already published and no Job is rendered.
@@ -328,6 +334,7 @@ pub struct Pool {
     trigger: ScalingTrigger,
     resources: PodResources,
     model_cache_size: String,
+    sizes: Vec<(u32, u32)>,
     drain_timeout_secs: u32,
     startup_timeout_secs: u32,
     scale_down_window_secs: u32,
@@ -375,6 +382,10 @@ impl Pool {
     }
     pub fn resources(&self) -> &PodResources {
         &self.resources
+    }
+    /// Image sizes the servers offer (`ANYACCEL_SIZES`).
+    pub fn sizes(&self) -> &[(u32, u32)] {
+        &self.sizes
     }
     pub fn model_cache_size(&self) -> &str {
         &self.model_cache_size
@@ -615,6 +626,7 @@ struct RawArtifact {
     name: Option<String>,
     repo: Option<String>,
     target: Option<String>,
+    family: Option<String>,
     source: Option<String>,
 }
 
@@ -629,6 +641,7 @@ struct RawPool {
     min_replicas: Option<i64>,
     max_replicas: Option<i64>,
     artifact: Option<String>,
+    sizes: Option<Vec<String>>,
     latency_slo_secs: Option<Number>,
     target_backlog_secs: Option<Number>,
     target_queue_depth: Option<Number>,
@@ -912,6 +925,16 @@ fn validate(raw: RawConfig) -> Result<ClusterConfig, DeployError> {
                 CompileTarget::OnnxFp32
             }),
         };
+        let family = match a.family.as_deref() {
+            None => ModelFamily::StableDiffusion,
+            Some(f) => ModelFamily::parse(f).unwrap_or_else(|| {
+                p.add(format!(
+                    "{at}.family {f:?} is unknown; allowed: {}",
+                    ModelFamily::ALL.map(|f| f.name()).join(", ")
+                ));
+                ModelFamily::StableDiffusion
+            }),
+        };
         if let Some(src) = &a.source
             && !is_model_location(src)
         {
@@ -928,6 +951,7 @@ fn validate(raw: RawConfig) -> Result<ClusterConfig, DeployError> {
             name,
             repo,
             target,
+            family,
             source: a.source,
         });
     }
@@ -1371,6 +1395,7 @@ fn validate_pool(
         (cpu, memory, devices)
     };
 
+    let sizes = validate_sizes(rp.sizes, artifact.map(|i| &artifacts[i]), &at, p);
     let model_cache_size = rp.model_cache_size.unwrap_or_else(|| {
         defaults
             .as_ref()
@@ -1449,12 +1474,70 @@ fn validate_pool(
             devices,
         },
         model_cache_size,
+        sizes: sizes?,
         drain_timeout_secs,
         startup_timeout_secs,
         scale_down_window_secs,
         root_volume_gib,
         node_pool_weight,
     })
+}
+
+/// A pool's image sizes: the operator's list, checked against the artifact's
+/// family, or the family's defaults. Static-shape artifacts (Neuron) serve
+/// exactly the size they were compiled for, so they must name one.
+fn validate_sizes(
+    raw: Option<Vec<String>>,
+    artifact: Option<&Artifact>,
+    at: &str,
+    p: &mut Problems,
+) -> Option<Vec<(u32, u32)>> {
+    let family = artifact.map_or(ModelFamily::StableDiffusion, Artifact::family);
+    let before = p.0.len();
+    let sizes: Vec<(u32, u32)> = match raw {
+        None if artifact.is_some_and(|a| a.target() == CompileTarget::Neuron) => {
+            vec![(family.native_size(), family.native_size())]
+        }
+        None => family.default_sizes(family.native_size()),
+        Some(list) => {
+            if list.is_empty() {
+                p.add(format!(
+                    "{at}.sizes is empty; list WxH sizes or leave it out"
+                ));
+            }
+            let mut out: Vec<(u32, u32)> = Vec::new();
+            for (j, s) in list.iter().enumerate() {
+                let parsed = s
+                    .split_once('x')
+                    .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)));
+                match parsed {
+                    None => p.add(format!(
+                        "{at}.sizes[{j}] {s:?} is not WIDTHxHEIGHT (e.g. 1024x1024)"
+                    )),
+                    Some((w, h)) => {
+                        if let Err(m) = family.check_size(w, h) {
+                            p.add(format!("{at}.sizes[{j}]: {m} ({family} artifact)"));
+                        } else if out.contains(&(w, h)) {
+                            p.add(format!("{at}.sizes[{j}] {s:?} is listed twice"));
+                        } else {
+                            out.push((w, h));
+                        }
+                    }
+                }
+            }
+            out
+        }
+    };
+    if let Some(a) = artifact
+        && a.target() == CompileTarget::Neuron
+        && sizes.len() != 1
+    {
+        p.add(format!(
+            "{at}.sizes: a neuron artifact is compiled for one size; list exactly that one (got {})",
+            sizes.len()
+        ));
+    }
+    (p.0.len() == before).then_some(sizes)
 }
 
 fn validate_trigger(s: &RawScaling, field: &str, p: &mut Problems) -> Option<ScalingTrigger> {

@@ -395,3 +395,35 @@ fn missing_sections() {
         .expect_err("no file");
     assert!(e.to_string().contains("/nonexistent/cluster.toml"));
 }
+
+#[test]
+fn pool_sizes_are_checked_against_the_artifact_family() {
+    let sdxl = edit(
+        "target = \"onnx-fp16\"\nrepo = \"acme/sd-fp16\"",
+        "target = \"onnx-fp16\"\nrepo = \"acme/sd-fp16\"\nfamily = \"sdxl\"",
+    );
+    // Too small for SDXL, though fine for SD 1.x.
+    let small = sdxl.replacen(
+        "artifact = \"sd-fp16\"",
+        "artifact = \"sd-fp16\"\nsizes = [\"1024x1024\", \"256x256\"]",
+        1,
+    );
+    assert_problem(&small, &["pools[1].sizes[1]", "256x256", "SDXL"]);
+    let not_a_size = edit(
+        "artifact = \"sd-fp32\"",
+        "artifact = \"sd-fp32\"\nsizes = [\"512\"]",
+    );
+    assert_problem(&not_a_size, &["pools[0].sizes[0]", "WIDTHxHEIGHT"]);
+    assert_problem(
+        &edit(
+            "repo = \"acme/sd-fp32\"",
+            "repo = \"acme/sd-fp32\"\nfamily = \"flux\"",
+        ),
+        &["artifacts[0].family", "\"flux\"", "sd, sdxl"],
+    );
+    // Unlisted sizes default to the family's: SDXL's buckets around 1024x1024.
+    let cfg = ClusterConfig::from_toml_str(&sdxl).expect("valid");
+    assert_eq!(cfg.pools()[1].sizes()[0], (1024, 1024));
+    assert!(cfg.pools()[1].sizes().len() > 1);
+    assert_eq!(cfg.pools()[0].sizes(), &[(512, 512)]);
+}

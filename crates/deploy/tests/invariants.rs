@@ -499,6 +499,8 @@ fn servers_run_the_device_and_library_their_artifact_needs() {
     let plain = support::render_str(support::MINIMAL);
     let cpu = server(&plain, "cpu");
     assert_eq!(env_of(&cpu, "ANYACCEL_DEVICE"), Some("cpu"));
+    // The servers offer the pool's sizes (here the SD family's default).
+    assert_eq!(env_of(&cpu, "ANYACCEL_SIZES"), Some("512x512"));
     assert_eq!(
         env_of(&cpu, "ORT_DYLIB_PATH"),
         None,
@@ -507,6 +509,19 @@ fn servers_run_the_device_and_library_their_artifact_needs() {
     assert_eq!(
         env_of(&server(&plain, "gpu"), "ANYACCEL_DEVICE"),
         Some("cuda")
+    );
+
+    let sdxl = support::render_str(&support::MINIMAL.replacen(
+        "repo = \"acme/sd-fp16\"",
+        "repo = \"acme/sd-fp16\"\nfamily = \"sdxl\"",
+        1,
+    ));
+    let sizes = env_of(&server(&sdxl, "gpu"), "ANYACCEL_SIZES").map(str::to_string);
+    assert!(
+        sizes
+            .as_deref()
+            .is_some_and(|s| s.starts_with("1024x1024,")),
+        "{sizes:?}"
     );
 
     let openvino = support::render_str(&support::MINIMAL.replacen(

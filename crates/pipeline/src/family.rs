@@ -165,6 +165,40 @@ impl ModelFamily {
         }
     }
 
+    pub const ALL: [ModelFamily; 2] =
+        [ModelFamily::StableDiffusion, ModelFamily::StableDiffusionXl];
+
+    /// The family a short name (`sd`, `sdxl`) stands for.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    /// The resolution the family's base models were trained at.
+    pub fn native_size(self) -> u32 {
+        match self {
+            ModelFamily::StableDiffusion => 512,
+            ModelFamily::StableDiffusionXl => 1024,
+        }
+    }
+
+    /// Whether a size suits the family: every VAE needs multiples of 8, and
+    /// SDXL draws broken images far below its one-megapixel training size.
+    pub fn check_size(self, width: u32, height: u32) -> Result<(), String> {
+        let side = 64..=2048;
+        if width % 8 != 0 || height % 8 != 0 || !side.contains(&width) || !side.contains(&height) {
+            return Err(format!(
+                "{width}x{height}: width and height must be multiples of 8 between 64 and 2048"
+            ));
+        }
+        if self == ModelFamily::StableDiffusionXl && (width as u64 * height as u64) < 512 * 512 {
+            return Err(format!(
+                "{width}x{height} is below 512x512 pixels, where SDXL models break down; \
+                 SDXL is trained around 1024x1024"
+            ));
+        }
+        Ok(())
+    }
+
     /// Short, stable name (`sd`, `sdxl`) for APIs, metrics and manifests.
     pub fn name(self) -> &'static str {
         match self {
@@ -219,6 +253,20 @@ mod tests {
             "text_encoder": [null, null],
             "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]});
         assert!(detect(refiner).unwrap_err().to_string().contains("refiner"));
+    }
+
+    #[test]
+    fn sizes_are_checked_per_family() {
+        assert!(ModelFamily::StableDiffusion.check_size(512, 512).is_ok());
+        assert!(ModelFamily::StableDiffusion.check_size(256, 256).is_ok());
+        assert!(ModelFamily::StableDiffusion.check_size(510, 512).is_err());
+        assert!(ModelFamily::StableDiffusionXl.check_size(256, 256).is_err());
+        assert!(ModelFamily::StableDiffusionXl.check_size(1216, 832).is_ok());
+        assert_eq!(
+            ModelFamily::parse("sdxl"),
+            Some(ModelFamily::StableDiffusionXl)
+        );
+        assert_eq!(ModelFamily::parse("flux"), None);
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub(super) fn identity_env(cfg: &ClusterConfig, pool: &Pool) -> Vec<EnvVar> {
             pool.accelerator()
                 .server_device(cfg.artifact_of(pool).target()),
         ),
+        env("ANYACCEL_SIZES", &sizes_env(pool.sizes())),
         // Hub downloads land on the model cache volume, not the read-only
         // root filesystem.
         env("HF_HOME", "/models/hf"),
@@ -846,6 +847,15 @@ pub fn ec2_node_class(cfg: &ClusterConfig, pool: &Pool) -> Ec2NodeClass {
             detailed_monitoring: None,
         },
     )
+}
+
+/// `WxH,WxH` as `--sizes` / `ANYACCEL_SIZES` take them.
+fn sizes_env(sizes: &[(u32, u32)]) -> String {
+    sizes
+        .iter()
+        .map(|(w, h)| format!("{w}x{h}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
