@@ -2,6 +2,8 @@
 """`anyaccel compile`'s Python half: turns a diffusers Stable Diffusion model (a local
 folder or a Hugging Face Hub id) into the artifact one accelerator serves, writes
 `anyaccel-manifest.json` beside it, and optionally pushes it to a Hub repo.
+SD 1.x/2.x and SDXL pipelines compile (the family is read from model_index.json and
+recorded in the manifest); every ONNX target's UNet takes one timestep per row.
 
     python compile.py --model DIR_OR_HUB_ID --target onnx-fp32 --out DIR
     python compile.py --model ... --target neuron --batch-size 1 --size 512x512 --out DIR
@@ -50,9 +52,20 @@ TARGETS = {
     "neuron": ("neuron", "bf16", "optimum-neuron"),
 }
 # What a diffusers SD repo needs for an export (no .ckpt, flax or other formats).
-HUB_ALLOW = ["model_index.json", "scheduler/*", "tokenizer/*", "text_encoder/*", "unet/*", "vae/*"]
+HUB_ALLOW = [
+    "model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*",
+    "text_encoder/*", "text_encoder_2/*", "unet/*", "vae/*",
+]
 HUB_IGNORE = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*.neuron"]
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+# Pipeline classes by family, as the Rust pipeline serves them (crates/pipeline/src/family.rs).
+FAMILIES = {
+    "StableDiffusionPipeline": "sd",
+    "StableDiffusionImg2ImgPipeline": "sd",
+    "LatentConsistencyModelPipeline": "sd",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusionXLImg2ImgPipeline": "sdxl",
+}
 
 
 class CompileError(Exception):
@@ -148,6 +161,7 @@ def resolve_source(model: str, revision: str | None) -> tuple[Path, str | None]:
         for component in ("text_encoder", "unet", "vae"):
             if not (p / component).is_dir():
                 raise CompileError(f"{model}: no {component}/ folder; expected the diffusers (PyTorch) layout")
+        family_of(p)
         return p.resolve(), None
     if p.exists() or model.startswith((".", "/")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
         raise CompileError(f"{model}: no such model folder, and not a Hub repo id (owner/name)")
@@ -155,8 +169,25 @@ def resolve_source(model: str, revision: str | None) -> tuple[Path, str | None]:
 
     log(f"downloading {model} from the Hub (cache: HF_HOME)")
     path = Path(snapshot_download(model, revision=revision, allow_patterns=HUB_ALLOW, ignore_patterns=HUB_IGNORE))
+    family_of(path)
     # the snapshot folder is named after the commit it holds
     return path, path.name
+
+
+def family_of(src: Path) -> str:
+    """The model family of a diffusers folder, or a CompileError naming the class."""
+    index = json.loads((src / "model_index.json").read_text())
+    cls = index.get("_class_name", "")
+    family = FAMILIES.get(cls)
+    supported = ", ".join(FAMILIES)
+    if family is None:
+        raise CompileError(f"{cls or 'a pipeline without _class_name'} is not a pipeline anyaccel serves; supported: {supported}")
+    if family == "sdxl" and not (index.get("text_encoder") or [None])[0]:
+        raise CompileError(f"{cls} without text_encoder is an SDXL refiner, which anyaccel does not serve; supported: {supported}")
+    unet = src / "unet" / "config.json"
+    if unet.is_file() and json.loads(unet.read_text()).get("in_channels", 4) != 4:
+        raise CompileError(f"{cls}: its UNet takes {json.loads(unet.read_text())['in_channels']} channels (inpainting); supported: {supported}")
+    return family
 
 
 # ---------------------------------------------------------------------------
@@ -180,11 +211,82 @@ def export_onnx(src: Path, out: Path, target: str, validate: bool) -> dict:
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     warnings.filterwarnings("ignore", message="Constant folding")
     log(f"exporting {src} to ONNX ({dtype}, on {device}) with optimum")
+    family = family_of(src)
+    if family == "sdxl" and dtype == "fp16":
+        vae = json.loads((src / "vae" / "config.json").read_text())
+        if vae.get("force_upcast", True):
+            # SDXL's own VAE overflows in fp16 (NaN, black images): see docs/inferentia.md.
+            log("warning: this SDXL VAE is marked force_upcast (it overflows in fp16); "
+                "swap in an fp16-safe VAE (e.g. madebyollin/sdxl-vae-fp16-fix) before compiling for onnx-fp16")
     main_export(str(src), output=str(out), task="text-to-image", device=device, dtype=dtype, do_validation=validate)
-    for component in ("text_encoder", "unet", "vae_decoder"):
+    needed = ["text_encoder", "unet", "vae_decoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    for component in needed:
         if not (out / component / "model.onnx").is_file():
             raise CompileError(f"the export produced no {component}/model.onnx")
     return {"kind": "dynamic"}
+
+
+def per_sample_timesteps(unet_dir: Path, validate: bool = True) -> dict:
+    """Makes the UNet take one timestep per row (`[batch]`) instead of optimum's scalar,
+    so rows at different steps can share a call. diffusers' UNet unsqueezes a scalar
+    timestep and expands it to the batch; with a `[batch]` input the unsqueeze goes and
+    the expand is a no-op. Graphs of another shape are left as they are (the executor
+    then broadcasts one timestep)."""
+    import onnx
+
+    path = unet_dir / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    ts = next((i for i in graph.input if i.name == "timestep"), None)
+    if ts is None:
+        return {"applied": False, "reason": "no timestep input"}
+    dims = ts.type.tensor_type.shape.dim
+    if len(dims) == 1 and dims[0].dim_param:
+        return {"applied": False, "reason": "already per-sample"}
+    if len(dims) != 0:
+        return {"applied": False, "reason": f"timestep has rank {len(dims)}"}
+    users = [n for n in graph.node if "timestep" in n.input]
+    if len(users) != 1 or users[0].op_type != "Unsqueeze":
+        return {"applied": False, "reason": "timestep is not unsqueezed once; kept scalar"}
+    unsq = users[0]
+    for n in graph.node:
+        for k, name in enumerate(n.input):
+            if name == unsq.output[0]:
+                n.input[k] = "timestep"
+    graph.node.remove(unsq)
+    batch = graph.input[0].type.tensor_type.shape.dim[0].dim_param or "batch_size"
+    ts.type.tensor_type.shape.dim.add().dim_param = batch
+    candidate = unet_dir / "per_sample.onnx"
+    # The weights stay in the external data file the proto already points at.
+    onnx.save(model, str(candidate))
+    report = {"applied": True}
+    if validate:
+        report["check"] = _compare_timesteps(path, candidate)
+    candidate.replace(path)
+    return report
+
+
+def _compare_timesteps(scalar: Path, per_sample: Path) -> dict:
+    """Two rows at different timesteps in one call against each row alone on the
+    scalar graph: the largest difference."""
+    import numpy as np
+    import onnxruntime as ort
+
+    ref, feeds = _unet_feeds(scalar)
+    new = ort.InferenceSession(str(per_sample), providers=["CPUExecutionProvider"])
+    steps = [999.0, 1.0]
+    want = []
+    for row, t in enumerate(steps):
+        one = {k: v[row : row + 1] if v.ndim and k != "timestep" else v for k, v in feeds.items()}
+        one["timestep"] = np.array(t, dtype=feeds["timestep"].dtype)
+        want.append(ref.run(None, one)[0])
+    both = dict(feeds)
+    both["timestep"] = np.array(steps, dtype=feeds["timestep"].dtype)
+    got = new.run(None, both)[0]
+    err = float(np.abs(got - np.concatenate(want)).max())
+    if not err < 1e-3:
+        raise CompileError(f"the per-sample timestep UNet moved by {err} against the scalar graph")
+    return {"max_abs_error": err}
 
 
 # ---------------------------------------------------------------------------
@@ -423,8 +525,9 @@ def quantize_unet_int8(unet_dir: Path, validate: bool = True) -> dict:
 
 
 def export_neuron(src: Path, out: Path, batch_size: int | None, size: tuple[int, int] | None) -> dict:
+    family = family_of(src)
     try:
-        from optimum.neuron import NeuronStableDiffusionPipeline
+        from optimum.neuron import NeuronStableDiffusionPipeline, NeuronStableDiffusionXLPipeline
     except ImportError as e:
         raise CompileError(
             f"--target neuron needs optimum-neuron and the Neuron SDK ({e}); "
@@ -438,7 +541,8 @@ def export_neuron(src: Path, out: Path, batch_size: int | None, size: tuple[int,
         size = (native, native)
     width, height = size
     log(f"compiling {src} for Neuron: batch {batch}, {width}x{height}, matmul auto-cast to bf16")
-    pipe = NeuronStableDiffusionPipeline.from_pretrained(
+    cls = NeuronStableDiffusionXLPipeline if family == "sdxl" else NeuronStableDiffusionPipeline
+    pipe = cls.from_pretrained(
         str(src),
         export=True,
         batch_size=batch,
@@ -493,6 +597,9 @@ def write_manifest(
         "accelerator": accelerator,
         "dtype": dtype,
         "layout": layout,
+        # the model family the servers and `deploy` check sizes against
+        "family": family_of(src),
+        "pipeline_class": json.loads((src / "model_index.json").read_text()).get("_class_name"),
         "shapes": shapes,
         # graph passes after the export, with how far each moved the UNet's output
         "passes": passes or {},
@@ -547,6 +654,8 @@ def main(argv=None) -> int:
             else:
                 shapes = export_onnx(src, staging, args.target, validate=not args.no_validate)
             passes = {}
+            if args.target != "neuron":
+                passes["per_sample_timesteps"] = per_sample_timesteps(staging / "unet", validate=not args.no_validate)
             fuse, int8 = unet_passes(args.target, args.no_optimize)
             if fuse:
                 passes["cpu_fusion"] = optimize_unet_cpu(staging / "unet", validate=not args.no_validate)

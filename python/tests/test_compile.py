@@ -1,6 +1,7 @@
 """compile.py's argument checks, hashing and source resolution (the ONNX export
 itself runs in the Rust test crates/executor-remote/tests/compile_onnx.rs)."""
 
+import json
 import shutil
 
 import pytest
@@ -121,3 +122,36 @@ def test_promote_replaces_the_model_and_its_data(tmp_path):
     assert sorted(p.name for p in unet.iterdir()) == ["model.onnx", "model.onnx_data"]
     promoted = onnx.load(str(unet / "model.onnx"))  # loads the renamed external data
     assert [n.op_type for n in promoted.graph.node] == ["MatMul", "Split", "MultiHeadAttention"]
+
+
+def test_unsupported_pipelines_are_refused(tmp_path):
+    src = tmp_path / "m"
+    shutil.copytree(TINY_DIFFUSERS, src)
+    index = src / "model_index.json"
+    doc = json.loads(index.read_text())
+    for cls in ("FluxPipeline", "StableDiffusion3Pipeline", "StableDiffusionInpaintPipeline"):
+        doc["_class_name"] = cls
+        index.write_text(json.dumps(doc))
+        with pytest.raises(comp.CompileError, match=f"{cls} is not a pipeline anyaccel serves; supported: StableDiffusionPipeline"):
+            comp.resolve_source(str(src), None)
+    doc["_class_name"] = "StableDiffusionXLImg2ImgPipeline"
+    doc["text_encoder"] = [None, None]
+    index.write_text(json.dumps(doc))
+    with pytest.raises(comp.CompileError, match="refiner"):
+        comp.resolve_source(str(src), None)
+
+
+def test_per_sample_timesteps_match_the_scalar_graph(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    unet = tmp_path / "unet"
+    shutil.copytree(TINY_ONNX / "unet", unet)
+    report = comp.per_sample_timesteps(unet)
+    # The check runs two rows at different steps against each alone on the scalar graph.
+    assert report["applied"] and report["check"]["max_abs_error"] < 1e-4, report
+    session = ort.InferenceSession(str(unet / "model.onnx"), providers=["CPUExecutionProvider"])
+    ts = next(i for i in session.get_inputs() if i.name == "timestep")
+    assert len(ts.shape) == 1 and isinstance(ts.shape[0], str)
+    # Idempotent: a second compile pass leaves it alone.
+    assert comp.per_sample_timesteps(unet) == {"applied": False, "reason": "already per-sample"}
