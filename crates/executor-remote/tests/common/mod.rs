@@ -74,12 +74,16 @@ pub fn pipeline_with(executor: Arc<dyn Executor>, spacing: Option<&str>) -> Pipe
     Pipeline::new(executor, m, Limits::default(), Defaults::default())
 }
 
+/// The ONNX executor on the components of the model family in `dir`.
 pub fn onnx_executor(dir: &Path) -> Arc<OnnxExecutor> {
     let config = OnnxConfig {
         device: DeviceRequest::Cpu,
         ..OnnxConfig::default()
     };
-    Arc::new(OnnxExecutor::load(dir, &config).expect("onnx executor loads"))
+    let components = Model::load_dir("onnx", dir)
+        .expect("model folder loads")
+        .components();
+    Arc::new(OnnxExecutor::load(dir, &components, &config).expect("onnx executor loads"))
 }
 
 pub fn onnx_pipeline_for(dir: &Path) -> Pipeline {
