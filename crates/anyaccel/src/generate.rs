@@ -7,7 +7,7 @@ use anyaccel_executor::Executor;
 use anyaccel_executor_onnx::{CpuPrecision, DeviceRequest, OnnxConfig, OnnxExecutor, Optimization};
 use anyaccel_executor_remote::{RemoteConfig, RemoteExecutor, SidecarDevice};
 use anyaccel_pipeline::images::{self, OutputFormat};
-use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Pipeline};
+use anyaccel_pipeline::{Defaults, GenerationParams, Limits, MicroParams, Model, Pipeline};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 
@@ -168,6 +168,16 @@ pub struct GenerateArgs {
     /// How far img2img moves from the init image, in (0, 1].
     #[arg(long)]
     pub strength: Option<f32>,
+    /// SDXL micro-conditioning: the size WxH the image is said to come from
+    /// (default: the output size).
+    #[arg(long, value_parser = parse_size)]
+    pub original_size: Option<(u32, u32)>,
+    /// SDXL micro-conditioning: the crop's top,left (default: 0,0).
+    #[arg(long, value_parser = parse_crop)]
+    pub crop_top_left: Option<(u32, u32)>,
+    /// SDXL micro-conditioning: the target size WxH (default: the output size).
+    #[arg(long, value_parser = parse_size)]
+    pub target_size: Option<(u32, u32)>,
     /// Number of images.
     #[arg(short = 'n', long, default_value_t = 1)]
     pub n: u32,
@@ -176,6 +186,12 @@ pub struct GenerateArgs {
     /// Output folder (created if missing).
     #[arg(long)]
     pub out: PathBuf,
+}
+
+fn parse_crop(s: &str) -> Result<(u32, u32), String> {
+    s.split_once(',')
+        .and_then(|(t, l)| Some((t.trim().parse().ok()?, l.trim().parse().ok()?)))
+        .ok_or_else(|| format!("`{s}` is not TOP,LEFT (e.g. 0,0)"))
 }
 
 pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -223,6 +239,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             n: Some(args.n),
             init_image,
             strength: args.strength,
+            micro: MicroParams {
+                original_size: args.original_size,
+                crop_top_left: args.crop_top_left,
+                target_size: args.target_size,
+            },
         })
         .map_err(|e| anyhow::anyhow!("invalid --{}: {}", e.field.replace('_', "-"), e.message))?;
     tracing::info!(%request, "generating");

@@ -54,7 +54,13 @@ fn initial_latents_are_diffusers_noise() {
 
 #[test]
 fn a_seed_gives_the_same_image_alone_and_inside_a_batch() {
-    let p = pipeline("tiny-sd15", None);
+    for model in ["tiny-sd15", "tiny-sdxl"] {
+        seed_alone_and_in_batch(model);
+    }
+}
+
+fn seed_alone_and_in_batch(model: &str) {
+    let p = pipeline(model, None);
     let base = GenerationParams {
         prompt: "a photograph of an astronaut riding a horse".into(),
         width: Some(64),
@@ -81,7 +87,7 @@ fn a_seed_gives_the_same_image_alone_and_inside_a_batch() {
     let solo_images = p.generate(&solo).unwrap();
     assert_eq!(batch_images[1].seed, 2);
     let (max, mean) = diff(&batch_images[1].image, &solo_images[0].image);
-    println!("batch vs solo, seed 2: max {max}, mean {mean:.4}");
+    println!("{model}: batch vs solo, seed 2: max {max}, mean {mean:.4}");
     assert!(
         max <= 1 && mean < 0.05,
         "batch vs solo differ: max {max}, mean {mean}"
@@ -89,4 +95,39 @@ fn a_seed_gives_the_same_image_alone_and_inside_a_batch() {
     // Different seeds in the batch really are different images.
     let (max01, _) = diff(&batch_images[0].image, &batch_images[1].image);
     assert!(max01 > 10);
+}
+
+/// Both SDXL tokenizers give transformers' ids (`tokenizer_2` pads with `!`).
+#[test]
+fn sdxl_tokenizers_match_transformers() {
+    use anyaccel_executor::Component;
+    let m = Model::load_dir("tiny-sdxl", &fixtures().join("models/tiny-sdxl")).unwrap();
+    let mut checked = 0;
+    for (model, case) in cases() {
+        if model != "tiny-sdxl" {
+            continue;
+        }
+        let prompts = [
+            (case["prompt"].as_str(), "text_input_ids"),
+            (case["negative_prompt"].as_str(), "uncond_input_ids"),
+        ];
+        for (prompt, key) in prompts {
+            let Some(prompt) = prompt else { continue };
+            for (encoder, suffix) in [
+                (Component::TextEncoder, ""),
+                (Component::TextEncoder2, "_2"),
+            ] {
+                let want: Vec<i64> = case[format!("{key}{suffix}")]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{key}{suffix} in {}", case["case"]))
+                    .iter()
+                    .map(|v| v.as_i64().unwrap())
+                    .collect();
+                let got = m.tokenizer(encoder).unwrap().encode(prompt).unwrap().ids;
+                assert_eq!(got, want, "{} {encoder} {prompt:?}", case["case"]);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "checked {checked}");
 }

@@ -35,12 +35,17 @@ pub fn serve(extra: &[&str]) -> Server {
 }
 
 pub fn serve_with(extra: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Server {
+    serve_model("fixtures/models/tiny-sd15", extra, env, stdout)
+}
+
+/// `anyaccel serve` of the fixture model at `model` (relative to the repo).
+pub fn serve_model(model: &str, extra: &[&str], env: &[(&str, &str)], stdout: Stdio) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
         .args([
             "serve",
             "--model",
-            "fixtures/models/tiny-sd15",
+            model,
             "--host",
             "127.0.0.1",
             "--port",

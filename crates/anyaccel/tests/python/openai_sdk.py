@@ -1,6 +1,8 @@
 """The official OpenAI Python SDK against a running anyaccel server.
 
-Usage: openai_sdk.py BASE_URL API_KEY INIT_IMAGE
+Usage: openai_sdk.py BASE_URL API_KEY INIT_IMAGE [--sdxl]
+With --sdxl the server serves an SDXL model: requests also carry SDXL's
+micro-conditioning fields.
 Exits non-zero (with a message) on the first failed expectation.
 """
 import base64
@@ -20,14 +22,16 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def main() -> None:
     base_url, api_key, init_image = sys.argv[1:4]
+    sdxl = "--sdxl" in sys.argv[4:]
     client = OpenAI(base_url=f"{base_url}/v1", api_key=api_key)
+    micro = {"original_size": "128x128", "crop_top_left": [8, 16], "target_size": "64x64"} if sdxl else {}
 
     result = client.images.generate(
         prompt="a watercolor lighthouse",
         n=2,
         size="64x64",
         response_format="b64_json",
-        extra_body={"steps": 3, "seed": 1234, "scheduler": "euler_a", "negative_prompt": "blurry"},
+        extra_body={"steps": 3, "seed": 1234, "scheduler": "euler_a", "negative_prompt": "blurry", **micro},
     )
     assert len(result.data) == 2, result
     for image in result.data:
@@ -42,7 +46,7 @@ def main() -> None:
             n=1,
             size="64x64",
             response_format="b64_json",
-            extra_body={"strength": 0.6, "steps": 4, "seed": 7},
+            extra_body={"strength": 0.6, "steps": 4, "seed": 7, **micro},
         )
     assert len(edited.data) == 1
     assert png_size(base64.b64decode(edited.data[0].b64_json)) == (64, 64)
@@ -55,6 +59,14 @@ def main() -> None:
         assert "not offered" in str(e), e
     else:
         raise AssertionError("a size the server does not offer was accepted")
+    if sdxl:
+        try:
+            client.images.generate(prompt="x", size="64x64", extra_body={"original_size": "big"})
+        except Exception as e:  # openai.BadRequestError
+            assert getattr(e, "status_code", None) == 400, e
+            assert "original_size" in str(e), e
+        else:
+            raise AssertionError("a malformed original_size was accepted")
     print("openai sdk: ok")
 
 
