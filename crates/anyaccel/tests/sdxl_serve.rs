@@ -112,7 +112,7 @@ fn sdxl_model_is_served_on_every_api() {
         Some("completed"),
         "{names:?}"
     );
-    assert!(names.iter().any(|n| n == "progress"), "{names:?}");
+    assert_eq!(names.iter().filter(|n| *n == "step").count(), 3, "{names:?}");
 }
 
 #[test]

@@ -278,6 +278,8 @@ pub async fn edits(
     let mut response_format = ResponseFormat::default();
     let mut output_format = OutputFormat::default();
     let mut compression = None;
+    // SDKs send a JSON list as repeated `name[]` form fields.
+    let mut crop_parts: Vec<u32> = Vec::new();
     let multipart_err = |e: axum::extract::multipart::MultipartError| {
         ApiError::new(
             e.status(),
@@ -317,6 +319,9 @@ pub async fn edits(
                 let [t, l] = generate::parse_crop(&text)?;
                 params.micro.crop_top_left = Some((t, l));
             }
+            "crop_top_left[]" => crop_parts.push(text.trim().parse().map_err(|_| {
+                ApiError::invalid("crop_top_left", format!("`{text}` is not a pixel offset"))
+            })?),
             "output_compression" => {
                 compression = Some(text.parse().map_err(|_| num("an integer 0-100"))?)
             }
@@ -352,6 +357,16 @@ pub async fn edits(
                      crop_top_left, target_size",
                 ));
             }
+        }
+    }
+    match crop_parts[..] {
+        [] => {}
+        [t, l] => params.micro.crop_top_left = Some((t, l)),
+        _ => {
+            return Err(ApiError::invalid(
+                "crop_top_left",
+                format!("takes two values, top and left (got {})", crop_parts.len()),
+            ));
         }
     }
     if params.init_image.is_none() {
