@@ -1,17 +1,22 @@
 //! Images through the remote executor (a real Python sidecar on CPU torch)
-//! against the ONNX executor on the same tiny model and seeds.
+//! against the ONNX executor on the same tiny models and seeds: SD 1.5 and
+//! SDXL (two text encoders, penultimate layers, pooled embeddings, micro-
+//! conditioning).
 //!
 //! Tolerance: on 0-255 pixels, at most `MAX_ABS` on any channel and a mean
 //! absolute difference of at most `MEAN_ABS`: the same bound the pipeline's
 //! own ONNX-vs-diffusers test uses. The two executors hold the same weights
-//! (checked per component to ~1e-5 by python/scripts/make_diffusers_fixture.py);
-//! what remains is PyTorch's kernels versus ONNX Runtime's, amplified by a few
-//! denoising steps of a random-weight UNet. The torch sidecar is also compared
-//! with diffusers' own reference images (same framework: expected exact).
+//! (checked per component to ~1e-5 when the fixtures were made); what remains
+//! is PyTorch's kernels versus ONNX Runtime's, amplified by a few denoising
+//! steps of a random-weight UNet. The torch sidecar is also compared with
+//! diffusers' own reference images (same framework: expected exact).
 
 mod common;
 
-use anyaccel_executor::{Executor, Shapes};
+use std::path::Path;
+
+use anyaccel_executor::{Component, Executor, Shapes, TimestepInput};
+use anyaccel_pipeline::request::MicroParams;
 use anyaccel_pipeline::{GenerationParams, Pipeline};
 use common::*;
 use serde_json::Value;
@@ -19,7 +24,7 @@ use serde_json::Value;
 const MAX_ABS: u8 = 2;
 const MEAN_ABS: f64 = 0.02;
 
-/// The committed diffusers reference cases of tiny-sd15, as generation params.
+/// A committed diffusers reference case, as generation params.
 struct Case {
     name: String,
     params: GenerationParams,
@@ -27,13 +32,29 @@ struct Case {
     pngs: Vec<String>,
 }
 
-fn cases() -> Vec<Case> {
-    let dir = fixtures().join("reference/tiny-sd15");
+/// (width, height) or (top, left) from diffusers' (height, width) / (top, left) pairs.
+fn pair(case: &Value, key: &str, swap: bool) -> Option<(u32, u32)> {
+    let v: Vec<u32> = case
+        .get(key)?
+        .as_array()?
+        .iter()
+        .filter_map(|x| x.as_u64().map(|x| x as u32))
+        .collect();
+    let (a, b) = (*v.first()?, *v.get(1)?);
+    Some(if swap { (b, a) } else { (a, b) })
+}
+
+fn cases(model: &str) -> Vec<Case> {
+    let dir = fixtures().join("reference").join(model);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .expect("reference dir")
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("components.json"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p.ends_with("components.json")
+                && !p.ends_with("schedulers.json")
+        })
         .collect();
     files.sort();
     files
@@ -54,12 +75,19 @@ fn cases() -> Vec<Case> {
                 case["steps"].as_u64().expect("steps") as u32,
                 case["scheduler"].as_str().expect("scheduler"),
             );
+            p.width = case["width"].as_u64().map(|w| w as u32).or(p.width);
+            p.height = case["height"].as_u64().map(|h| h as u32).or(p.height);
             p.negative_prompt = case["negative_prompt"].as_str().map(str::to_string);
             p.guidance_scale = case["guidance_scale"].as_f64().map(|g| g as f32);
             p.strength = case
                 .get("strength")
                 .and_then(Value::as_f64)
                 .map(|s| s as f32);
+            p.micro = MicroParams {
+                original_size: pair(&case, "original_size", true),
+                crop_top_left: pair(&case, "crops_coords_top_left", false),
+                target_size: pair(&case, "target_size", true),
+            };
             if case["mode"] == "img2img" {
                 p.init_image = Some(load_png(&fixtures().join("reference/init_64.png")));
             }
@@ -92,21 +120,20 @@ fn generate(p: &Pipeline, params: &GenerationParams) -> Vec<image::RgbImage> {
         .collect()
 }
 
-#[test]
-fn images_match_the_onnx_executor() {
-    let remote = spawn(remote_config());
-    let caps = remote.capabilities().clone();
-    assert_eq!(caps.executor, "remote");
-    assert_eq!(caps.shapes, Shapes::Dynamic);
-    assert!(caps.vae_encoder);
-    println!("sidecar: {} on {}", remote.runtime_info(), caps.device_name);
-
-    let onnx = onnx_executor(&tiny_onnx());
-    let all = cases();
-    // The spec's case list: txt2img with every scheduler family, a batch, 1-step turbo, img2img.
+/// Every reference case of `model` through the remote pipeline (model folder
+/// `remote_dir`) and the ONNX one (`onnx_dir`), against each other and diffusers.
+fn compare(
+    model: &str,
+    remote: &std::sync::Arc<anyaccel_executor_remote::RemoteExecutor>,
+    remote_dir: &Path,
+    onnx_dir: &Path,
+    min_cases: usize,
+) {
+    let onnx = onnx_executor(onnx_dir);
+    let all = cases(model);
     assert!(
-        all.len() >= 9,
-        "expected the committed tiny-sd15 reference cases, found {}",
+        all.len() >= min_cases,
+        "expected the committed {model} reference cases, found {}",
         all.len()
     );
     let (mut worst_onnx, mut worst_ref) = ((0u8, 0f64), (0u8, 0f64));
@@ -118,15 +145,21 @@ fn images_match_the_onnx_executor() {
         pngs,
     } in &all
     {
-        let ours = generate(&pipeline_with(remote.clone(), spacing.as_deref()), params);
-        let onnx = generate(&pipeline_with(onnx.clone(), spacing.as_deref()), params);
+        let ours = generate(
+            &pipeline_for(remote.clone(), remote_dir, spacing.as_deref()),
+            params,
+        );
+        let onnx = generate(
+            &pipeline_for(onnx.clone(), onnx_dir, spacing.as_deref()),
+            params,
+        );
         assert_eq!(ours.len(), pngs.len(), "{name}: image count");
         for (i, (img, png)) in ours.iter().zip(pngs).enumerate() {
             let (max, mean) = diff(img, &onnx[i]);
-            let reference = load_png(&fixtures().join("reference/tiny-sd15").join(png));
+            let reference = load_png(&fixtures().join("reference").join(model).join(png));
             let (rmax, rmean) = diff(img, &reference);
             println!(
-                "{name}[{i}]: vs onnx executor max {max} mean {mean:.4}; vs diffusers reference max {rmax} mean {rmean:.4}"
+                "{model}/{name}[{i}]: vs onnx executor max {max} mean {mean:.4}; vs diffusers reference max {rmax} mean {rmean:.4}"
             );
             worst_onnx = (worst_onnx.0.max(max), worst_onnx.1.max(mean));
             worst_ref = (worst_ref.0.max(rmax), worst_ref.1.max(rmean));
@@ -138,13 +171,43 @@ fn images_match_the_onnx_executor() {
         }
     }
     println!(
-        "worst: vs onnx executor max {} mean {:.4}; vs diffusers max {} mean {:.4}",
+        "{model} worst: vs onnx executor max {} mean {:.4}; vs diffusers max {} mean {:.4}",
         worst_onnx.0, worst_onnx.1, worst_ref.0, worst_ref.1
     );
     assert!(
         failures.is_empty(),
         "outside tolerance (max {MAX_ABS}, mean {MEAN_ABS}):\n{}",
         failures.join("\n")
+    );
+}
+
+#[test]
+fn images_match_the_onnx_executor() {
+    let remote = spawn(remote_config());
+    let caps = remote.capabilities().clone();
+    assert_eq!(caps.executor, "remote");
+    assert_eq!(caps.shapes, Shapes::Dynamic);
+    assert_eq!(caps.timestep, TimestepInput::PerSample);
+    assert!(caps.vae_encoder);
+    println!("sidecar: {} on {}", remote.runtime_info(), caps.device_name);
+    // The spec's case list: txt2img with every scheduler family, a batch, 1-step turbo, img2img.
+    compare("tiny-sd15", &remote, &tiny_onnx(), &tiny_onnx(), 9);
+}
+
+/// SDXL through the sidecar: the pipeline reads the diffusers folder the
+/// sidecar serves (tokenizers, scheduler, family), as a deployment would.
+#[test]
+fn sdxl_images_match_the_onnx_executor() {
+    let remote = spawn(remote_config_for(&tiny_sdxl_diffusers()));
+    assert_eq!(remote.pipeline_class(), "StableDiffusionXLPipeline");
+    assert!(remote.components().contains(&Component::TextEncoder2));
+    assert_eq!(remote.capabilities().timestep, TimestepInput::PerSample);
+    compare(
+        "tiny-sdxl",
+        &remote,
+        &tiny_sdxl_diffusers(),
+        &tiny_sdxl_onnx(),
+        10,
     );
 }
 
@@ -203,4 +266,30 @@ fn static_batches_are_padded_and_split() {
         err.contains("64x64"),
         "the error lists the compiled sizes: {err}"
     );
+}
+
+/// SDXL on a Neuron-style static sidecar (both text encoders batch 2, UNet 4):
+/// the same images as the dynamic one.
+#[test]
+fn static_sdxl_batches_are_padded_and_split() {
+    let mut cfg = remote_config_for(&tiny_sdxl_diffusers());
+    cfg.extra_args = ["--static-batch", "2", "--static-size", "64x64"]
+        .map(String::from)
+        .to_vec();
+    let fixed = spawn(cfg);
+    let dynamic = spawn(remote_config_for(&tiny_sdxl_diffusers()));
+    let dir = tiny_sdxl_diffusers();
+    let mut p = params("a lighthouse at dusk", 10, 3, 3, "euler_a");
+    p.guidance_scale = Some(5.0);
+    let a = generate(&pipeline_for(fixed.clone(), &dir, None), &p);
+    let b = generate(&pipeline_for(dynamic.clone(), &dir, None), &p);
+    assert_eq!(a.len(), 3);
+    for (x, y) in a.iter().zip(&b) {
+        let (max, mean) = diff(x, y);
+        println!("sdxl static vs dynamic: max {max} mean {mean:.4}");
+        assert!(
+            max <= 1 && mean < 0.01,
+            "padding changed the image: max {max}, mean {mean}"
+        );
+    }
 }

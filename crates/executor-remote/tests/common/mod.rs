@@ -42,8 +42,23 @@ pub fn tiny_onnx() -> PathBuf {
     fixtures().join("models/tiny-sd15")
 }
 
+/// The diffusers (PyTorch) twin of fixtures/models/tiny-sdxl, same weights.
+pub fn tiny_sdxl_diffusers() -> PathBuf {
+    fixtures().join("models/tiny-sdxl-diffusers")
+}
+
+/// The ONNX SDXL fixture.
+pub fn tiny_sdxl_onnx() -> PathBuf {
+    fixtures().join("models/tiny-sdxl")
+}
+
 pub fn remote_config() -> RemoteConfig {
-    let mut cfg = RemoteConfig::new(venv_python(), tiny_diffusers().display().to_string());
+    remote_config_for(&tiny_diffusers())
+}
+
+/// A CPU torch sidecar for the diffusers model in `model`.
+pub fn remote_config_for(model: &Path) -> RemoteConfig {
+    let mut cfg = RemoteConfig::new(venv_python(), model.display().to_string());
     cfg.python_path = Some(repo().join("python"));
     cfg.device = SidecarDevice::Cpu;
     cfg.startup_timeout = Duration::from_secs(120);
@@ -67,7 +82,13 @@ pub fn pipeline(executor: Arc<dyn Executor>) -> Pipeline {
 /// A pipeline whose scheduler config overrides `timestep_spacing` (as a
 /// reference case's `scheduler_overrides` does).
 pub fn pipeline_with(executor: Arc<dyn Executor>, spacing: Option<&str>) -> Pipeline {
-    let mut m = model();
+    pipeline_for(executor, &tiny_onnx(), spacing)
+}
+
+/// A pipeline on the model folder `dir` (tokenizers, scheduler, family).
+pub fn pipeline_for(executor: Arc<dyn Executor>, dir: &Path, spacing: Option<&str>) -> Pipeline {
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string());
+    let mut m = Model::load_dir(name.as_deref().unwrap_or("model"), dir).expect("model loads");
     if let Some(s) = spacing {
         m.info.scheduler_config.timestep_spacing = Some(s.to_string());
     }
