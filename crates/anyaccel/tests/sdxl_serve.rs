@@ -112,7 +112,11 @@ fn sdxl_model_is_served_on_every_api() {
         Some("completed"),
         "{names:?}"
     );
-    assert_eq!(names.iter().filter(|n| *n == "step").count(), 3, "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| *n == "step").count(),
+        3,
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -157,4 +161,43 @@ fn unsupported_pipelines_fail_at_load_with_the_class_and_the_list() {
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_drives_an_sdxl_server() {
+    let s = serve_model(SDXL, &[], &[], Stdio::null());
+    let out = std::env::temp_dir().join(format!("anyaccel-bench-sdxl-{}", std::process::id()));
+    let status = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
+        .args([
+            "bench",
+            "--url",
+            &s.base,
+            "--concurrency",
+            "1,2",
+            "--duration",
+            "2",
+        ])
+        .args([
+            "--size",
+            "64x64",
+            "--steps",
+            "2",
+            "--slo",
+            "5",
+            "--no-progress",
+            "--quiet",
+        ])
+        .args(["--pool", "local", "--instance-type", "test.cpu", "--out"])
+        .arg(&out)
+        .current_dir(repo())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let result: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
+    for l in result["levels"].as_array().unwrap() {
+        assert!(l["ok"].as_u64().unwrap() > 0, "{l}");
+        assert_eq!(l["errors"].as_u64().unwrap_or(0), 0, "{l}");
+    }
+    std::fs::remove_dir_all(out).ok();
 }
