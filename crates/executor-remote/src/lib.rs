@@ -336,27 +336,23 @@ impl RemoteExecutor {
         if let Some(e) = status_error(component, &status) {
             return e;
         }
-        let message = status.message();
-        match status.code() {
-            _ => {
-                // UNAVAILABLE or a broken connection usually means the process died;
-                // give the supervisor a moment to confirm it, so the message says why.
-                let mut deaths = self.shared.deaths.subscribe();
-                let confirmed = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    deaths.wait_for(|d| d.generation >= generation),
-                )
-                .await;
-                match confirmed {
-                    Ok(Ok(d)) => ExecutorError::Unavailable(format!(
-                        "the sidecar died while running {component}: {}; it is being restarted, retry shortly",
-                        d.reason
-                    )),
-                    _ => ExecutorError::Unavailable(format!(
-                        "the sidecar failed {component}: {message}"
-                    )),
-                }
-            }
+        // UNAVAILABLE or a broken connection usually means the process died;
+        // give the supervisor a moment to confirm it, so the message says why.
+        let mut deaths = self.shared.deaths.subscribe();
+        let confirmed = tokio::time::timeout(
+            Duration::from_secs(2),
+            deaths.wait_for(|d| d.generation >= generation),
+        )
+        .await;
+        match confirmed {
+            Ok(Ok(d)) => ExecutorError::Unavailable(format!(
+                "the sidecar died while running {component}: {}; it is being restarted, retry shortly",
+                d.reason
+            )),
+            _ => ExecutorError::Unavailable(format!(
+                "the sidecar failed {component}: {}",
+                status.message()
+            )),
         }
     }
 
