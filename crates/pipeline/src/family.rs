@@ -185,7 +185,11 @@ impl ModelFamily {
     /// SDXL draws broken images far below its one-megapixel training size.
     pub fn check_size(self, width: u32, height: u32) -> Result<(), String> {
         let side = 64..=2048;
-        if width % 8 != 0 || height % 8 != 0 || !side.contains(&width) || !side.contains(&height) {
+        if !width.is_multiple_of(8)
+            || !height.is_multiple_of(8)
+            || !side.contains(&width)
+            || !side.contains(&height)
+        {
             return Err(format!(
                 "{width}x{height}: width and height must be multiples of 8 between 64 and 2048"
             ));

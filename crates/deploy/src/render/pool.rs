@@ -91,7 +91,7 @@ pub(super) fn identity_env(cfg: &ClusterConfig, pool: &Pool) -> Vec<EnvVar> {
             pool.accelerator()
                 .server_device(cfg.artifact_of(pool).target()),
         ),
-        env("ANYACCEL_SIZES", &sizes_env(pool.sizes())),
+        env("ANYACCEL_SIZES", sizes_env(pool.sizes())),
         // Hub downloads land on the model cache volume, not the read-only
         // root filesystem.
         env("HF_HOME", "/models/hf"),
