@@ -227,3 +227,76 @@ fn onnx_openvino_artifact_keeps_the_graph_as_exported() {
     assert!(max <= 1, "artifact vs fixture: max {max}, mean {mean:.3}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// SDXL through `anyaccel compile --target onnx-fp32`: the family is recorded,
+/// the UNet is fused and takes per-row timesteps, and the artifact draws the
+/// committed fixture's images (the same weights through the same exporter).
+#[test]
+fn sdxl_onnx_fp32_artifact_takes_per_row_timesteps_and_matches_the_fixture() {
+    use anyaccel_executor::{Executor, TimestepInput};
+    let out = std::env::temp_dir().join(format!("anyaccel-compile-sdxl-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut a = args(&out);
+    a.model = tiny_sdxl_diffusers().display().to_string();
+    compile::run(a).expect("compile succeeds");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("anyaccel-manifest.json")).expect("manifest written"),
+    )
+    .expect("manifest is JSON");
+    assert_eq!(manifest["family"], "sdxl");
+    assert_eq!(manifest["pipeline_class"], "StableDiffusionXLPipeline");
+    let passes = &manifest["passes"];
+    assert_eq!(passes["per_sample_timesteps"]["applied"], true, "{passes}");
+    assert!(
+        passes["per_sample_timesteps"]["check"]["max_abs_error"]
+            .as_f64()
+            .is_some_and(|e| e < 1e-3),
+        "{passes}"
+    );
+    assert!(
+        passes["cpu_fusion"]["check"]["relative_rms_error"]
+            .as_f64()
+            .is_some_and(|e| e < 1e-4),
+        "{passes}"
+    );
+    for f in ["text_encoder_2/model.onnx", "tokenizer_2/vocab.json"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    assert_eq!(
+        onnx_executor(&out).capabilities().timestep,
+        TimestepInput::PerSample
+    );
+    assert_eq!(
+        onnx_executor(&tiny_sdxl_onnx()).capabilities().timestep,
+        TimestepInput::Scalar,
+        "optimum's own export keeps the scalar timestep"
+    );
+    let served = onnx_pipeline_for(&out);
+    let fixture = onnx_pipeline_for(&tiny_sdxl_onnx());
+    let mut p = params(
+        "a photograph of an astronaut riding a horse",
+        42,
+        2,
+        4,
+        "euler",
+    );
+    p.negative_prompt = Some("blurry, low quality".into());
+    let a = served
+        .generate(&served.validate(p.clone()).expect("valid"))
+        .expect("the artifact generates");
+    let b = fixture
+        .generate(&fixture.validate(p).expect("valid"))
+        .expect("fixture generates");
+    for (x, y) in a.iter().zip(&b) {
+        let (max, mean) = diff(&x.image, &y.image);
+        println!(
+            "compiled SDXL vs fixture, seed {}: max {max} mean {mean:.4}",
+            x.seed
+        );
+        assert!(
+            max <= 1,
+            "the compiled SDXL artifact draws a different image"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
