@@ -1,5 +1,6 @@
 //! The Stable Diffusion loop, the same on every accelerator:
-//! tokenize → text encoder → noise from seed → { UNet ; guidance ; scheduler step }* → VAE decode.
+//! tokenize → text encoders (per model family) → noise from seed →
+//! denoise session { denoiser ; guidance ; scheduler step }* → VAE decode.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
