@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Times Stable Diffusion with diffusers (PyTorch, CPU) on a diffusers pipeline folder, the
-same cases as `cargo bench -p anyaccel-pipeline --bench sd`:
+same cases as `cargo bench -p anyaccel-pipeline --bench sd`. The family is read from
+model_index.json: SD 1.x/2.x (StableDiffusionPipeline) or SDXL (StableDiffusionXLPipeline:
+both text encoders, the UNet with pooled text embeddings and micro-conditioning time_ids).
 
-  components  text encoder (batch 2), one UNet step (batch 2), VAE decoder (batch 1)
+  components  each text encoder (batch 2), one UNet step (batch 2), VAE decoder (batch 1)
   image       a whole text-to-image generation (Euler, CFG 7.5), one warm-up step first
   flops       FLOPs of each case, counted once by torch's FlopCounterMode (cached in a JSON file)
   ceiling     GFLOP/s of a large GEMM (PyTorch fp32 and bf16, ONNX Runtime fp32): what this
@@ -56,6 +58,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+LOADED = {}  # RSS and peak RSS right after the models are loaded (MiB)
+
+
+def note_loaded():
+    rss = 0.0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) / 1024
+    LOADED.setdefault("rss_after_load_mib", rss)
+    LOADED.setdefault("peak_rss_loading_mib", peak_rss_mib())
+
+
 def measure(name, fn, mode, reps):
     import torch
 
@@ -71,29 +85,64 @@ def measure(name, fn, mode, reps):
     return {"name": name, "median_ms": med, "times_ms": times}
 
 
-def component_cases(model: Path, sizes, need_vae: bool):
+def is_sdxl(model: Path) -> bool:
+    index = json.loads((model / "model_index.json").read_text())
+    return index.get("_class_name", "").removeprefix("ORT") in (
+        "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+
+
+def component_cases(model: Path, sizes, need_vae: bool, meta: bool = False):
+    """The component cases as (name, fn). meta: the models are built from their configs
+    on the meta device (call inside `with torch.device("meta")`), for counting FLOPs
+    without weights or arithmetic."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    te = CLIPTextModel.from_pretrained(model / "text_encoder", torch_dtype=torch.float32).eval()
-    unet = UNet2DConditionModel.from_pretrained(model / "unet", torch_dtype=torch.float32).eval()
-    vae = AutoencoderKL.from_pretrained(model / "vae", torch_dtype=torch.float32).eval() if need_vae else None
+    sdxl = is_sdxl(model)
+    encoders = [("text_encoder", CLIPTextModel)]
+    if sdxl:
+        encoders.append(("text_encoder_2", CLIPTextModelWithProjection))
+
+    def load(cls, folder):
+        if not meta:
+            return cls.from_pretrained(model / folder, torch_dtype=torch.float32).eval()
+        if cls in (CLIPTextModel, CLIPTextModelWithProjection):
+            return cls(CLIPTextConfig.from_pretrained(model / folder)).eval()
+        return cls.from_config(cls.load_config(model / folder)).eval()
+
+    rand = (lambda shape, seed: torch.zeros(shape)) if meta else noise  # noqa: E731
+    tes = [(name, load(cls, name)) for name, cls in encoders]
+    unet = load(UNet2DConditionModel, "unet")
+    vae = load(AutoencoderKL, "vae") if need_vae else None
     ids = torch.full((2, TOKENS), EOS, dtype=torch.long)
     for row, words in enumerate((12, 3)):
         ids[row, 0] = BOS
         for i in range(words):
             ids[row, 1 + i] = 320 + 37 * i + row
-    with torch.inference_mode():
-        dim = te(ids)[0].shape[-1]
-    hidden = noise((2, TOKENS, dim), 1)
+    cases = []
+    dim = pooled = 0
+    for name, te in tes:
+        # SDXL conditions on the penultimate layer of each, as diffusers asks for it.
+        cases.append((f"{name}_b2", lambda te=te: te(ids, output_hidden_states=sdxl)[0]))
+        with torch.inference_mode():
+            out = te(ids)
+        dim += out.last_hidden_state.shape[-1]
+        if name == "text_encoder_2":
+            pooled = out.text_embeds.shape[-1]
+    hidden = rand((2, TOKENS, dim), 1)
     timestep = torch.tensor(999.0)
-    cases = [("text_encoder_b2", lambda: te(ids)[0])]
     for size in sizes:
         lat = size // 8
-        sample = noise((2, 4, lat, lat), 2)
-        latents = noise((1, 4, lat, lat), 3)
-        cases.append((f"unet_b2_{size}", lambda s=sample: unet(s, timestep, encoder_hidden_states=hidden).sample))
+        sample = rand((2, 4, lat, lat), 2)
+        latents = rand((1, 4, lat, lat), 3)
+        extra = {}
+        if sdxl:
+            # pooled bigG embedding and micro-conditioning (original size, crop, target size)
+            time_ids = torch.tensor([[size, size, 0, 0, size, size]] * 2, dtype=torch.float32)
+            extra["added_cond_kwargs"] = {"text_embeds": rand((2, pooled), 4), "time_ids": time_ids}
+        cases.append((f"unet_b2_{size}",
+                      lambda s=sample, e=extra: unet(s, timestep, encoder_hidden_states=hidden, **e).sample))
         if vae is not None:
             cases.append((f"vae_decode_b1_{size}", lambda z=latents: vae.decode(z).sample))
     return cases
@@ -101,6 +150,7 @@ def component_cases(model: Path, sizes, need_vae: bool):
 
 def run_components(args, sizes, modes):
     cases = component_cases(args.model, sizes, need_vae=True)
+    note_loaded()
     results = {m: [] for m in modes}
     for name, fn in cases:
         for m in modes:
@@ -110,15 +160,21 @@ def run_components(args, sizes, modes):
 
 def run_image(args, modes):
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
     size, steps, reps = (int(v) for v in args.image.split("x"))
-    pipe = StableDiffusionPipeline.from_pretrained(
-        args.model, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
-    )
-    # anyaccel defaults SD 1.x to Euler; the same scheduler keeps the work identical.
+    if is_sdxl(args.model):
+        # no invisible watermark: anyaccel adds none
+        pipe = StableDiffusionXLPipeline.from_pretrained(
+            args.model, torch_dtype=torch.float32, add_watermarker=False)
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            args.model, torch_dtype=torch.float32, safety_checker=None, requires_safety_checker=False
+        )
+    # anyaccel defaults SD 1.x to Euler (SDXL ships it); the same scheduler keeps the work identical.
     pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    note_loaded()
 
     def generate(n_steps):
         return pipe(
@@ -153,16 +209,18 @@ def count_flops(args, sizes):
 
     cache = args.model / "flops.json"
     counted = json.loads(cache.read_text()) if cache.is_file() else {}
-    wanted = ["text_encoder_b2"] + [f"{c}_{s}" for s in sizes for c in ("unet_b2", "vae_decode_b1")]
+    encoders = ["text_encoder_b2", "text_encoder_2_b2"] if is_sdxl(args.model) else ["text_encoder_b2"]
+    wanted = encoders + [f"{c}_{s}" for s in sizes for c in ("unet_b2", "vae_decode_b1")]
     missing = [w for w in wanted if w not in counted]
     if missing:
-        log(f"  counting FLOPs of {missing} (once; cached in {cache})")
-        for name, fn in component_cases(args.model, sizes, need_vae=True):
-            if name in missing:
-                counter = FlopCounterMode(display=False)
-                with torch.inference_mode(), counter:
-                    fn()
-                counted[name] = counter.get_total_flops()
+        log(f"  counting FLOPs of {missing} (once, on the meta device; cached in {cache})")
+        with torch.device("meta"):
+            for name, fn in component_cases(args.model, sizes, need_vae=True, meta=True):
+                if name in missing:
+                    counter = FlopCounterMode(display=False)
+                    with torch.inference_mode(), counter:
+                        fn()
+                    counted[name] = counter.get_total_flops()
         cache.write_text(json.dumps(counted, indent=2))
     return {w: counted[w] for w in wanted}
 
@@ -256,6 +314,7 @@ def main():
     if "ceiling" in groups:
         doc["gemm_gflops"] = gemm_ceiling(args.threads)
     doc["peak_rss_mib"] = peak_rss_mib()
+    doc.update(LOADED)
     log(f"  peak RSS {doc['peak_rss_mib']:.0f} MiB")
 
     names = [c["name"] for c in doc["modes"][modes[0]]] if modes else []
