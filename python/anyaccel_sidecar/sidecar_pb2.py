@@ -17,15 +17,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!anyaccel/sidecar/v1/sidecar.proto\x12\x13\x61nyaccel.sidecar.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x0f\n\rHealthRequest\"\xb2\x01\n\x0eHealthResponse\x12:\n\x06status\x18\x01 \x01(\x0e\x32*.anyaccel.sidecar.v1.HealthResponse.Status\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\"F\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\x0b\n\x07SERVING\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\"\x15\n\x13\x43\x61pabilitiesRequest\"7\n\x0e\x43omponentBatch\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\"*\n\tImageSize\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\"\x8f\x03\n\x14\x43\x61pabilitiesResponse\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x13\n\x0bvae_encoder\x18\x05 \x01(\x08\x12\x15\n\rstatic_shapes\x18\x06 \x01(\x08\x12\x12\n\nbatch_size\x18\x07 \x01(\r\x12>\n\x11\x63omponent_batches\x18\x08 \x03(\x0b\x32#.anyaccel.sidecar.v1.ComponentBatch\x12-\n\x05sizes\x18\t \x03(\x0b\x32\x1e.anyaccel.sidecar.v1.ImageSize\x12\x14\n\x0cmax_text_len\x18\n \x01(\r\x12\x0f\n\x07runtime\x18\x0b \x01(\t\x12\r\n\x05model\x18\x0c \x01(\t\x12\x1c\n\x14per_sample_timesteps\x18\r \x01(\x08\x12\x12\n\ncomponents\x18\x0e \x03(\t\x12\x16\n\x0epipeline_class\x18\x0f \x01(\t\"q\n\x11\x45ncodeTextRequest\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\x0b\n\x03ids\x18\x02 \x03(\x03\x12\x0f\n\x07\x65ncoder\x18\x03 \x01(\t\x12/\n\x05layer\x18\x04 \x01(\x0e\x32 .anyaccel.sidecar.v1.HiddenLayer\"\x86\x01\n\x12\x45ncodeTextResponse\x12+\n\x06hidden\x18\x01 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12+\n\x06pooled\x18\x02 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12\x16\n\x0e\x64\x65vice_seconds\x18\x03 \x01(\x01\"\xa6\x01\n\x0c\x43onditioning\x12:\n\x15\x65ncoder_hidden_states\x18\x01 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12+\n\x06pooled\x18\x02 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12-\n\x08time_ids\x18\x03 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\"N\n\x13\x42\x65ginDenoiseRequest\x12\x37\n\x0c\x63onditioning\x18\x01 \x01(\x0b\x32!.anyaccel.sidecar.v1.Conditioning\"\'\n\x14\x42\x65ginDenoiseResponse\x12\x0f\n\x07session\x18\x01 \x01(\x04\"e\n\x12\x44\x65noiseStepRequest\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12+\n\x06sample\x18\x02 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12\x11\n\ttimesteps\x18\x03 \x03(\x02\"$\n\x11\x45ndDenoiseRequest\x12\x0f\n\x07session\x18\x01 \x01(\x04\"\x14\n\x12\x45ndDenoiseResponse\";\n\rTensorRequest\x12*\n\x05input\x18\x01 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\"U\n\x0eTensorResponse\x12+\n\x06output\x18\x01 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12\x16\n\x0e\x64\x65vice_seconds\x18\x02 \x01(\x01*B\n\x0bHiddenLayer\x12\x15\n\x11HIDDEN_LAYER_LAST\x10\x00\x12\x1c\n\x18HIDDEN_LAYER_PENULTIMATE\x10\x01\x32\xf0\x05\n\x07Sidecar\x12Q\n\x06Health\x12\".anyaccel.sidecar.v1.HealthRequest\x1a#.anyaccel.sidecar.v1.HealthResponse\x12\x66\n\x0fGetCapabilities\x12(.anyaccel.sidecar.v1.CapabilitiesRequest\x1a).anyaccel.sidecar.v1.CapabilitiesResponse\x12]\n\nEncodeText\x12&.anyaccel.sidecar.v1.EncodeTextRequest\x1a\'.anyaccel.sidecar.v1.EncodeTextResponse\x12\x63\n\x0c\x42\x65ginDenoise\x12(.anyaccel.sidecar.v1.BeginDenoiseRequest\x1a).anyaccel.sidecar.v1.BeginDenoiseResponse\x12[\n\x0b\x44\x65noiseStep\x12\'.anyaccel.sidecar.v1.DenoiseStepRequest\x1a#.anyaccel.sidecar.v1.TensorResponse\x12]\n\nEndDenoise\x12&.anyaccel.sidecar.v1.EndDenoiseRequest\x1a\'.anyaccel.sidecar.v1.EndDenoiseResponse\x12T\n\tVaeDecode\x12\".anyaccel.sidecar.v1.TensorRequest\x1a#.anyaccel.sidecar.v1.TensorResponse\x12T\n\tVaeEncode\x12\".anyaccel.sidecar.v1.TensorRequest\x1a#.anyaccel.sidecar.v1.TensorResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!anyaccel/sidecar/v1/sidecar.proto\x12\x13\x61nyaccel.sidecar.v1\"%\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\x0f\n\rHealthRequest\"\xb2\x01\n\x0eHealthResponse\x12:\n\x06status\x18\x01 \x01(\x0e\x32*.anyaccel.sidecar.v1.HealthResponse.Status\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\"F\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\x0b\n\x07SERVING\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\"\x15\n\x13\x43\x61pabilitiesRequest\"7\n\x0e\x43omponentBatch\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x12\n\nbatch_size\x18\x02 \x01(\r\"*\n\tImageSize\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\"\x8f\x03\n\x14\x43\x61pabilitiesResponse\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_name\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x04 \x01(\x04\x12\x13\n\x0bvae_encoder\x18\x05 \x01(\x08\x12\x15\n\rstatic_shapes\x18\x06 \x01(\x08\x12\x12\n\nbatch_size\x18\x07 \x01(\r\x12>\n\x11\x63omponent_batches\x18\x08 \x03(\x0b\x32#.anyaccel.sidecar.v1.ComponentBatch\x12-\n\x05sizes\x18\t \x03(\x0b\x32\x1e.anyaccel.sidecar.v1.ImageSize\x12\x14\n\x0cmax_text_len\x18\n \x01(\r\x12\x0f\n\x07runtime\x18\x0b \x01(\t\x12\r\n\x05model\x18\x0c \x01(\t\x12\x1c\n\x14per_sample_timesteps\x18\r \x01(\x08\x12\x12\n\ncomponents\x18\x0e \x03(\t\x12\x16\n\x0epipeline_class\x18\x0f \x01(\t\"q\n\x11\x45ncodeTextRequest\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\x0b\n\x03ids\x18\x02 \x03(\x03\x12\x0f\n\x07\x65ncoder\x18\x03 \x01(\t\x12/\n\x05layer\x18\x04 \x01(\x0e\x32 .anyaccel.sidecar.v1.HiddenLayer\"\x86\x01\n\x12\x45ncodeTextResponse\x12+\n\x06hidden\x18\x01 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12+\n\x06pooled\x18\x02 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12\x16\n\x0e\x64\x65vice_seconds\x18\x03 \x01(\x01\"\xb1\x02\n\x0c\x43onditioning\x12:\n\x15\x65ncoder_hidden_states\x18\x01 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12+\n\x06pooled\x18\x02 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12-\n\x08time_ids\x18\x03 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12-\n\x08guidance\x18\x04 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12,\n\x07txt_ids\x18\x05 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12,\n\x07img_ids\x18\x06 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\"N\n\x13\x42\x65ginDenoiseRequest\x12\x37\n\x0c\x63onditioning\x18\x01 \x01(\x0b\x32!.anyaccel.sidecar.v1.Conditioning\"\'\n\x14\x42\x65ginDenoiseResponse\x12\x0f\n\x07session\x18\x01 \x01(\x04\"e\n\x12\x44\x65noiseStepRequest\x12\x0f\n\x07session\x18\x01 \x01(\x04\x12+\n\x06sample\x18\x02 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12\x11\n\ttimesteps\x18\x03 \x03(\x02\"$\n\x11\x45ndDenoiseRequest\x12\x0f\n\x07session\x18\x01 \x01(\x04\"\x14\n\x12\x45ndDenoiseResponse\";\n\rTensorRequest\x12*\n\x05input\x18\x01 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\"U\n\x0eTensorResponse\x12+\n\x06output\x18\x01 \x01(\x0b\x32\x1b.anyaccel.sidecar.v1.Tensor\x12\x16\n\x0e\x64\x65vice_seconds\x18\x02 \x01(\x01*B\n\x0bHiddenLayer\x12\x15\n\x11HIDDEN_LAYER_LAST\x10\x00\x12\x1c\n\x18HIDDEN_LAYER_PENULTIMATE\x10\x01\x32\xf0\x05\n\x07Sidecar\x12Q\n\x06Health\x12\".anyaccel.sidecar.v1.HealthRequest\x1a#.anyaccel.sidecar.v1.HealthResponse\x12\x66\n\x0fGetCapabilities\x12(.anyaccel.sidecar.v1.CapabilitiesRequest\x1a).anyaccel.sidecar.v1.CapabilitiesResponse\x12]\n\nEncodeText\x12&.anyaccel.sidecar.v1.EncodeTextRequest\x1a\'.anyaccel.sidecar.v1.EncodeTextResponse\x12\x63\n\x0c\x42\x65ginDenoise\x12(.anyaccel.sidecar.v1.BeginDenoiseRequest\x1a).anyaccel.sidecar.v1.BeginDenoiseResponse\x12[\n\x0b\x44\x65noiseStep\x12\'.anyaccel.sidecar.v1.DenoiseStepRequest\x1a#.anyaccel.sidecar.v1.TensorResponse\x12]\n\nEndDenoise\x12&.anyaccel.sidecar.v1.EndDenoiseRequest\x1a\'.anyaccel.sidecar.v1.EndDenoiseResponse\x12T\n\tVaeDecode\x12\".anyaccel.sidecar.v1.TensorRequest\x1a#.anyaccel.sidecar.v1.TensorResponse\x12T\n\tVaeEncode\x12\".anyaccel.sidecar.v1.TensorRequest\x1a#.anyaccel.sidecar.v1.TensorResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'anyaccel.sidecar.v1.sidecar_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HIDDENLAYER']._serialized_start=1674
-  _globals['_HIDDENLAYER']._serialized_end=1740
+  _globals['_HIDDENLAYER']._serialized_start=1813
+  _globals['_HIDDENLAYER']._serialized_end=1879
   _globals['_TENSOR']._serialized_start=58
   _globals['_TENSOR']._serialized_end=95
   _globals['_HEALTHREQUEST']._serialized_start=97
@@ -47,21 +47,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCODETEXTRESPONSE']._serialized_start=937
   _globals['_ENCODETEXTRESPONSE']._serialized_end=1071
   _globals['_CONDITIONING']._serialized_start=1074
-  _globals['_CONDITIONING']._serialized_end=1240
-  _globals['_BEGINDENOISEREQUEST']._serialized_start=1242
-  _globals['_BEGINDENOISEREQUEST']._serialized_end=1320
-  _globals['_BEGINDENOISERESPONSE']._serialized_start=1322
-  _globals['_BEGINDENOISERESPONSE']._serialized_end=1361
-  _globals['_DENOISESTEPREQUEST']._serialized_start=1363
-  _globals['_DENOISESTEPREQUEST']._serialized_end=1464
-  _globals['_ENDDENOISEREQUEST']._serialized_start=1466
-  _globals['_ENDDENOISEREQUEST']._serialized_end=1502
-  _globals['_ENDDENOISERESPONSE']._serialized_start=1504
-  _globals['_ENDDENOISERESPONSE']._serialized_end=1524
-  _globals['_TENSORREQUEST']._serialized_start=1526
-  _globals['_TENSORREQUEST']._serialized_end=1585
-  _globals['_TENSORRESPONSE']._serialized_start=1587
-  _globals['_TENSORRESPONSE']._serialized_end=1672
-  _globals['_SIDECAR']._serialized_start=1743
-  _globals['_SIDECAR']._serialized_end=2495
+  _globals['_CONDITIONING']._serialized_end=1379
+  _globals['_BEGINDENOISEREQUEST']._serialized_start=1381
+  _globals['_BEGINDENOISEREQUEST']._serialized_end=1459
+  _globals['_BEGINDENOISERESPONSE']._serialized_start=1461
+  _globals['_BEGINDENOISERESPONSE']._serialized_end=1500
+  _globals['_DENOISESTEPREQUEST']._serialized_start=1502
+  _globals['_DENOISESTEPREQUEST']._serialized_end=1603
+  _globals['_ENDDENOISEREQUEST']._serialized_start=1605
+  _globals['_ENDDENOISEREQUEST']._serialized_end=1641
+  _globals['_ENDDENOISERESPONSE']._serialized_start=1643
+  _globals['_ENDDENOISERESPONSE']._serialized_end=1663
+  _globals['_TENSORREQUEST']._serialized_start=1665
+  _globals['_TENSORREQUEST']._serialized_end=1724
+  _globals['_TENSORRESPONSE']._serialized_start=1726
+  _globals['_TENSORRESPONSE']._serialized_end=1811
+  _globals['_SIDECAR']._serialized_start=1882
+  _globals['_SIDECAR']._serialized_end=2634
 # @@protoc_insertion_point(module_scope)
