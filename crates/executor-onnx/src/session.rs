@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyaccel_executor::{
-    Component, Conditioning, Dtype, ExecutorError, HiddenLayer, Tensor, TextEncoding,
+    Component, Conditioning, Dtype, ExecutorError, HiddenLayer, Positions, Tensor, TextEncoding,
     TimestepInput, TokenIds,
 };
 use half::f16;
@@ -236,7 +236,13 @@ impl ComponentSession {
                 self.encode_text(&ids, HiddenLayer::Last)?;
             }
             Component::Unet | Component::Transformer => {
-                let sample = dims(self.latent_input(), &[1, 4, 8, 8]);
+                let packed = self
+                    .shapes
+                    .iter()
+                    .any(|(n, s)| n == self.latent_input() && s.len() == 3);
+                // Flux takes 2×2 patches as tokens, `[rows, tokens, channels * 4]`.
+                let fallback: &[usize] = if packed { &[1, 16, 64] } else { &[1, 4, 8, 8] };
+                let sample = dims(self.latent_input(), fallback);
                 let rows = sample[0];
                 let mut text = dims("encoder_hidden_states", &[rows, 77, 768]);
                 text[0] = rows;
@@ -247,12 +253,26 @@ impl ComponentSession {
                         Tensor::zeros(d)
                     })
                 };
+                let pooled = ["text_embeds", "pooled_projections"]
+                    .into_iter()
+                    .find_map(|n| extra(n, 1280));
+                let positions = match (self.input_type("txt_ids"), self.input_type("img_ids")) {
+                    (Some(_), Some(_)) => Some(Positions {
+                        txt_ids: Tensor::zeros(vec![text[1], 3]),
+                        img_ids: Tensor::zeros(vec![sample[1], 3]),
+                    }),
+                    _ => None,
+                };
                 let conditioning = Conditioning {
                     encoder_hidden_states: Tensor::zeros(text),
-                    pooled: extra("text_embeds", 1280),
+                    pooled,
                     time_ids: extra("time_ids", 6),
+                    guidance: self
+                        .input_type("guidance")
+                        .map(|_| Tensor::zeros(vec![rows])),
+                    positions,
                 };
-                self.denoise(&conditioning, &Tensor::zeros(sample), &vec![500.0; rows])?;
+                self.denoise(&conditioning, &Tensor::zeros(sample), &vec![0.5; rows])?;
             }
             Component::VaeDecoder => {
                 self.single(&Tensor::zeros(dims("latent_sample", &[1, 4, 8, 8])))?;
@@ -460,9 +480,19 @@ impl ComponentSession {
                 )?,
             ),
         ];
+        // UNets name the pooled text `text_embeds`, DiTs `pooled_projections`.
+        let pooled = if self.component == Component::Transformer {
+            "pooled_projections"
+        } else {
+            "text_embeds"
+        };
+        let positions = conditioning.positions.as_ref();
         for (name, part) in [
-            ("text_embeds", &conditioning.pooled),
-            ("time_ids", &conditioning.time_ids),
+            (pooled, conditioning.pooled.as_ref()),
+            ("time_ids", conditioning.time_ids.as_ref()),
+            ("guidance", conditioning.guidance.as_ref()),
+            ("txt_ids", positions.map(|p| &p.txt_ids)),
+            ("img_ids", positions.map(|p| &p.img_ids)),
         ] {
             match (self.input_type(name).is_some(), part) {
                 (true, Some(t)) => {
@@ -474,7 +504,8 @@ impl ComponentSession {
                         message: format!("the graph takes `{name}` but the conditioning has none"),
                     });
                 }
-                // SD 1.x/2.x graphs have no such input; the family sends none.
+                // A graph without the input (SD 1.x/2.x, Flux schnell's without
+                // `guidance`): the family sends none, or it has no effect there.
                 (false, _) => {}
             }
         }

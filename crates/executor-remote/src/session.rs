@@ -74,6 +74,10 @@ impl<'a> RemoteSession<'a> {
                 encoder_hidden_states: Some(take(&c.encoder_hidden_states)?),
                 pooled: c.pooled.as_ref().map(take).transpose()?,
                 time_ids: c.time_ids.as_ref().map(take).transpose()?,
+                guidance: c.guidance.as_ref().map(take).transpose()?,
+                // Shared by every row: sent whole to each chunk.
+                txt_ids: c.positions.as_ref().map(|p| to_proto(&p.txt_ids)),
+                img_ids: c.positions.as_ref().map(|p| to_proto(&p.img_ids)),
             }),
         };
         let (resp, generation) = self

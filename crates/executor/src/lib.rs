@@ -207,6 +207,19 @@ pub struct Conditioning {
     pub pooled: Option<Tensor>,
     /// `[rows, 6]`: SDXL's micro-conditioning (original size, crop, target size).
     pub time_ids: Option<Tensor>,
+    /// `[rows]`: FLUX.1-dev's distilled guidance scale, an input of the
+    /// transformer (no unconditional rows).
+    pub guidance: Option<Tensor>,
+    /// Flux's rotary position ids, shared by every row.
+    pub positions: Option<Positions>,
+}
+
+/// Flux's position ids: `txt_ids` `[text tokens, 3]` (zeros) and `img_ids`
+/// `[latent tokens, 3]` (`[0, row, column]` of each 2×2 latent patch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Positions {
+    pub txt_ids: Tensor,
+    pub img_ids: Tensor,
 }
 
 impl Conditioning {
@@ -216,6 +229,8 @@ impl Conditioning {
             encoder_hidden_states,
             pooled: None,
             time_ids: None,
+            guidance: None,
+            positions: None,
         }
     }
 
@@ -229,13 +244,19 @@ impl Conditioning {
             encoder_hidden_states: self.encoder_hidden_states.gather(rows)?,
             pooled: self.pooled.as_ref().map(|t| t.gather(rows)).transpose()?,
             time_ids: self.time_ids.as_ref().map(|t| t.gather(rows)).transpose()?,
+            guidance: self.guidance.as_ref().map(|t| t.gather(rows)).transpose()?,
+            positions: self.positions.clone(),
         })
     }
 
     /// Checks that every part has the same number of rows.
     pub fn check(&self) -> Result<(), ExecutorError> {
         let rows = self.rows();
-        for (name, t) in [("pooled", &self.pooled), ("time_ids", &self.time_ids)] {
+        for (name, t) in [
+            ("pooled", &self.pooled),
+            ("time_ids", &self.time_ids),
+            ("guidance", &self.guidance),
+        ] {
             if let Some(t) = t
                 && t.batch() != rows
             {
@@ -301,9 +322,11 @@ pub trait DenoiseSession {
     /// order: images that leave the batch (cancelled) leave the session too.
     fn select(&mut self, rows: &[usize]) -> Result<(), ExecutorError>;
 
-    /// One denoiser evaluation: `sample` is `[rows, channels, h, w]` (already
-    /// scaled for the model input) and `timesteps` has one value per row.
-    /// Returns the model output (noise, v or flow), shaped like `sample`.
+    /// One denoiser evaluation: `sample` is the latents as the denoiser
+    /// takes them, scaled for the model input (`[rows, channels, h, w]`, or
+    /// Flux's `[rows, tokens, channels * 4]` of 2×2 patches), and `timesteps`
+    /// has one value per row, as the graph's `timestep` input takes it.
+    /// Returns the model output (noise, v or velocity), shaped like `sample`.
     fn step(&mut self, sample: &Tensor, timesteps: &[f32]) -> Result<Tensor, ExecutorError>;
 }
 
@@ -431,6 +454,8 @@ mod tests {
             encoder_hidden_states: t(vec![3, 2, 2]),
             pooled: Some(t(vec![3, 2])),
             time_ids: Some(t(vec![3, 6])),
+            guidance: Some(t(vec![3])),
+            positions: None,
         };
         let s = c.select(&[2, 0]).unwrap();
         assert_eq!(s.rows(), 2);
@@ -446,6 +471,7 @@ mod tests {
             s.time_ids.as_ref().unwrap().item(0),
             c.time_ids.as_ref().unwrap().item(2)
         );
+        assert_eq!(s.guidance.as_ref().unwrap().data(), &[2.0, 0.0]);
         assert!(c.select(&[3]).is_err());
     }
 
@@ -455,6 +481,8 @@ mod tests {
             encoder_hidden_states: t(vec![2, 2, 2]),
             pooled: Some(t(vec![3, 2])),
             time_ids: None,
+            guidance: None,
+            positions: None,
         };
         assert!(matches!(c.check(), Err(ExecutorError::Invalid { .. })));
     }

@@ -157,7 +157,7 @@ fn components(exec: &OnnxExecutor, model: &Model, sizes: &[usize], reps: usize) 
     let mut dim = 0;
     let mut pooled = None;
     for &encoder in family.text_encoders() {
-        let layer = family.hidden_layer();
+        let layer = family.hidden_layer(encoder);
         cases.push(time(format!("{encoder}_b2"), reps, || {
             exec.encode_text(encoder, &ids, layer)
                 .expect("text encoder");
@@ -166,7 +166,7 @@ fn components(exec: &OnnxExecutor, model: &Model, sizes: &[usize], reps: usize) 
             .encode_text(encoder, &ids, layer)
             .expect("text encoder");
         dim += out.hidden.shape()[2];
-        if family.pooled_from() == Some(encoder) {
+        if family.pooled_from().contains(&encoder) {
             pooled = out.pooled.map(|p| p.shape()[1]);
         }
     }
@@ -181,6 +181,8 @@ fn components(exec: &OnnxExecutor, model: &Model, sizes: &[usize], reps: usize) 
                 let s = size as f32;
                 Tensor::new(vec![2, 6], [s, s, 0.0, 0.0, s, s].repeat(2)).unwrap()
             }),
+            guidance: None,
+            positions: None,
         };
         let mut session = exec.denoise(conditioning).expect("denoise session");
         let sample = Tensor::new(vec![2, 4, l, l], noise(2 * 4 * l * l, 2)).unwrap();

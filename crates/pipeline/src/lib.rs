@@ -1,6 +1,7 @@
-//! Stable Diffusion in Rust, shared by every accelerator: CLIP tokenizer,
-//! schedulers, classifier-free guidance, seeded noise, img2img, and image
-//! encoding, for every model family ([`ModelFamily`]: SD 1.x/2.x, SDXL).
+//! Stable Diffusion in Rust, shared by every accelerator: CLIP and T5
+//! tokenizers, schedulers (diffusion and flow matching), guidance, seeded
+//! noise, img2img, and image encoding, for every model family
+//! ([`ModelFamily`]: SD 1.x/2.x, SDXL, SD3, FLUX.1).
 //! Model components run on an [`anyaccel_executor::Executor`].
 
 pub mod family;
@@ -12,7 +13,7 @@ pub mod request;
 pub mod scheduler;
 pub mod tokenizer;
 
-pub use family::{ModelFamily, UnsupportedPipeline};
+pub use family::{Guidance, ModelFamily, UnsupportedPipeline};
 pub use model::{Model, ModelError, ModelInfo};
 pub use pipeline::{
     BatchOutput, GeneratedImage, Observer, Outcome, Pipeline, PipelineError, Quiet, Timings,

@@ -11,7 +11,7 @@ use anyaccel_executor::Component;
 
 use crate::family::{ModelFamily, UnsupportedPipeline};
 use crate::scheduler::{SchedulerConfig, SchedulerKind};
-use crate::tokenizer::{ClipTokenizer, TokenizerError};
+use crate::tokenizer::{PromptTokenizer, TokenizerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -42,14 +42,18 @@ pub struct ModelInfo {
     pub family: ModelFamily,
     /// `_class_name` of `model_index.json`, e.g. `StableDiffusionXLPipeline`.
     pub class_name: String,
-    /// Latent channels the UNet takes.
+    /// Latent channels of the VAE (4 for SD/SDXL, 16 for SD3 and Flux).
     pub latent_channels: usize,
     /// Pixels per latent cell (8 for every released SD VAE).
     pub vae_scale_factor: u32,
-    /// Multiplier from VAE latents to UNet latents.
+    /// Multiplier from VAE latents to denoiser latents.
     pub vae_scaling_factor: f32,
-    /// Native resolution, `unet.sample_size * vae_scale_factor`.
+    /// Offset subtracted from VAE latents before scaling (SD3, Flux; else 0).
+    pub vae_shift_factor: f32,
+    /// Native resolution, the denoiser's `sample_size * vae_scale_factor`.
     pub native_size: u32,
+    /// Whether the transformer takes a guidance input (FLUX.1-dev).
+    pub guidance_embeds: bool,
     pub scheduler_config: SchedulerConfig,
     /// The scheduler the model folder names, if we implement it.
     pub default_scheduler: SchedulerKind,
@@ -62,7 +66,7 @@ pub struct ModelInfo {
 pub struct Model {
     pub info: ModelInfo,
     /// One tokenizer per text encoder, in the family's order.
-    tokenizers: Vec<(Component, ClipTokenizer)>,
+    tokenizers: Vec<(Component, PromptTokenizer)>,
 }
 
 impl Model {
@@ -108,18 +112,19 @@ impl Model {
         for &encoder in family.text_encoders() {
             // text_encoder_2 reads tokenizer_2/, as diffusers names them.
             let folder = encoder.folder().replace("text_encoder", "tokenizer");
-            tokenizers.push((encoder, ClipTokenizer::from_dir(&root.join(folder))?));
+            tokenizers.push((encoder, PromptTokenizer::from_dir(&root.join(folder))?));
         }
 
-        let unet = optional_config(&root.join("unet/config.json"))?;
+        let denoiser = optional_config(&root.join(family.denoiser().folder()).join("config.json"))?;
         // optimum's ONNX layout has vae_decoder/; diffusers' own has vae/.
         let vae = match optional_config(&root.join("vae_decoder/config.json"))? {
             Some(v) => Some(v),
             None => optional_config(&root.join("vae/config.json"))?,
         };
-        let latent_channels = unet
+        let latent_channels = vae
             .as_ref()
-            .and_then(|c| c.get("in_channels"))
+            .and_then(|c| c.get("latent_channels"))
+            .or_else(|| denoiser.as_ref().and_then(|c| c.get("in_channels")))
             .and_then(Value::as_u64)
             .unwrap_or(4) as usize;
         let vae_scale_factor = vae
@@ -133,11 +138,22 @@ impl Model {
             .and_then(|c| c.get("scaling_factor"))
             .and_then(Value::as_f64)
             .unwrap_or(0.18215) as f32;
-        let sample_size = unet
+        let vae_shift_factor = vae
+            .as_ref()
+            .and_then(|c| c.get("shift_factor"))
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0) as f32;
+        let guidance_embeds = denoiser
+            .as_ref()
+            .and_then(|c| c.get("guidance_embeds"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let native_size = denoiser
             .as_ref()
             .and_then(|c| c.get("sample_size"))
             .and_then(Value::as_u64)
-            .unwrap_or(64) as u32;
+            .map(|s| s as u32 * vae_scale_factor)
+            .unwrap_or(family.native_size());
         // The executor checks the weight files it needs (ONNX, diffusers or Neuron).
         let hash = weights_hash(root)?;
         Ok(Self {
@@ -150,7 +166,9 @@ impl Model {
                 latent_channels,
                 vae_scale_factor,
                 vae_scaling_factor,
-                native_size: sample_size * vae_scale_factor,
+                vae_shift_factor,
+                native_size,
+                guidance_embeds,
                 scheduler_config,
                 default_scheduler,
                 force_zeros_for_empty_prompt,
@@ -165,7 +183,7 @@ impl Model {
     }
 
     /// The tokenizer of text encoder `encoder`.
-    pub fn tokenizer(&self, encoder: Component) -> Option<&ClipTokenizer> {
+    pub fn tokenizer(&self, encoder: Component) -> Option<&PromptTokenizer> {
         self.tokenizers
             .iter()
             .find(|(c, _)| *c == encoder)
@@ -202,7 +220,9 @@ fn weights_hash(root: &Path) -> Result<String, ModelError> {
     for component in [
         "text_encoder",
         "text_encoder_2",
+        "text_encoder_3",
         "unet",
+        "transformer",
         "vae_decoder",
         "vae_encoder",
         "vae",
@@ -273,9 +293,12 @@ fn download(id: &str) -> Result<PathBuf, ModelError> {
                 "scheduler/",
                 "tokenizer/",
                 "tokenizer_2/",
+                "tokenizer_3/",
                 "text_encoder/",
                 "text_encoder_2/",
+                "text_encoder_3/",
                 "unet/",
+                "transformer/",
                 "vae_decoder/",
                 "vae_encoder/",
             ]
@@ -288,10 +311,14 @@ fn download(id: &str) -> Result<PathBuf, ModelError> {
         .map(|s| s.rfilename.clone())
         .filter(|f| wanted(f))
         .collect();
-    if !files.iter().any(|f| f == "unet/model.onnx") {
+    if !files
+        .iter()
+        .any(|f| f == "unet/model.onnx" || f == "transformer/model.onnx")
+    {
         return Err(hub(
-            "the repo has no unet/model.onnx; it is not in the ONNX layout (export it with \
-             `optimum-cli export onnx --task text-to-image` or `anyaccel compile`)"
+            "the repo has no unet/model.onnx or transformer/model.onnx; it is not in the ONNX \
+             layout (export it with `optimum-cli export onnx --task text-to-image` or \
+             `anyaccel compile`)"
                 .into(),
         ));
     }

@@ -5,9 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyaccel_executor::{Conditioning, Executor, ExecutorError, Tensor, TokenIds};
+use anyaccel_executor::{
+    Component, Conditioning, Executor, ExecutorError, Positions, Tensor, TokenIds,
+};
 use image::RgbImage;
 
+use crate::family::{Guidance, ModelFamily};
 use crate::images;
 use crate::model::{Model, ModelInfo};
 use crate::noise::NoiseGenerator;
@@ -15,7 +18,7 @@ use crate::request::{
     Defaults, GenerationParams, GenerationRequest, InitImage, Limits, MicroConditioning,
     MicroParams, ValidationError, random_seed,
 };
-use crate::scheduler::{ItemState, Schedule, ScheduleError, SchedulerKind};
+use crate::scheduler::{FlowSigmas, ItemState, Schedule, ScheduleError, SchedulerKind};
 use crate::tokenizer::TokenizerError;
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +157,21 @@ impl Pipeline {
                 format!("is longer than {} characters", l.max_prompt_chars),
             ));
         }
+        let guidance_kind = self.guidance();
+        if guidance_kind != Guidance::Classifier && !negative.is_empty() {
+            return Err(ValidationError::new(
+                "negative_prompt",
+                format!(
+                    "{} takes no negative prompt (its guidance is {}, with no unconditional pass)",
+                    info.family,
+                    if guidance_kind == Guidance::Distilled {
+                        "distilled into the model"
+                    } else {
+                        "off"
+                    }
+                ),
+            ));
+        }
         let n = p.n.unwrap_or(1);
         if n == 0 || n > l.max_images {
             return Err(ValidationError::new(
@@ -181,6 +199,31 @@ impl Pipeline {
                 .parse::<SchedulerKind>()
                 .map_err(|m| ValidationError::new("scheduler", m))?,
         };
+        let flow = info.family.is_flow();
+        let scheduler = match (flow, scheduler) {
+            (true, SchedulerKind::FlowMatchEuler | SchedulerKind::Euler) => {
+                SchedulerKind::FlowMatchEuler
+            }
+            (false, k) if !k.is_flow() => k,
+            (true, k) => {
+                return Err(ValidationError::new(
+                    "scheduler",
+                    format!(
+                        "{} models denoise by flow matching: use flow_match_euler (got {k})",
+                        info.family
+                    ),
+                ));
+            }
+            (false, k) => {
+                return Err(ValidationError::new(
+                    "scheduler",
+                    format!(
+                        "{k} is for flow-matching models (SD3, FLUX.1); this model is {}",
+                        info.family
+                    ),
+                ));
+            }
+        };
         if scheduler == SchedulerKind::Lcm {
             let max = info.scheduler_config.original_inference_steps.unwrap_or(50);
             if steps as usize > max {
@@ -190,7 +233,7 @@ impl Pipeline {
                 ));
             }
         }
-        let factor = info.vae_scale_factor;
+        let factor = info.vae_scale_factor * if flow { 2 } else { 1 };
         let from_init = p.init_image.as_ref().map(|i| {
             let round = |v: u32| (v / factor * factor).clamp(l.min_size, l.max_size);
             (round(i.width()), round(i.height()))
@@ -266,6 +309,7 @@ impl Pipeline {
         let micro = self.micro(p.micro, width, height)?;
         let seed = p.seed.unwrap_or_else(random_seed);
         Ok(GenerationRequest {
+            cfg: guidance_kind == Guidance::Classifier && guidance > 1.0,
             prompt: p.prompt,
             negative_prompt: negative,
             width,
@@ -333,10 +377,30 @@ impl Pipeline {
         }))
     }
 
-    /// Text conditioning for `prompts`, one row each: every text encoder of the
-    /// family, hidden states concatenated along the feature axis, plus the
-    /// pooled embedding where the family uses one. Rows marked in `zeroed`
-    /// are zeros without being encoded (SDXL's empty negative prompt).
+    /// What a request's `guidance_scale` does for this model.
+    pub fn guidance(&self) -> Guidance {
+        let info = &self.model.info;
+        info.family.guidance(info.guidance_embeds)
+    }
+
+    /// T5's padded prompt length: the configured one, else the family's
+    /// default, within what the tokenizer allows.
+    fn t5_len(&self, max: usize) -> usize {
+        let default = match self.model.info.family {
+            ModelFamily::Flux => 512,
+            _ => 256,
+        };
+        self.defaults
+            .max_sequence_length
+            .unwrap_or(default)
+            .min(max)
+    }
+
+    /// Text conditioning for `prompts`, one row each: the family's text
+    /// encoders' sequences joined (SD/SDXL on the feature axis; SD3 pads the
+    /// CLIPs to T5's width and puts T5's tokens after them), plus the pooled
+    /// embeddings where the family uses them. Rows marked in `zeroed` are
+    /// zeros without being encoded (SDXL's empty negative prompt).
     fn encode_prompts(
         &self,
         prompts: &[&str],
@@ -344,22 +408,23 @@ impl Pipeline {
     ) -> Result<(Tensor, Option<Tensor>), PipelineError> {
         let family = self.model.info.family;
         let encoded: Vec<usize> = (0..prompts.len()).filter(|&i| !zeroed[i]).collect();
-        let mut hidden_parts: Vec<Tensor> = Vec::new();
-        let mut pooled = None;
+        let mut sequences: Vec<(Component, Tensor)> = Vec::new();
+        let mut pooled_parts: Vec<Tensor> = Vec::new();
         for &encoder in family.text_encoders() {
             let tokenizer = self
                 .model
                 .tokenizer(encoder)
                 .ok_or(PipelineError::NoTokenizer(encoder))?;
-            let mut ids = Vec::with_capacity(encoded.len() * tokenizer.max_len());
+            let len = if tokenizer.is_t5() {
+                self.t5_len(tokenizer.max_len())
+            } else {
+                tokenizer.max_len()
+            };
+            let mut ids = Vec::with_capacity(encoded.len() * len);
             for &i in &encoded {
-                let enc = tokenizer.encode(prompts[i])?;
+                let enc = tokenizer.encode(prompts[i], len)?;
                 if enc.truncated {
-                    tracing::warn!(
-                        %encoder,
-                        "prompt longer than {} tokens was truncated",
-                        tokenizer.max_len()
-                    );
+                    tracing::warn!(%encoder, "prompt longer than {len} tokens was truncated");
                 }
                 ids.extend(enc.ids);
             }
@@ -367,10 +432,10 @@ impl Pipeline {
                 encoder,
                 &TokenIds {
                     batch: encoded.len(),
-                    len: tokenizer.max_len(),
+                    len,
                     ids,
                 },
-                family.hidden_layer(),
+                family.hidden_layer(encoder),
             )?;
             let h = &out.hidden;
             if h.shape().len() != 3 || h.batch() != encoded.len() {
@@ -380,23 +445,44 @@ impl Pipeline {
                     expected: format!("[{}, tokens, dim]", encoded.len()),
                 });
             }
-            if family.pooled_from() == Some(encoder) {
+            if family.pooled_from().contains(&encoder) {
                 match out.pooled {
                     Some(p) if p.shape().len() == 2 && p.batch() == encoded.len() => {
-                        pooled = Some(p)
+                        pooled_parts.push(p)
                     }
                     other => {
                         return Err(PipelineError::Shape {
-                            component: "text_encoder_2",
+                            component: "text_encoder (pooled)",
                             shape: other.map(|p| p.shape().to_vec()).unwrap_or_default(),
                             expected: format!("pooled [{}, dim]", encoded.len()),
                         });
                     }
                 }
             }
-            hidden_parts.push(out.hidden);
+            if family.sequence_from().contains(&encoder) {
+                sequences.push((encoder, out.hidden));
+            }
         }
-        let hidden = concat_features(&hidden_parts)?;
+        let t5 = family.t5_encoder();
+        let hidden = match sequences.iter().position(|(c, _)| Some(*c) == t5) {
+            // SD3: [CLIP-L | CLIP-G] zero-padded to T5's width, then T5's tokens.
+            Some(k) if sequences.len() > 1 => {
+                let (_, t5_seq) = sequences.remove(k);
+                let clips: Vec<Tensor> = sequences.into_iter().map(|(_, t)| t).collect();
+                let clip = concat_features(&clips)?;
+                let width = t5_seq.shape()[2];
+                concat_tokens(&pad_features(&clip, width)?, &t5_seq)?
+            }
+            _ => {
+                let parts: Vec<Tensor> = sequences.into_iter().map(|(_, t)| t).collect();
+                concat_features(&parts)?
+            }
+        };
+        let pooled = if pooled_parts.is_empty() {
+            None
+        } else {
+            Some(concat_features(&pooled_parts)?)
+        };
         let rows = prompts.len();
         Ok((
             scatter_rows(&hidden, &encoded, rows)?,
@@ -457,11 +543,24 @@ impl Pipeline {
         let (text, pooled) = self.encode_prompts(&prompts, &zeroed)?;
         timings.text_encode = t0.elapsed();
 
-        let schedule = Schedule::new(
-            first.scheduler,
-            &info.scheduler_config,
-            first.steps as usize,
-        )?;
+        let family = info.family;
+        let packed = family == ModelFamily::Flux;
+        let schedule = if family.is_flow() {
+            // SD3 spreads its timesteps itself; Flux hands it linear sigmas.
+            let spread = if packed {
+                FlowSigmas::Linear
+            } else {
+                FlowSigmas::Uniform
+            };
+            let tokens = (latent_shape[1] / 2) * (latent_shape[2] / 2);
+            Schedule::flow_match(&info.scheduler_config, first.steps as usize, spread, tokens)?
+        } else {
+            Schedule::new(
+                first.scheduler,
+                &info.scheduler_config,
+                first.steps as usize,
+            )?
+        };
         let start = first
             .init
             .as_ref()
@@ -513,7 +612,8 @@ impl Pipeline {
                             .zip(logvar)
                             .zip(eps)
                             .map(|((m, lv), e)| {
-                                (m + (0.5 * lv.clamp(-30.0, 20.0)).exp() * e)
+                                (m + (0.5 * lv.clamp(-30.0, 20.0)).exp() * e
+                                    - info.vae_shift_factor)
                                     * info.vae_scaling_factor
                             })
                             .collect();
@@ -567,6 +667,21 @@ impl Pipeline {
             } else {
                 None
             },
+            guidance: if self.guidance() == Guidance::Distilled {
+                let g: Vec<f32> = items.iter().map(|it| it.guidance).collect();
+                Some(Tensor::new(vec![g.len()], g).map_err(ExecutorError::from)?)
+            } else {
+                None
+            },
+            positions: if packed {
+                Some(flux_positions(
+                    text.shape()[1],
+                    latent_shape[1],
+                    latent_shape[2],
+                )?)
+            } else {
+                None
+            },
         };
         let t0 = Instant::now();
         let mut session = self.executor.denoise(conditioning)?;
@@ -599,23 +714,41 @@ impl Pipeline {
             let mut sample = Vec::with_capacity(rows * latent_len);
             for _ in 0..stride {
                 for it in &items {
-                    sample.extend(it.latents.iter().map(|v| v * scale));
+                    if packed {
+                        pack(&it.latents, latent_shape, &mut sample);
+                    } else {
+                        sample.extend(it.latents.iter().map(|v| v * scale));
+                    }
                 }
             }
-            let sample = Tensor::new(
-                vec![rows, latent_shape[0], latent_shape[1], latent_shape[2]],
-                sample,
-            )
-            .map_err(ExecutorError::from)?;
-            let timesteps = vec![schedule.timesteps()[i]; rows];
-            let out = session.step(&sample, &timesteps)?;
+            let shape = if packed {
+                let tokens = (latent_shape[1] / 2) * (latent_shape[2] / 2);
+                vec![rows, tokens, latent_shape[0] * 4]
+            } else {
+                vec![rows, latent_shape[0], latent_shape[1], latent_shape[2]]
+            };
+            let sample = Tensor::new(shape, sample).map_err(ExecutorError::from)?;
+            // Flux's transformer takes the timestep over 1000 (it scales back itself).
+            let t = schedule.timesteps()[i];
+            let t = if packed { t / 1000.0 } else { t };
+            let out = session.step(&sample, &vec![t; rows])?;
             if out.shape() != sample.shape() {
                 return Err(PipelineError::Shape {
-                    component: "unet",
+                    component: family.denoiser().folder(),
                     shape: out.shape().to_vec(),
                     expected: format!("{:?}", sample.shape()),
                 });
             }
+            let out = if packed {
+                let mut data = Vec::with_capacity(out.data().len());
+                for j in 0..rows {
+                    data.extend(unpack(out.item(j), latent_shape));
+                }
+                let shape = vec![rows, latent_shape[0], latent_shape[1], latent_shape[2]];
+                Tensor::new(shape, data).map_err(ExecutorError::from)?
+            } else {
+                out
+            };
             let n_items = items.len();
             for (j, it) in items.iter_mut().enumerate() {
                 let eps: Vec<f32> = if guidance {
@@ -649,7 +782,7 @@ impl Pipeline {
             let latents: Vec<f32> = it
                 .latents
                 .iter()
-                .map(|v| v / info.vae_scaling_factor)
+                .map(|v| v / info.vae_scaling_factor + info.vae_shift_factor)
                 .collect();
             let x = Tensor::new(
                 vec![1, latent_shape[0], latent_shape[1], latent_shape[2]],
@@ -752,6 +885,94 @@ fn concat_features(parts: &[Tensor]) -> Result<Tensor, PipelineError> {
     Ok(Tensor::new(shape, data).map_err(ExecutorError::from)?)
 }
 
+/// `[n, tokens, d]` zero-padded on the feature axis to `[n, tokens, width]`.
+fn pad_features(t: &Tensor, width: usize) -> Result<Tensor, PipelineError> {
+    let shape = t.shape();
+    let d = shape[2];
+    if d > width {
+        return Err(PipelineError::Shape {
+            component: "text_encoder_3",
+            shape: shape.to_vec(),
+            expected: format!("T5 features at least as wide as the CLIPs' {d}"),
+        });
+    }
+    let positions = shape[0] * shape[1];
+    let mut data = vec![0.0; positions * width];
+    for p in 0..positions {
+        data[p * width..p * width + d].copy_from_slice(&t.data()[p * d..(p + 1) * d]);
+    }
+    Ok(Tensor::new(vec![shape[0], shape[1], width], data).map_err(ExecutorError::from)?)
+}
+
+/// `[n, a, d]` and `[n, b, d]` joined on the token axis into `[n, a + b, d]`.
+fn concat_tokens(first: &Tensor, second: &Tensor) -> Result<Tensor, PipelineError> {
+    let (f, s) = (first.shape(), second.shape());
+    if s.len() != 3 || f[0] != s[0] || f[2] != s[2] {
+        return Err(PipelineError::Shape {
+            component: "text_encoder_3",
+            shape: s.to_vec(),
+            expected: format!("[{}, tokens, {}]", f[0], f[2]),
+        });
+    }
+    let mut data = Vec::with_capacity(first.data().len() + second.data().len());
+    for row in 0..f[0] {
+        data.extend_from_slice(first.item(row));
+        data.extend_from_slice(second.item(row));
+    }
+    Ok(Tensor::new(vec![f[0], f[1] + s[1], f[2]], data).map_err(ExecutorError::from)?)
+}
+
+/// Flux's packing of one image's `[c, h, w]` latents into `(h/2)·(w/2)`
+/// tokens of `c·4` features: 2×2 patches, row-major, features ordered
+/// (channel, patch row, patch column).
+fn pack(latents: &[f32], [c, h, w]: [usize; 3], out: &mut Vec<f32>) {
+    for i in 0..h / 2 {
+        for j in 0..w / 2 {
+            for ch in 0..c {
+                for di in 0..2 {
+                    for dj in 0..2 {
+                        out.push(latents[(ch * h + 2 * i + di) * w + 2 * j + dj]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The inverse of [`pack`] for one image.
+fn unpack(tokens: &[f32], [c, h, w]: [usize; 3]) -> Vec<f32> {
+    let mut out = vec![0.0; c * h * w];
+    let mut k = 0;
+    for i in 0..h / 2 {
+        for j in 0..w / 2 {
+            for ch in 0..c {
+                for di in 0..2 {
+                    for dj in 0..2 {
+                        out[(ch * h + 2 * i + di) * w + 2 * j + dj] = tokens[k];
+                        k += 1;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Flux's position ids for `text` tokens and an `h × w` latent: text ids
+/// are zeros; each image patch is `[0, row, column]`.
+fn flux_positions(text: usize, h: usize, w: usize) -> Result<Positions, ExecutorError> {
+    let mut img = Vec::with_capacity(h / 2 * w / 2 * 3);
+    for i in 0..h / 2 {
+        for j in 0..w / 2 {
+            img.extend([0.0, i as f32, j as f32]);
+        }
+    }
+    Ok(Positions {
+        txt_ids: Tensor::zeros(vec![text, 3]),
+        img_ids: Tensor::new(vec![h / 2 * w / 2, 3], img)?,
+    })
+}
+
 /// A `[rows, ...]` tensor whose rows `at` are `t`'s rows, in order, and zeros elsewhere.
 fn scatter_rows(t: &Tensor, at: &[usize], rows: usize) -> Result<Tensor, PipelineError> {
     if at.len() == rows {
@@ -780,6 +1001,33 @@ mod tests {
         assert_eq!(c.data(), &[1.0, 3.0, 4.0, 2.0, 5.0, 6.0]);
         let bad = Tensor::zeros(vec![1, 3, 2]);
         assert!(concat_features(&[c, bad]).is_err());
+    }
+
+    #[test]
+    fn flux_packing_is_diffusers_patch_order_and_round_trips() {
+        // [c=2, h=2, w=4]: one row of two patches.
+        let x: Vec<f32> = (0..16).map(|v| v as f32).collect();
+        let mut p = Vec::new();
+        pack(&x, [2, 2, 4], &mut p);
+        // Patch (0, 0): channel 0 rows 0-1 cols 0-1, then channel 1.
+        assert_eq!(&p[..8], &[0.0, 1.0, 4.0, 5.0, 8.0, 9.0, 12.0, 13.0]);
+        assert_eq!(unpack(&p, [2, 2, 4]), x);
+        let pos = flux_positions(3, 4, 4).unwrap();
+        assert_eq!(pos.txt_ids.shape(), &[3, 3]);
+        assert_eq!(pos.img_ids.data()[9..], [0.0, 1.0, 1.0]);
+    }
+
+    #[test]
+    fn sd3_text_joins_padded_clip_and_t5_tokens() {
+        let clip = Tensor::new(vec![1, 1, 2], vec![1.0, 2.0]).unwrap();
+        let t5 = Tensor::new(vec![1, 2, 3], vec![3.0, 4.0, 5.0, 6.0, 7.0, 8.0]).unwrap();
+        let joined = concat_tokens(&pad_features(&clip, 3).unwrap(), &t5).unwrap();
+        assert_eq!(joined.shape(), &[1, 3, 3]);
+        assert_eq!(
+            joined.data(),
+            &[1.0, 2.0, 0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+        );
+        assert!(pad_features(&t5, 2).is_err());
     }
 
     #[test]

@@ -94,14 +94,39 @@ pub struct Defaults {
     pub steps: u32,
     pub guidance_scale: f32,
     pub strength: f32,
+    /// T5's padded prompt length (SD3, Flux); `None` is the family's
+    /// default (256 for SD3, 512 for Flux), never above the tokenizer's.
+    pub max_sequence_length: Option<usize>,
 }
 
 impl Default for Defaults {
+    /// SD 1.x/2.x's usual settings.
     fn default() -> Self {
         Self {
             steps: 25,
             guidance_scale: 7.5,
             strength: 0.75,
+            max_sequence_length: None,
+        }
+    }
+}
+
+impl Defaults {
+    /// The settings diffusers' pipeline of the model's family defaults to:
+    /// SD3 28 steps at 7.0, FLUX.1-dev 28 steps at distilled guidance 3.5,
+    /// FLUX.1-schnell (no guidance input) 4 steps.
+    pub fn for_model(info: &crate::ModelInfo) -> Self {
+        use crate::ModelFamily;
+        let (steps, guidance_scale) = match info.family {
+            ModelFamily::StableDiffusion | ModelFamily::StableDiffusionXl => (25, 7.5),
+            ModelFamily::StableDiffusion3 => (28, 7.0),
+            ModelFamily::Flux if info.guidance_embeds => (28, 3.5),
+            ModelFamily::Flux => (4, 0.0),
+        };
+        Self {
+            steps,
+            guidance_scale,
+            ..Self::default()
         }
     }
 }
@@ -150,6 +175,9 @@ pub struct GenerationRequest {
     pub(crate) init: Option<InitImage>,
     /// SDXL only.
     pub(crate) micro: Option<MicroConditioning>,
+    /// Whether classifier-free guidance runs: the family guides that way
+    /// and the scale is above 1.
+    pub(crate) cfg: bool,
 }
 
 /// Requests with equal keys can share UNet calls.
@@ -197,9 +225,10 @@ impl GenerationRequest {
     pub fn micro(&self) -> Option<&MicroConditioning> {
         self.micro.as_ref()
     }
-    /// Classifier-free guidance runs (and doubles UNet work) only above 1.
+    /// Classifier-free guidance runs (and doubles denoiser work) only above
+    /// 1, and only in families that guide that way (not Flux).
     pub fn uses_guidance(&self) -> bool {
-        self.guidance_scale > 1.0
+        self.cfg
     }
 
     pub fn batch_key(&self) -> BatchKey {

@@ -123,7 +123,8 @@ fn sdxl_tokenizers_match_transformers() {
                     .iter()
                     .map(|v| v.as_i64().unwrap())
                     .collect();
-                let got = m.tokenizer(encoder).unwrap().encode(prompt).unwrap().ids;
+                let tokenizer = m.tokenizer(encoder).unwrap();
+                let got = tokenizer.encode(prompt, tokenizer.max_len()).unwrap().ids;
                 assert_eq!(got, want, "{} {encoder} {prompt:?}", case["case"]);
                 checked += 1;
             }

@@ -40,6 +40,73 @@ pub struct SchedulerConfig {
     pub original_inference_steps: Option<usize>,
     #[serde(default)]
     pub timestep_scaling: Option<f64>,
+    /// Flow matching (`FlowMatchEulerDiscreteScheduler`, SD3 and Flux).
+    #[serde(flatten)]
+    pub flow: FlowConfig,
+}
+
+/// The flow-match scheduler's keys, with diffusers' defaults.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FlowConfig {
+    #[serde(default = "one")]
+    pub shift: f64,
+    #[serde(default)]
+    pub use_dynamic_shifting: bool,
+    #[serde(default = "default_base_shift")]
+    pub base_shift: f64,
+    #[serde(default = "default_max_shift")]
+    pub max_shift: f64,
+    #[serde(default = "default_base_seq")]
+    pub base_image_seq_len: usize,
+    #[serde(default = "default_max_seq")]
+    pub max_image_seq_len: usize,
+    #[serde(default)]
+    pub time_shift_type: Option<String>,
+    #[serde(default)]
+    pub shift_terminal: Option<f64>,
+    #[serde(default)]
+    pub invert_sigmas: Option<bool>,
+    #[serde(default)]
+    pub stochastic_sampling: Option<bool>,
+    #[serde(default)]
+    pub use_exponential_sigmas: Option<bool>,
+    #[serde(default)]
+    pub use_beta_sigmas: Option<bool>,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self {
+            shift: 1.0,
+            use_dynamic_shifting: false,
+            base_shift: default_base_shift(),
+            max_shift: default_max_shift(),
+            base_image_seq_len: default_base_seq(),
+            max_image_seq_len: default_max_seq(),
+            time_shift_type: None,
+            shift_terminal: None,
+            invert_sigmas: None,
+            stochastic_sampling: None,
+            use_exponential_sigmas: None,
+            use_beta_sigmas: None,
+        }
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn default_base_shift() -> f64 {
+    0.5
+}
+fn default_max_shift() -> f64 {
+    1.15
+}
+fn default_base_seq() -> usize {
+    256
+}
+fn default_max_seq() -> usize {
+    4096
 }
 
 fn default_train_steps() -> usize {
@@ -78,6 +145,7 @@ impl Default for SchedulerConfig {
             rescale_betas_zero_snr: None,
             original_inference_steps: None,
             timestep_scaling: None,
+            flow: FlowConfig::default(),
         }
     }
 }

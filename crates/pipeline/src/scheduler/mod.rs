@@ -7,6 +7,7 @@
 //! (cancelled) without disturbing the others.
 
 mod config;
+mod flow;
 
 use std::fmt;
 use std::str::FromStr;
@@ -14,7 +15,8 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use config::linspace64;
-pub use config::{Prediction, SchedulerConfig, Spacing};
+pub use config::{FlowConfig, Prediction, SchedulerConfig, Spacing};
+pub use flow::{FlowSigmas, dynamic_shift};
 
 use crate::noise::NoiseGenerator;
 
@@ -30,16 +32,19 @@ pub enum SchedulerKind {
     #[serde(rename = "dpmpp_2m_karras")]
     DpmPP2MKarras,
     Lcm,
+    /// Flow matching (SD3, Flux): the only scheduler of those families.
+    FlowMatchEuler,
 }
 
 impl SchedulerKind {
-    pub const ALL: [SchedulerKind; 6] = [
+    pub const ALL: [SchedulerKind; 7] = [
         SchedulerKind::Euler,
         SchedulerKind::EulerA,
         SchedulerKind::Ddim,
         SchedulerKind::DpmPP2M,
         SchedulerKind::DpmPP2MKarras,
         SchedulerKind::Lcm,
+        SchedulerKind::FlowMatchEuler,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,7 +55,14 @@ impl SchedulerKind {
             SchedulerKind::DpmPP2M => "dpmpp_2m",
             SchedulerKind::DpmPP2MKarras => "dpmpp_2m_karras",
             SchedulerKind::Lcm => "lcm",
+            SchedulerKind::FlowMatchEuler => "flow_match_euler",
         }
+    }
+
+    /// Whether the scheduler integrates a velocity (flow-matching models)
+    /// rather than denoising a diffusion (UNet models).
+    pub fn is_flow(self) -> bool {
+        self == SchedulerKind::FlowMatchEuler
     }
 
     /// The sampler name AUTOMATIC1111 shows for this scheduler.
@@ -62,6 +74,7 @@ impl SchedulerKind {
             SchedulerKind::DpmPP2M => "DPM++ 2M",
             SchedulerKind::DpmPP2MKarras => "DPM++ 2M Karras",
             SchedulerKind::Lcm => "LCM",
+            SchedulerKind::FlowMatchEuler => "Euler (flow)",
         }
     }
 
@@ -76,6 +89,7 @@ impl SchedulerKind {
             }
             "DPMSolverMultistepScheduler" => SchedulerKind::DpmPP2M,
             "LCMScheduler" => SchedulerKind::Lcm,
+            "FlowMatchEulerDiscreteScheduler" => SchedulerKind::FlowMatchEuler,
             _ => return None,
         })
     }
@@ -107,6 +121,7 @@ impl FromStr for SchedulerKind {
             "dpmpp_2m" | "dpm___2m" => SchedulerKind::DpmPP2M,
             "dpmpp_2m_karras" | "dpm___2m_karras" => SchedulerKind::DpmPP2MKarras,
             "lcm" => SchedulerKind::Lcm,
+            "flow_match_euler" | "euler_(flow)" | "flow_match" => SchedulerKind::FlowMatchEuler,
             _ => {
                 return Err(format!(
                     "unknown scheduler `{s}`; expected one of {}",
@@ -150,6 +165,36 @@ impl Schedule {
         kind: SchedulerKind,
         config: &SchedulerConfig,
         steps: usize,
+    ) -> Result<Self, ScheduleError> {
+        if kind.is_flow() && config.flow.use_dynamic_shifting {
+            return Err(ScheduleError(
+                "this flow-match config shifts by the image size: use Schedule::flow_match".into(),
+            ));
+        }
+        Self::build(kind, config, steps, (FlowSigmas::Uniform, 0))
+    }
+
+    /// A flow-matching schedule (SD3, Flux) for an image of `image_tokens`
+    /// latent tokens, with the pipeline's way of spreading the sigmas.
+    pub fn flow_match(
+        config: &SchedulerConfig,
+        steps: usize,
+        spread: FlowSigmas,
+        image_tokens: usize,
+    ) -> Result<Self, ScheduleError> {
+        Self::build(
+            SchedulerKind::FlowMatchEuler,
+            config,
+            steps,
+            (spread, image_tokens),
+        )
+    }
+
+    fn build(
+        kind: SchedulerKind,
+        config: &SchedulerConfig,
+        steps: usize,
+        (spread, image_tokens): (FlowSigmas, usize),
     ) -> Result<Self, ScheduleError> {
         let err = ScheduleError;
         if steps == 0 {
@@ -252,6 +297,11 @@ impl Schedule {
                     .collect::<Vec<_>>();
                 (to_f32(&ts), Vec::new())
             }
+            SchedulerKind::FlowMatchEuler => {
+                let sig = flow::sigmas(&config.flow, n_train, steps, spread, image_tokens)?;
+                let ts = sig[..steps].iter().map(|s| s * n_train as f32).collect();
+                (ts, sig)
+            }
         };
         Ok(Self {
             kind,
@@ -312,6 +362,9 @@ impl Schedule {
     /// For img2img: the index of the first step when denoising `strength` of the way.
     pub fn start_index(&self, strength: f32) -> usize {
         let n = self.steps();
+        if self.kind.is_flow() {
+            return flow::start_index(n, strength);
+        }
         let init = ((n as f32 * strength) as usize).min(n);
         n - init
     }
@@ -328,6 +381,8 @@ impl Schedule {
                 let ac = self.alphas_cumprod[self.timesteps[i] as usize];
                 (ac.sqrt(), (1.0 - ac).sqrt())
             }
+            // diffusers' `scale_noise`: interpolate towards the noise.
+            SchedulerKind::FlowMatchEuler => (1.0 - self.sigmas[i], self.sigmas[i]),
         };
         x0.iter().zip(noise).map(|(x, n)| a * x + b * n).collect()
     }
@@ -404,6 +459,12 @@ impl Schedule {
             }
             SchedulerKind::DpmPP2M | SchedulerKind::DpmPP2MKarras => {
                 self.dpm_step(i, model_output, sample, state)
+            }
+            SchedulerKind::FlowMatchEuler => {
+                let dt = self.sigmas[i + 1] - self.sigmas[i];
+                for (x, &v) in sample.iter_mut().zip(model_output) {
+                    *x += dt * v;
+                }
             }
             SchedulerKind::Lcm => {
                 let t = self.timesteps[i] as i64;
@@ -570,6 +631,13 @@ mod tests {
             assert_eq!(k.name().parse::<SchedulerKind>().unwrap(), k);
             assert_eq!(k.a1111_name().parse::<SchedulerKind>().unwrap(), k);
         }
+        assert_eq!(
+            SchedulerKind::from_class_name(
+                "FlowMatchEulerDiscreteScheduler",
+                &SchedulerConfig::default()
+            ),
+            Some(SchedulerKind::FlowMatchEuler)
+        );
         let e = "heun".parse::<SchedulerKind>().unwrap_err();
         assert!(e.contains("euler, euler_a"), "{e}");
     }

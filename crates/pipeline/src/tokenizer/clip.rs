@@ -3,31 +3,17 @@
 //! splitting and CLIP's word regex here, then the byte-level BPE of the
 //! `tokenizers` crate with CLIP's `</w>` end-of-word marker.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use regex::Regex;
 use serde_json::Value;
 use tokenizers::Model;
 use tokenizers::models::bpe::BPE;
 
+use super::{Encoded, TokenizerError, read_json, token_content};
+
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
-
-#[derive(Debug, thiserror::Error)]
-pub enum TokenizerError {
-    #[error("{path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("tokenizer: {0}")]
-    Invalid(String),
-}
-
-/// Token ids of one prompt, padded to the text encoder's context length.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Encoded {
-    pub ids: Vec<i64>,
-    /// Whether the prompt was longer than the context and got cut.
-    pub truncated: bool,
-}
 
 pub struct ClipTokenizer {
     bpe: BPE,
@@ -198,26 +184,6 @@ impl ClipTokenizer {
             out.extend(toks.into_iter().map(|t| i64::from(t.id)));
         }
         Ok(())
-    }
-}
-
-fn read_json(path: &Path) -> Result<Value, TokenizerError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TokenizerError::File {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    serde_json::from_str(&text).map_err(|e| TokenizerError::File {
-        path: path.to_path_buf(),
-        message: format!("invalid JSON: {e}"),
-    })
-}
-
-/// A special token given as a string or as `{"content": ...}`.
-fn token_content(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
-        _ => None,
     }
 }
 
