@@ -7,6 +7,7 @@ use anyaccel_executor::Executor;
 use anyaccel_executor_onnx::{CpuPrecision, DeviceRequest, OnnxConfig, OnnxExecutor, Optimization};
 use anyaccel_executor_remote::{RemoteConfig, RemoteExecutor, SidecarDevice};
 use anyaccel_pipeline::images::{self, OutputFormat};
+use anyaccel_pipeline::memory::{self, MemoryBudget};
 use anyaccel_pipeline::{Defaults, GenerationParams, Limits, MicroParams, Model, Pipeline};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
@@ -78,13 +79,114 @@ pub struct ModelArgs {
         env = "ANYACCEL_CPU_PRECISION"
     )]
     pub cpu_precision: Precision,
+    /// Memory the model may use (e.g. 24GiB, 512MiB); default: what the host
+    /// has free (MemAvailable, or the container's limit). The weights plus the
+    /// activations of the largest size at --max-batch must fit, or the model is
+    /// refused at load with what would fit. `off` skips the check.
+    #[arg(long, value_parser = parse_memory, env = "ANYACCEL_MEMORY_LIMIT")]
+    pub memory_limit: Option<MemoryLimit>,
+    /// T5's prompt length in tokens (SD3, Flux; default 256 for SD3, 512 for
+    /// Flux, at most the tokenizer's).
+    #[arg(long, env = "ANYACCEL_MAX_SEQUENCE_LENGTH")]
+    pub max_sequence_length: Option<usize>,
+    /// Steps when a request names none (default: the family's, as diffusers:
+    /// 25 for SD/SDXL, 28 for SD3 and FLUX.1-dev, 4 for FLUX.1-schnell).
+    #[arg(long, env = "ANYACCEL_DEFAULT_STEPS")]
+    pub default_steps: Option<u32>,
+    /// Guidance scale when a request names none (default: 7.5 SD/SDXL, 7.0 SD3,
+    /// 3.5 FLUX.1-dev's distilled guidance, 0 schnell).
+    #[arg(long, env = "ANYACCEL_DEFAULT_GUIDANCE_SCALE")]
+    pub default_guidance_scale: Option<f32>,
+}
+
+/// `--memory-limit`: a size, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryLimit {
+    Bytes(u64),
+    Off,
+}
+
+fn parse_memory(s: &str) -> Result<MemoryLimit, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(MemoryLimit::Off);
+    }
+    let units: [(&str, u64); 7] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("B", 1),
+    ];
+    let (num, mult) = units
+        .iter()
+        .find_map(|(u, m)| t.strip_suffix(u).map(|n| (n.trim(), *m)))
+        .unwrap_or((t, 1));
+    num.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map(|v| MemoryLimit::Bytes((v * mult as f64) as u64))
+        .ok_or_else(|| format!("`{s}` is not a memory size (e.g. 24GiB, 512MiB) or `off`"))
+}
+
+/// What the model is loaded to serve: the memory preflight checks the
+/// largest size at the largest batch.
+pub struct LoadPlan<'a> {
+    pub limits: Limits,
+    /// Sizes to serve; empty = the family's defaults.
+    pub sizes: &'a [(u32, u32)],
+    pub max_batch: usize,
 }
 
 impl ModelArgs {
-    /// Loads the model folder and its executor.
-    pub fn load(&self, limits: Limits, defaults: Defaults) -> anyhow::Result<Pipeline> {
+    /// Loads the model folder and its executor, after checking it fits.
+    /// Returns the pipeline and the sizes it serves.
+    pub fn load(&self, plan: LoadPlan<'_>) -> anyhow::Result<(Pipeline, Vec<(u32, u32)>)> {
         let model =
             Model::open(&self.model).with_context(|| format!("loading model {}", self.model))?;
+        let info = &model.info;
+        let sizes = if plan.sizes.is_empty() {
+            info.family.default_sizes(info.native_size)
+        } else {
+            plan.sizes.to_vec()
+        };
+        let mut defaults = Defaults::for_model(info);
+        defaults.max_sequence_length = self.max_sequence_length;
+        if let Some(v) = self.default_steps {
+            defaults.steps = v;
+        }
+        if let Some(v) = self.default_guidance_scale {
+            defaults.guidance_scale = v;
+        }
+        let available = match self.memory_limit {
+            Some(MemoryLimit::Off) => None,
+            Some(MemoryLimit::Bytes(b)) => Some((b, "--memory-limit")),
+            // A GPU's memory is not the host's; only --memory-limit checks it.
+            None if self.device == Device::Cuda => None,
+            None => memory::host_available(),
+        };
+        let budget = match available {
+            Some(available) => {
+                let b = MemoryBudget::preflight(
+                    info,
+                    &model.components(),
+                    &sizes,
+                    plan.max_batch,
+                    available,
+                )?;
+                tracing::info!(
+                    weights_mib = b.weights_bytes >> 20,
+                    available_mib = b.available_bytes >> 20,
+                    from = b.source,
+                    "memory preflight passed"
+                );
+                Some(b)
+            }
+            None => None,
+        };
+        let limits = plan.limits;
         let executor: Arc<dyn Executor> = match self.executor {
             ExecutorKind::Onnx => {
                 let device = match self.device {
@@ -136,7 +238,10 @@ impl ModelArgs {
                 Arc::new(RemoteExecutor::spawn(config)?)
             }
         };
-        Ok(Pipeline::new(executor, model, limits, defaults))
+        Ok((
+            Pipeline::new(executor, model, limits, defaults).with_memory(budget),
+            sizes,
+        ))
     }
 }
 
@@ -211,7 +316,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         max_images: args.n.max(Limits::default().max_images),
         ..Limits::default()
     };
-    let pipeline = args.model.load(limits, Defaults::default())?;
+    let sizes: Vec<(u32, u32)> = args.size.into_iter().collect();
+    let (pipeline, _) = args.model.load(LoadPlan {
+        limits,
+        sizes: &sizes,
+        max_batch: args.n as usize,
+    })?;
     let init_image = match &args.init_image {
         Some(path) => {
             let bytes =

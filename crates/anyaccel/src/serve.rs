@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyaccel_batcher::BatcherConfig;
-use anyaccel_pipeline::{Defaults, Limits};
+use anyaccel_pipeline::Limits;
 use anyaccel_server::{AppState, CloudWatchConfig, CloudWatchMode, ServerConfig};
 use anyhow::Context;
 use clap::Args;
 
-use crate::generate::{ModelArgs, parse_size};
+use crate::generate::{LoadPlan, ModelArgs, parse_size};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -95,13 +95,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_steps: args.max_steps,
         ..Limits::default()
     };
-    let pipeline = Arc::new(args.model.load(limits, Defaults::default())?);
-    let info = pipeline.model();
-    let sizes = if args.sizes.is_empty() {
-        info.family.default_sizes(info.native_size)
-    } else {
-        args.sizes.clone()
-    };
+    let (pipeline, sizes) = args.model.load(LoadPlan {
+        limits,
+        sizes: &args.sizes,
+        max_batch: args.max_batch.max(1),
+    })?;
+    let pipeline = Arc::new(pipeline);
     let listen: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| {

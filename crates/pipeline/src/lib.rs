@@ -6,6 +6,7 @@
 
 pub mod family;
 pub mod images;
+pub mod memory;
 pub mod model;
 pub mod noise;
 mod pipeline;

@@ -12,6 +12,7 @@ use image::RgbImage;
 
 use crate::family::{Guidance, ModelFamily};
 use crate::images;
+use crate::memory::MemoryBudget;
 use crate::model::{Model, ModelInfo};
 use crate::noise::NoiseGenerator;
 use crate::request::{
@@ -94,6 +95,8 @@ pub struct Pipeline {
     model: Model,
     limits: Limits,
     defaults: Defaults,
+    /// The memory preflight's numbers, to refuse requests that would not fit.
+    memory: Option<MemoryBudget>,
 }
 
 /// One image's state through the loop.
@@ -121,7 +124,18 @@ impl Pipeline {
             model,
             limits,
             defaults,
+            memory: None,
         }
+    }
+
+    /// Checks every request against the memory `budget` (from the preflight).
+    pub fn with_memory(mut self, budget: Option<MemoryBudget>) -> Self {
+        self.memory = budget;
+        self
+    }
+
+    pub fn memory(&self) -> Option<&MemoryBudget> {
+        self.memory.as_ref()
     }
 
     pub fn model(&self) -> &ModelInfo {
@@ -307,9 +321,19 @@ impl Pipeline {
             }
         };
         let micro = self.micro(p.micro, width, height)?;
+        let cfg = guidance_kind == Guidance::Classifier && guidance > 1.0;
+        if let Some(budget) = &self.memory
+            && let Err(e) = budget.check(info, width, height, n as usize, cfg)
+        {
+            let field = if n > 1 { "n" } else { "size" };
+            return Err(ValidationError::new(
+                field,
+                format!("does not fit in memory: {e}"),
+            ));
+        }
         let seed = p.seed.unwrap_or_else(random_seed);
         Ok(GenerationRequest {
-            cfg: guidance_kind == Guidance::Classifier && guidance > 1.0,
+            cfg,
             prompt: p.prompt,
             negative_prompt: negative,
             width,
