@@ -113,23 +113,30 @@ class SidecarService:
             c = request.conditioning
             if not c.HasField("encoder_hidden_states"):
                 raise BadRequest("the conditioning needs encoder_hidden_states")
+            def part(name, rank):
+                return tensors.decode(getattr(c, name), name, rank=rank) if c.HasField(name) else None
+
             cond = Conditioning(
                 encoder_hidden_states=tensors.decode(c.encoder_hidden_states, "encoder_hidden_states", rank=3),
-                pooled=tensors.decode(c.pooled, "pooled", rank=2) if c.HasField("pooled") else None,
-                time_ids=tensors.decode(c.time_ids, "time_ids", rank=2) if c.HasField("time_ids") else None,
+                pooled=part("pooled", 2),
+                time_ids=part("time_ids", 2),
+                guidance=part("guidance", 1),
+                txt_ids=part("txt_ids", 2),
+                img_ids=part("img_ids", 2),
             )
             return b.begin_denoise(cond)
 
-        session, _ = self._run(context, "unet", run)
+        session, _ = self._run(context, self._denoiser(), run)
         return pb.BeginDenoiseResponse(session=session)
 
     def denoise_step(self, request, context):
         def run(b: Backend):
-            sample = tensors.decode(request.sample, "sample", rank=4)
+            # rank 4 ([rows, c, h, w]) or, for Flux, 3 ([rows, tokens, 4c]): the backend checks which
+            sample = tensors.decode(request.sample, "sample")
             timesteps = np.asarray(request.timesteps, dtype=np.float32)
             return b.denoise_step(request.session, sample, timesteps)
 
-        out, elapsed = self._run(context, "unet", run)
+        out, elapsed = self._run(context, self._denoiser(), run)
         return pb.TensorResponse(output=tensors.encode(out), device_seconds=elapsed)
 
     def end_denoise(self, request, context):
@@ -144,6 +151,9 @@ class SidecarService:
 
     def vae_encode(self, request, context):
         return self._tensor(context, "vae_encoder", lambda b: b.vae_encode(tensors.decode(request.input, "sample", rank=4)))
+
+    def _denoiser(self) -> str:
+        return self.backend.denoiser if self.backend is not None else "unet"
 
     def _backend(self, context) -> Backend:
         if self.backend is None or self.status != Status.SERVING:

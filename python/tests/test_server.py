@@ -38,9 +38,8 @@ def stub(sock):
     return call
 
 
-@pytest.fixture(scope="module")
-def sidecar():
-    proc, sock = start(TINY_DIFFUSERS, "--threads", "1")
+def serve(model):
+    proc, sock = start(model, "--threads", "1")
     call = stub(sock)
     health = call("Health", pb.HealthRequest, pb.HealthResponse)
     deadline = time.time() + 120
@@ -57,6 +56,11 @@ def sidecar():
     proc.terminate()
     assert proc.wait(timeout=10) == 0, "SIGTERM stops the sidecar cleanly"
     assert not sock.exists(), "the socket is removed on exit"
+
+
+@pytest.fixture(scope="module")
+def sidecar():
+    yield from serve(TINY_DIFFUSERS)
 
 
 def test_health_and_capabilities(sidecar):
@@ -130,10 +134,10 @@ def test_an_unsupported_pipeline_reports_failed_health(tmp_path):
     import json
     import shutil
 
-    model = tmp_path / "sd3"
+    model = tmp_path / "kontext"
     shutil.copytree(TINY_DIFFUSERS, model, ignore=shutil.ignore_patterns("*.safetensors"))
     index = json.loads((model / "model_index.json").read_text())
-    index["_class_name"] = "StableDiffusion3Pipeline"
+    index["_class_name"] = "FluxKontextPipeline"
     (model / "model_index.json").write_text(json.dumps(index))
     proc, sock = start(model)
     health = stub(sock)("Health", pb.HealthRequest, pb.HealthResponse)
@@ -149,4 +153,46 @@ def test_an_unsupported_pipeline_reports_failed_health(tmp_path):
         time.sleep(0.05)
     assert proc.wait(timeout=30) == 3
     assert seen is not None and seen.status == pb.HealthResponse.FAILED, seen
-    assert "StableDiffusion3Pipeline is not supported" in seen.message and "StableDiffusionXLPipeline" in seen.message
+    assert "FluxKontextPipeline is not supported: FLUX.1 Kontext" in seen.message
+    assert "StableDiffusionXLPipeline" in seen.message and "FluxPipeline" in seen.message
+
+
+def test_flux_over_the_socket(flux_model):
+    """Flux's conditioning (guidance, txt_ids, img_ids) and packed [rows, tokens, 64]
+    samples through the wire format, as the Rust side sends them."""
+    server = serve(flux_model)
+    _, call = next(server)
+    try:
+        caps = call("GetCapabilities", pb.CapabilitiesRequest, pb.CapabilitiesResponse)(pb.CapabilitiesRequest())
+        assert caps.pipeline_class == "FluxPipeline" and caps.per_sample_timesteps
+        assert list(caps.components) == ["text_encoder", "text_encoder_2", "transformer", "vae_decoder", "vae_encoder"]
+        encode = call("EncodeText", pb.EncodeTextRequest, pb.EncodeTextResponse)
+        t5 = encode(pb.EncodeTextRequest(shape=[2, 12], ids=[5] * 24, encoder="text_encoder_2"))
+        assert not t5.HasField("pooled"), "T5 has no pooled output"
+        clip = encode(pb.EncodeTextRequest(shape=[2, 77], ids=[5] * 154, encoder="text_encoder"))
+        hidden = tensors.decode(t5.hidden, "h")
+        grid = np.stack(np.meshgrid(np.arange(4), np.arange(4), indexing="ij"), -1).reshape(-1, 2)
+        img_ids = np.concatenate([np.zeros((16, 1)), grid], 1).astype(np.float32)
+        cond = pb.Conditioning(
+            encoder_hidden_states=t5.hidden,
+            pooled=clip.pooled,
+            guidance=tensors.encode(np.array([3.5, 1.0], np.float32)),
+            txt_ids=tensors.encode(np.zeros((hidden.shape[1], 3), np.float32)),
+            img_ids=tensors.encode(img_ids),
+        )
+        begin = call("BeginDenoise", pb.BeginDenoiseRequest, pb.BeginDenoiseResponse)
+        step = call("DenoiseStep", pb.DenoiseStepRequest, pb.TensorResponse)
+        session = begin(pb.BeginDenoiseRequest(conditioning=cond)).session
+        sample = np.random.default_rng(1).standard_normal((2, 16, 64)).astype(np.float32)
+        out = tensors.decode(step(pb.DenoiseStepRequest(session=session, sample=tensors.encode(sample), timesteps=[1.0, 0.5])).output, "v")
+        assert out.shape == sample.shape and not np.allclose(out[0], out[1])
+        with pytest.raises(grpc.RpcError) as e:
+            step(pb.DenoiseStepRequest(session=session, sample=tensors.encode(sample.reshape(2, 16, 8, 8)), timesteps=[1.0, 0.5]))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "transformer: sample" in e.value.details()
+        cond.ClearField("guidance")  # the guidance-distilled transformer needs it
+        with pytest.raises(grpc.RpcError) as e:
+            begin(pb.BeginDenoiseRequest(conditioning=cond))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "needs `guidance`" in e.value.details()
+    finally:
+        for _ in server:
+            pass

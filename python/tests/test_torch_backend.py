@@ -162,8 +162,11 @@ def _variant(tmp_path, name, index_changes, unet_changes=None):
 @pytest.mark.parametrize(
     "name, index, unet, message",
     [
-        ("sd3", {"_class_name": "StableDiffusion3Pipeline"}, None, "StableDiffusion3Pipeline is not supported: SD3"),
-        ("flux", {"_class_name": "FluxPipeline"}, None, "FluxPipeline is not supported: Flux"),
+        ("kontext", {"_class_name": "FluxKontextPipeline"}, None, "FluxKontextPipeline is not supported: FLUX.1 Kontext"),
+        ("flux-fill", {"_class_name": "FluxFillPipeline"}, None, "FluxFillPipeline is not supported: FLUX.1 Fill"),
+        ("sd3-controlnet", {"_class_name": "StableDiffusion3ControlNetPipeline"}, None, "ControlNet pipelines are not supported"),
+        # a Flux class over an SD 1.5 folder: the family's components are checked
+        ("flux-without-t5", {"_class_name": "FluxPipeline"}, None, "FluxPipeline without text_encoder_2; Flux needs its T5 encoder"),
         ("unknown", {"_class_name": "KandinskyPipeline"}, None, "KandinskyPipeline is not supported"),
         ("inpaint", {"_class_name": "StableDiffusionInpaintPipeline"}, None, "inpainting"),
         # an inpainting UNet under a text-to-image class name

@@ -1,4 +1,4 @@
-"""Backends run a Stable Diffusion model's components (text encoders, UNet, VAE) on one device family."""
+"""Backends run a diffusion model's components (text encoders, UNet or transformer, VAE) on one device family."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def load(
     layout = _layout(model)
     if layout == "onnx":
         raise LoadError(
-            f"{model} holds ONNX components (unet/model.onnx); serve it with the onnx executor, "
+            f"{model} holds ONNX components (unet/ or transformer/model.onnx); serve it with the onnx executor, "
             "or point the sidecar at the diffusers (PyTorch) or optimum-neuron compiled model"
         )
     if device == "neuron":
@@ -77,7 +77,7 @@ def _layout(model: str) -> str:
         if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not model.startswith("."):
             return "unknown"  # a Hub repo id; from_pretrained downloads it
         raise LoadError(f"{model}: no such model folder (nor a Hub repo id owner/name)")
-    for component in ("unet", "text_encoder", "vae_decoder"):
+    for component in ("unet", "transformer", "text_encoder", "vae_decoder"):
         d = root / component
         if (d / "model.onnx").is_file():
             return "onnx"

@@ -1,4 +1,14 @@
-"""PyTorch on CPU or CUDA, loading diffusers-format components (SD 1.x/2.x, SDXL)."""
+"""PyTorch on CPU or CUDA, loading diffusers-format components (SD 1.x/2.x, SDXL,
+SD3/3.5 and FLUX.1).
+
+The denoiser is called with the keyword arguments diffusers' own pipelines pass:
+UNets (sample, timestep, encoder_hidden_states[, added_cond_kwargs]), SD3's
+SD3Transformer2DModel (hidden_states, encoder_hidden_states, pooled_projections,
+timestep) and Flux's FluxTransformer2DModel (the same plus txt_ids, img_ids and,
+for guidance-distilled FLUX.1-dev, guidance). Timesteps arrive as the transformer's
+`timestep` input takes them (SD3: sigma * 1000; Flux: sigma): the Rust pipeline
+computes them and this backend passes them through.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +25,9 @@ from .base import Backend, Capabilities, Conditioning, Prepared, TextEncoding, c
 log = logging.getLogger("anyaccel_sidecar.torch")
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# T5 has relative positions (no fixed length); diffusers' SD3 and Flux pipelines refuse
+# max_sequence_length above 512, so that is the most this backend takes
+T5_MAX_TOKENS = 512
 
 
 class TorchBackend(Backend):
@@ -30,7 +43,7 @@ class TorchBackend(Backend):
         import torch
         import diffusers
         import transformers
-        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from diffusers import AutoencoderKL
 
         diffusers.utils.logging.set_verbosity_error()
         transformers.utils.logging.set_verbosity_error()
@@ -49,7 +62,11 @@ class TorchBackend(Backend):
         self.model = model
 
         index = _model_index(model)
-        self.family = families.detect(index, model, _component_config(model, "unet"))
+        denoiser = families.denoiser_name(index)
+        self.family = families.detect(
+            index, model, _component_config(model, denoiser), _component_config(model, "vae") if denoiser == "transformer" else None
+        )
+        denoiser_cls = getattr(diffusers, families._DENOISERS[self.family.name][1])
 
         kw = dict(torch_dtype=self.dtype)
         try:
@@ -57,21 +74,30 @@ class TorchBackend(Backend):
                 name: getattr(transformers, index[name][1]).from_pretrained(model, subfolder=name, **kw)
                 for name in self.family.text_encoders
             }
-            self.unet_model = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **kw)
+            self.denoiser_model = denoiser_cls.from_pretrained(model, subfolder=self.family.denoiser, **kw)
             self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **kw)
         except (OSError, ValueError) as e:
             raise LoadError(f"{model}: could not load the diffusers components: {e}") from e
-        # SDXL's VAE overflows in fp16; diffusers' SDXL pipelines run it in fp32 (force_upcast)
+        # SDXL's VAE overflows in fp16; diffusers' SDXL pipelines run it in fp32 (force_upcast).
+        # Its SD3 and Flux pipelines decode in the model's dtype, as this does.
         self.vae_dtype = self.dtype
         if self.family.sdxl and self.dtype == torch.float16 and getattr(self.vae.config, "force_upcast", False):
             self.vae_dtype = torch.float32
             self.vae.to(torch.float32)
-        for m in (*self.text_encoders.values(), self.unet_model, self.vae):
+        for m in (*self.text_encoders.values(), self.denoiser_model, self.vae):
             m.to(self.device).eval().requires_grad_(False)
         self.scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.max_text_len = int(getattr(self.text_encoders["text_encoder"].config, "max_position_embeddings", 77))
-        self.cross_dim = int(self.unet_model.config.cross_attention_dim)
-        components = [*self.family.text_encoders, "unet", "vae_decoder", "vae_encoder"]
+        self.text_lens = {name: _max_tokens(m) for name, m in self.text_encoders.items()}
+        self.max_text_len = self.text_lens["text_encoder"]
+        cfg = self.denoiser_model.config
+        if self.family.transformer:
+            self.cross_dim = int(cfg.joint_attention_dim)
+            self.pooled_dim = int(cfg.pooled_projection_dim)
+        else:
+            self.cross_dim = int(cfg.cross_attention_dim)
+            self.pooled_dim = None
+        self.guidance_embeds = bool(getattr(cfg, "guidance_embeds", False))
+        components = [*self.family.text_encoders, self.family.denoiser, "vae_decoder", "vae_encoder"]
         self._caps = Capabilities(
             device=device,
             device_name=torch.cuda.get_device_name(self.device) if device == "cuda" else cpu_name(),
@@ -83,7 +109,7 @@ class TorchBackend(Backend):
             runtime=f"torch {torch.__version__} / diffusers {diffusers.__version__} / transformers {transformers.__version__}",
             model=model,
             max_text_len=self.max_text_len,
-            # diffusers' UNet embeds a [batch] timestep tensor row by row
+            # diffusers' UNets and transformers embed a [batch] timestep tensor row by row
             per_sample_timesteps=True,
             components=components,
             pipeline_class=self.family.pipeline_class,
@@ -95,7 +121,9 @@ class TorchBackend(Backend):
             # size), so the client's padding and splitting can be tested on CPU.
             batch, width, height = static
             self.batches = {name: batch for name in self.family.text_encoders}
-            self.batches.update({"unet": 2 * batch, "vae_decoder": batch, "vae_encoder": batch})
+            # classifier-free guidance doubles the denoiser's rows; FLUX.1 is guidance-distilled
+            rows = batch if self.family.packed else 2 * batch
+            self.batches.update({self.family.denoiser: rows, "vae_decoder": batch, "vae_encoder": batch})
             self.size = (width, height)
             self._caps.static_shapes = True
             self._caps.batch_size = batch
@@ -132,26 +160,29 @@ class TorchBackend(Backend):
         if model is None:
             raise ComponentMissing(f"the model has no {encoder} (it has {', '.join(self.text_encoders)})")
         self._check(encoder, input_ids.shape[0])
-        if input_ids.shape[1] > self.max_text_len:
-            raise BadRequest(f"input_ids: {input_ids.shape[1]} tokens, the text encoder takes at most {self.max_text_len}")
+        limit = self.text_lens[encoder]
+        if input_ids.shape[1] > limit:
+            raise BadRequest(f"input_ids: {input_ids.shape[1]} tokens, {encoder} takes at most {limit}")
         with self.torch.inference_mode():
             ids = self.torch.from_numpy(input_ids).to(self.device)
-            # SD pipelines pass no attention mask (CLIP's use_attention_mask is false)
+            # diffusers' pipelines pass no attention mask, to CLIP (use_attention_mask is false) nor to T5
             out = model(ids, output_hidden_states=layer == "penultimate", return_dict=True)
             hidden = out.hidden_states[-2] if layer == "penultimate" else out.last_hidden_state
+            # CLIPTextModelWithProjection: text_embeds; CLIPTextModel: pooler_output; T5: neither
             pooled = getattr(out, "text_embeds", None)
             if pooled is None:
                 pooled = getattr(out, "pooler_output", None)
             return TextEncoding(self._out(hidden), None if pooled is None else self._out(pooled))
 
     def prepare_conditioning(self, cond: Conditioning) -> Prepared:
-        cond.check(self.family.sdxl)
-        self._check("unet", cond.rows)
+        cond.check(self.family)
+        self._check(self.family.denoiser, cond.rows)
         dim = cond.encoder_hidden_states.shape[2]
         if dim != self.cross_dim:
-            raise BadRequest(f"encoder_hidden_states: dim {dim}, the UNet cross-attends to {self.cross_dim}")
+            what = "the transformer's joint attention takes" if self.family.transformer else "the UNet cross-attends to"
+            raise BadRequest(f"encoder_hidden_states: dim {dim}, {what} {self.cross_dim}")
         if self.family.sdxl:
-            cfg = self.unet_model.config
+            cfg = self.denoiser_model.config
             # the UNet's add_embedding takes time_ids (each embedded to addition_time_embed_dim) and pooled, concatenated
             want = int(cfg.projection_class_embeddings_input_dim)
             got = cond.time_ids.shape[1] * int(cfg.addition_time_embed_dim) + cond.pooled.shape[1]
@@ -160,24 +191,67 @@ class TorchBackend(Backend):
                     f"pooled {list(cond.pooled.shape)} and time_ids {list(cond.time_ids.shape)} give {got} "
                     f"added-conditioning inputs; the UNet takes {want}"
                 )
+        if self.family.transformer and cond.pooled.shape[1] != self.pooled_dim:
+            raise BadRequest(f"pooled: dim {cond.pooled.shape[1]}, the transformer's pooled_projections take {self.pooled_dim}")
+        if self.family.packed:
+            if self.guidance_embeds and cond.guidance is None:
+                raise BadRequest("this Flux transformer is guidance-distilled (guidance_embeds, FLUX.1-dev): it needs `guidance`")
+            if not self.guidance_embeds and cond.guidance is not None:
+                raise BadRequest("`guidance` was given, but this Flux transformer has no guidance embedding (FLUX.1-schnell)")
+            if self.size is not None:
+                tokens = (self.size[0] // (2 * self.scale)) * (self.size[1] // (2 * self.scale))
+                if cond.img_ids.shape[0] != tokens:
+                    raise BadRequest(
+                        f"img_ids: {cond.img_ids.shape[0]} latent tokens; the transformer is fixed to "
+                        f"{self.size[0]}x{self.size[1]} (static shapes), {tokens} tokens"
+                    )
         with self.torch.inference_mode():
             return Prepared(
                 rows=cond.rows,
                 encoder_hidden_states=self._in(cond.encoder_hidden_states),
                 pooled=None if cond.pooled is None else self._in(cond.pooled),
                 time_ids=None if cond.time_ids is None else self._in(cond.time_ids),
+                # diffusers' Flux pipeline passes guidance in float32, the position ids in the model's dtype
+                guidance=None if cond.guidance is None else self._in(cond.guidance, self.torch.float32),
+                txt_ids=None if cond.txt_ids is None else self._in(cond.txt_ids),
+                img_ids=None if cond.img_ids is None else self._in(cond.img_ids),
             )
 
     def run_unet(self, state: Prepared, sample: np.ndarray, timesteps: np.ndarray) -> np.ndarray:
-        self._check("unet", sample.shape[0], (sample.shape[3] * self.scale, sample.shape[2] * self.scale))
+        if self.family.packed:
+            self._check(self.family.denoiser, sample.shape[0])
+        else:
+            self._check(self.family.denoiser, sample.shape[0], (sample.shape[3] * self.scale, sample.shape[2] * self.scale))
         with self.torch.inference_mode():
             t = self.torch.from_numpy(np.ascontiguousarray(timesteps, dtype=np.float32)).to(self.device)
-            extra = {}
-            if self.family.sdxl:
-                extra["added_cond_kwargs"] = {"text_embeds": state.pooled, "time_ids": state.time_ids}
-            out = self.unet_model(
-                self._in(sample), t, encoder_hidden_states=state.encoder_hidden_states, return_dict=False, **extra
-            )[0]
+            x = self._in(sample)
+            if self.family.name == "sd3":
+                out = self.denoiser_model(
+                    hidden_states=x,
+                    encoder_hidden_states=state.encoder_hidden_states,
+                    pooled_projections=state.pooled,
+                    timestep=t,
+                    return_dict=False,
+                )[0]
+            elif self.family.packed:
+                extra = {"guidance": state.guidance} if self.guidance_embeds else {}
+                out = self.denoiser_model(
+                    hidden_states=x,
+                    encoder_hidden_states=state.encoder_hidden_states,
+                    pooled_projections=state.pooled,
+                    timestep=t,
+                    img_ids=state.img_ids,
+                    txt_ids=state.txt_ids,
+                    return_dict=False,
+                    **extra,
+                )[0]
+            else:
+                extra = {}
+                if self.family.sdxl:
+                    extra["added_cond_kwargs"] = {"text_embeds": state.pooled, "time_ids": state.time_ids}
+                out = self.denoiser_model(
+                    x, t, encoder_hidden_states=state.encoder_hidden_states, return_dict=False, **extra
+                )[0]
             return self._out(out)
 
     def vae_decode(self, latents: np.ndarray) -> np.ndarray:
@@ -196,12 +270,20 @@ class TorchBackend(Backend):
             return self._out(self.vae.encode(self._in(image, self.vae_dtype)).latent_dist.parameters)
 
 
+def _max_tokens(encoder) -> int:
+    """The longest token sequence a text encoder takes: CLIP's position embeddings; T5's cap."""
+    cfg = encoder.config
+    if getattr(cfg, "model_type", "") == "t5":
+        return T5_MAX_TOKENS
+    return int(getattr(cfg, "max_position_embeddings", 77))
+
+
 def _model_index(model: str) -> dict:
     path = Path(model) / "model_index.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     if Path(model).exists():
-        raise LoadError(f"{model}: no model_index.json; expected a diffusers Stable Diffusion folder")
+        raise LoadError(f"{model}: no model_index.json; expected a diffusers pipeline folder")
     try:
         from huggingface_hub import hf_hub_download
 
