@@ -1,23 +1,27 @@
 #!/usr/bin/env python3
-"""`anyaccel compile`'s Python half: turns a diffusers Stable Diffusion model (a local
-folder or a Hugging Face Hub id) into the artifact one accelerator serves, writes
+"""`anyaccel compile`'s Python half: turns a diffusers model (a local folder or a
+Hugging Face Hub id) into the artifact one accelerator serves, writes
 `anyaccel-manifest.json` beside it, and optionally pushes it to a Hub repo.
-SD 1.x/2.x and SDXL pipelines compile (the family is read from model_index.json and
-recorded in the manifest); every ONNX target's UNet takes one timestep per row.
+SD 1.x/2.x, SDXL, SD3/3.5 and FLUX.1 (dev, schnell) pipelines compile (the family is
+read from model_index.json and recorded in the manifest); every ONNX target's denoiser
+(UNet or transformer) takes one timestep per row.
 
     python compile.py --model DIR_OR_HUB_ID --target onnx-fp32 --out DIR
     python compile.py --model ... --target neuron --batch-size 1 --size 512x512 --out DIR
 
 Targets:
   onnx-fp32  optimum's ONNX export on the CPU (the layout the onnx executor serves), with
-             the UNet's attention and layer norms fused for ONNX Runtime's CPU kernels
-             (--no-optimize keeps optimum's graph as exported)
-  onnx-int8  onnx-fp32 with the UNet's MatMul weights quantized to int8 (dynamic
-             quantization, VNNI on x86); faster on CPUs, at a measured quality cost
+             the denoiser's attention and layer norms fused for ONNX Runtime's CPU kernels
+             (ONNX Runtime's "unet" fusions for UNets, "mmdit" for SD3/Flux transformers;
+             --no-optimize keeps optimum's graph as exported)
+  onnx-int8  onnx-fp32 with the denoiser's MatMul weights quantized to int8 (dynamic
+             quantization, VNNI on x86; text encoders and VAE stay fp32); faster on CPUs,
+             at a measured quality cost
   onnx-openvino  optimum's fp32 export as is, for `--device openvino` (OpenVINO fuses the
              graph itself and cannot load ONNX Runtime's fused operators); x86_64 CPUs
   onnx-fp16  the same in fp16; optimum exports fp16 only on a CUDA GPU
-  neuron     optimum-neuron's compiled layout for inf2/trn1 (static batch and size)
+  neuron     optimum-neuron's compiled layout for inf2/trn1 (static batch and size):
+             SD, SDXL and Flux (NeuronFluxPipeline); optimum-neuron has no SD3 pipeline
 
 Self-contained (standard library plus the exporters), so the Rust binary embeds it
 and runs it in the environment it prepares. The artifact is built in a staging folder
@@ -53,11 +57,11 @@ TARGETS = {
 }
 # What a diffusers SD repo needs for an export (no .ckpt, flax or other formats).
 HUB_ALLOW = [
-    "model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*",
-    "text_encoder/*", "text_encoder_2/*", "unet/*", "vae/*",
+    "model_index.json", "scheduler/*", "tokenizer/*", "tokenizer_2/*", "tokenizer_3/*",
+    "text_encoder/*", "text_encoder_2/*", "text_encoder_3/*", "unet/*", "transformer/*", "vae/*",
 ]
 HUB_IGNORE = ["*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb", "*.neuron"]
-COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer", "vae_decoder", "vae_encoder")
 # Pipeline classes by family, as the Rust pipeline serves them (crates/pipeline/src/family.rs).
 FAMILIES = {
     "StableDiffusionPipeline": "sd",
@@ -65,6 +69,19 @@ FAMILIES = {
     "LatentConsistencyModelPipeline": "sd",
     "StableDiffusionXLPipeline": "sdxl",
     "StableDiffusionXLImg2ImgPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "StableDiffusion3Img2ImgPipeline": "sd3",
+    "FluxPipeline": "flux",
+    "FluxImg2ImgPipeline": "flux",
+}
+# the denoiser's folder per family
+DENOISERS = {"sd": "unet", "sdxl": "unet", "sd3": "transformer", "flux": "transformer"}
+# the text encoders each family's export must produce (SD3's T5, text_encoder_3, is optional)
+TEXT_ENCODERS = {
+    "sd": ("text_encoder",),
+    "sdxl": ("text_encoder", "text_encoder_2"),
+    "sd3": ("text_encoder", "text_encoder_2"),
+    "flux": ("text_encoder", "text_encoder_2"),
 }
 
 
@@ -97,10 +114,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--push", default=None, metavar="REPO", help="upload the artifact to this Hub model repo")
     ap.add_argument("--force", action="store_true", help="replace a non-empty --out")
     ap.add_argument("--no-validate", action="store_true", help="skip the exporter's numerical validation")
-    ap.add_argument("--no-optimize", action="store_true", help="onnx-fp32: keep optimum's UNet graph unfused")
+    ap.add_argument("--no-optimize", action="store_true", help="onnx-fp32: keep optimum's denoiser graph unfused")
+    ap.add_argument("--tensor-parallel-size", type=int, default=None,
+                    help="neuron, Flux: NeuronCores the transformer and T5 are sharded over (default 8)")
+    ap.add_argument("--sequence-length", type=int, default=None,
+                    help="neuron, Flux: T5 tokens to compile for (default 512 for FLUX.1-dev, 256 for schnell)")
     args = ap.parse_args(argv)
     if args.target != "neuron" and (args.batch_size is not None or args.size is not None):
         ap.error("--batch-size and --size apply to --target neuron; ONNX exports take any batch and size")
+    if args.target != "neuron" and (args.tensor_parallel_size is not None or args.sequence_length is not None):
+        ap.error("--tensor-parallel-size and --sequence-length apply to --target neuron; ONNX exports take any text length")
     if args.no_optimize and args.target != "onnx-fp32":
         ap.error("--no-optimize applies to --target onnx-fp32 (onnx-int8 quantizes the optimized graph; "
                  "onnx-openvino is never optimized for ONNX Runtime)")
@@ -157,11 +180,11 @@ def resolve_source(model: str, revision: str | None) -> tuple[Path, str | None]:
         if revision:
             raise CompileError("--revision applies to Hub ids, not local folders")
         if not (p / "model_index.json").is_file():
-            raise CompileError(f"{model}: no model_index.json; expected a diffusers Stable Diffusion folder")
-        for component in ("text_encoder", "unet", "vae"):
+            raise CompileError(f"{model}: no model_index.json; expected a diffusers pipeline folder")
+        family = family_of(p)
+        for component in ("text_encoder", DENOISERS[family], "vae"):
             if not (p / component).is_dir():
                 raise CompileError(f"{model}: no {component}/ folder; expected the diffusers (PyTorch) layout")
-        family_of(p)
         return p.resolve(), None
     if p.exists() or model.startswith((".", "/")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
         raise CompileError(f"{model}: no such model folder, and not a Hub repo id (owner/name)")
@@ -184,9 +207,23 @@ def family_of(src: Path) -> str:
         raise CompileError(f"{cls or 'a pipeline without _class_name'} is not a pipeline anyaccel serves; supported: {supported}")
     if family == "sdxl" and not (index.get("text_encoder") or [None])[0]:
         raise CompileError(f"{cls} without text_encoder is an SDXL refiner, which anyaccel does not serve; supported: {supported}")
+    if family in ("sd3", "flux") and not (index.get("text_encoder_2") or [None])[0]:
+        raise CompileError(f"{cls} without text_encoder_2 is not a complete {family} pipeline; supported: {supported}")
     unet = src / "unet" / "config.json"
     if unet.is_file() and json.loads(unet.read_text()).get("in_channels", 4) != 4:
         raise CompileError(f"{cls}: its UNet takes {json.loads(unet.read_text())['in_channels']} channels (inpainting); supported: {supported}")
+    transformer = src / "transformer" / "config.json"
+    if family in ("sd3", "flux") and transformer.is_file():
+        channels = int(json.loads(transformer.read_text()).get("in_channels", 16 if family == "sd3" else 64))
+        vae = src / "vae" / "config.json"
+        latent = int(json.loads(vae.read_text()).get("latent_channels", 16)) if vae.is_file() else 16
+        want = latent if family == "sd3" else 4 * latent
+        if channels != want or (family == "sd3" and channels > 16):
+            what = "inpainting or control channels" if family == "sd3" else "FLUX.1 Fill/Control's image or control channels"
+            raise CompileError(
+                f"{cls}: its transformer takes {channels} input channels, not {want} for its {latent}-channel VAE "
+                f"({what}); supported: {supported}"
+            )
     return family
 
 
@@ -219,7 +256,9 @@ def export_onnx(src: Path, out: Path, target: str, validate: bool) -> dict:
             log("warning: this SDXL VAE is marked force_upcast (it overflows in fp16); "
                 "swap in an fp16-safe VAE (e.g. madebyollin/sdxl-vae-fp16-fix) before compiling for onnx-fp16")
     main_export(str(src), output=str(out), task="text-to-image", device=device, dtype=dtype, do_validation=validate)
-    needed = ["text_encoder", "unet", "vae_decoder"] + (["text_encoder_2"] if family == "sdxl" else [])
+    needed = [*TEXT_ENCODERS[family], DENOISERS[family], "vae_decoder"]
+    if family == "sd3" and (src / "text_encoder_3").is_dir():
+        needed.append("text_encoder_3")
     for component in needed:
         if not (out / component / "model.onnx").is_file():
             raise CompileError(f"the export produced no {component}/model.onnx")
@@ -231,7 +270,11 @@ def per_sample_timesteps(unet_dir: Path, validate: bool = True) -> dict:
     so rows at different steps can share a call. diffusers' UNet unsqueezes a scalar
     timestep and expands it to the batch; with a `[batch]` input the unsqueeze goes and
     the expand is a no-op. Graphs of another shape are left as they are (the executor
-    then broadcasts one timestep)."""
+    then broadcasts one timestep).
+
+    SD3 and Flux transformers (a `transformer/` folder) are exported with a `[step]`
+    timestep already (optimum's DummyTransformerTimestepInputGenerator), which the graph
+    broadcasts against the batch: that is checked, not changed."""
     import onnx
 
     path = unet_dir / "model.onnx"
@@ -242,7 +285,14 @@ def per_sample_timesteps(unet_dir: Path, validate: bool = True) -> dict:
         return {"applied": False, "reason": "no timestep input"}
     dims = ts.type.tensor_type.shape.dim
     if len(dims) == 1 and dims[0].dim_param:
-        return {"applied": False, "reason": "already per-sample"}
+        if not _is_transformer(graph):
+            return {"applied": False, "reason": "already per-sample"}
+        report = {"applied": False, "reason": "exported per-sample", "timestep_shape": [dims[0].dim_param]}
+        del model, graph
+        if validate:
+            # two rows at different timesteps in one call against each row alone
+            report["check"] = _compare_timesteps(path, path)
+        return report
     if len(dims) != 0:
         return {"applied": False, "reason": f"timestep has rank {len(dims)}"}
     users = [n for n in graph.node if "timestep" in n.input]
@@ -266,35 +316,51 @@ def per_sample_timesteps(unet_dir: Path, validate: bool = True) -> dict:
     return report
 
 
+def _is_transformer(graph) -> bool:
+    """An SD3/Flux transformer export (hidden_states in), not a UNet (sample in)."""
+    return any(i.name == "hidden_states" for i in graph.input)
+
+
 def _compare_timesteps(scalar: Path, per_sample: Path) -> dict:
     """Two rows at different timesteps in one call against each row alone on the
-    scalar graph: the largest difference."""
+    scalar graph (for transformers: the same graph, one row at a time): the largest
+    difference."""
     import numpy as np
     import onnxruntime as ort
 
-    ref, feeds = _unet_feeds(scalar)
-    new = ort.InferenceSession(str(per_sample), providers=["CPUExecutionProvider"])
-    steps = [999.0, 1.0]
+    ref, feeds = _denoiser_feeds(scalar)
+    new = ref if per_sample == scalar else ort.InferenceSession(str(per_sample), providers=["CPUExecutionProvider"])
+    # Flux's transformer takes sigma (diffusers passes t / 1000); UNets and SD3 take t
+    steps = [1.0, 0.02] if "img_ids" in feeds else [999.0, 1.0]
+    dtype = feeds["timestep"].dtype
+    rank = feeds["timestep"].ndim
+    shared = {"txt_ids", "img_ids"}  # Flux's position ids: one set for every row
     want = []
     for row, t in enumerate(steps):
-        one = {k: v[row : row + 1] if v.ndim and k != "timestep" else v for k, v in feeds.items()}
-        one["timestep"] = np.array(t, dtype=feeds["timestep"].dtype)
+        one = {k: v[row : row + 1] if v.ndim and k != "timestep" and k not in shared else v for k, v in feeds.items()}
+        one["timestep"] = np.array([t] if rank else t, dtype=dtype)
         want.append(ref.run(None, one)[0])
     both = dict(feeds)
-    both["timestep"] = np.array(steps, dtype=feeds["timestep"].dtype)
+    both["timestep"] = np.array(steps, dtype=dtype)
     got = new.run(None, both)[0]
     err = float(np.abs(got - np.concatenate(want)).max())
     if not err < 1e-3:
-        raise CompileError(f"the per-sample timestep UNet moved by {err} against the scalar graph")
-    return {"max_abs_error": err}
+        raise CompileError(f"the per-sample timestep denoiser moved by {err} against one row at a time")
+    # the check says something only if the timestep moves the output: row 0 at the other step
+    other = {k: v[0:1] if v.ndim and k != "timestep" and k not in shared else v for k, v in feeds.items()}
+    other["timestep"] = np.array([steps[1]] if rank else steps[1], dtype=dtype)
+    effect = float(np.abs(ref.run(None, other)[0] - want[0]).max())
+    if not effect > 10 * err:
+        raise CompileError(f"the timestep barely moves the denoiser's output ({effect}); the per-row check proves nothing")
+    return {"max_abs_error": err, "timestep_moves_output_by": effect}
 
 
 # ---------------------------------------------------------------------------
-# CPU graph optimisation and int8 quantization of the UNet
+# CPU graph optimisation and int8 quantization of the denoiser (UNet or transformer)
 
 
 def unet_passes(target: str, no_optimize: bool) -> tuple[bool, bool]:
-    """(fuse the UNet for ONNX Runtime's CPU kernels, quantize it to int8) for a target.
+    """(fuse the denoiser for ONNX Runtime's CPU kernels, quantize it to int8) for a target.
     onnx-openvino stays as exported: OpenVINO cannot load ONNX Runtime's fused operators."""
     fuse = target == "onnx-int8" or (target == "onnx-fp32" and not no_optimize)
     return fuse, target == "onnx-int8"
@@ -341,6 +407,32 @@ def _patch_num_heads_detection() -> None:
             importlib.import_module(name).FusionAttentionUnet.get_num_heads = get_num_heads
         except ImportError:
             pass
+
+
+def _patch_simplified_layernorm() -> None:
+    """onnxruntime 1.32's RMSNorm (SimplifiedLayerNormalization) fusion indexes a
+    NodeProto (`reduce_mean_parent[0]`) when the squares come from Mul(x, x), which
+    raises TypeError on Flux's transformer; such nodes are left unfused instead (the
+    fused graph is checked against the export either way)."""
+    import importlib
+
+    for name in ("onnxruntime.transformers.fusion_simplified_layernorm", "fusion_simplified_layernorm"):
+        try:
+            cls = importlib.import_module(name).FusionSimplifiedLayerNormalization
+        except ImportError:
+            continue
+        if getattr(cls.fuse, "_anyaccel_patched", False):
+            continue
+        original = cls.fuse
+
+        def fuse(self, *args, _original=original, **kwargs):
+            try:
+                return _original(self, *args, **kwargs)
+            except TypeError:
+                return None
+
+        fuse._anyaccel_patched = True
+        cls.fuse = fuse
 
 
 def _self_attention_to_mha(model) -> int:
@@ -422,36 +514,56 @@ def _promote(unet_dir: Path, candidate: Path) -> None:
     candidate.unlink()
 
 
-def _unet_feeds(path: Path, latent: int = 16):
-    """Small random UNet inputs for comparing two graphs of the same UNet."""
+def _denoiser_feeds(path: Path, latent: int = 16):
+    """Small random inputs for comparing two graphs of the same UNet or transformer:
+    two rows; SD3 takes [2, c, 16, 16] latents, Flux 8x8 packed tokens ([2, 64, 4c])
+    with their position ids."""
     import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
+    inputs = {i.name: i for i in session.get_inputs()}
+    flux = "img_ids" in inputs
+    text = 8 if flux else 77
+    side = latent // 2  # Flux: 2x2 patches per token
     feeds = {}
-    for i in session.get_inputs():
-        if i.name == "sample":
+    for name, i in inputs.items():
+        if name in ("sample", "hidden_states") and not flux:
             channels = i.shape[1] if isinstance(i.shape[1], int) else 4
-            feeds[i.name] = rng.standard_normal((2, channels, latent, latent), dtype=np.float32)
-        elif i.name == "timestep":
+            feeds[name] = rng.standard_normal((2, channels, latent, latent), dtype=np.float32)
+        elif name == "hidden_states":
+            feeds[name] = rng.standard_normal((2, side * side, i.shape[2]), dtype=np.float32)
+        elif name == "timestep":
             dtype = np.int64 if "int64" in i.type else np.float32
-            feeds[i.name] = np.full([1] * len(i.shape), 999, dtype=dtype)
-        elif i.name == "encoder_hidden_states":
-            feeds[i.name] = rng.standard_normal((2, 77, i.shape[2]), dtype=np.float32)
-        elif i.name == "text_embeds":
-            feeds[i.name] = rng.standard_normal((2, i.shape[1]), dtype=np.float32)
-        elif i.name == "time_ids":
-            feeds[i.name] = np.zeros((2, i.shape[1]), dtype=np.float32)
+            feeds[name] = np.full([1] * len(i.shape), 0.999 if flux else 999, dtype=dtype)
+        elif name == "encoder_hidden_states":
+            feeds[name] = rng.standard_normal((2, text, i.shape[2]), dtype=np.float32)
+        elif name in ("text_embeds", "pooled_projections"):
+            feeds[name] = rng.standard_normal((2, i.shape[1]), dtype=np.float32)
+        elif name == "time_ids":
+            feeds[name] = np.zeros((2, i.shape[1]), dtype=np.float32)
+        elif name == "guidance":
+            feeds[name] = np.full(2, 3.5, dtype=np.float32)
+        elif name in ("txt_ids", "img_ids"):
+            dtype = np.int64 if "int64" in i.type else np.float32
+            if name == "txt_ids":
+                feeds[name] = np.zeros((text, 3), dtype=dtype)
+            else:
+                # diffusers' _prepare_latent_image_ids: (0, row, column) per packed token
+                ids = np.zeros((side, side, 3), dtype=dtype)
+                ids[..., 1] = np.arange(side)[:, None]
+                ids[..., 2] = np.arange(side)[None, :]
+                feeds[name] = ids.reshape(-1, 3)
     return session, feeds
 
 
 def _compare_unet(reference: Path, candidate: Path) -> dict:
-    """Runs both UNet graphs on the same small input: how far the candidate moved."""
+    """Runs both denoiser graphs on the same small input: how far the candidate moved."""
     import numpy as np
     import onnxruntime as ort
 
-    ref_session, feeds = _unet_feeds(reference)
+    ref_session, feeds = _denoiser_feeds(reference)
     want = ref_session.run(None, feeds)[0]
     del ref_session
     got = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
@@ -463,49 +575,61 @@ def _compare_unet(reference: Path, candidate: Path) -> dict:
 
 
 def optimize_unet_cpu(unet_dir: Path, validate: bool = True) -> dict:
-    """Fuses the UNet's attention, LayerNorm/SkipLayerNorm and Gelu for ONNX Runtime's
-    CPU kernels, in place. Portable: the graph keeps standard ops plus com.microsoft
-    contrib ops; hardware-specific layouts are still chosen by ONNX Runtime at load."""
+    """Fuses the denoiser's attention, LayerNorm/SkipLayerNorm and Gelu for ONNX Runtime's
+    CPU kernels, in place: a UNet with ONNX Runtime's "unet" fusions, an SD3/Flux
+    transformer with its "mmdit" ones (LayerNorm, Gelu, MultiHeadAttention where the
+    pattern matches). Portable: the graph keeps standard ops plus com.microsoft contrib
+    ops; hardware-specific layouts are still chosen by ONNX Runtime at load."""
     import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     _patch_num_heads_detection()
+    _patch_simplified_layernorm()
     path = unet_dir / "model.onnx"
-    log("fusing the UNet's attention and normalisations for ONNX Runtime's CPU kernels")
-    options = FusionOptions("unet")
+    transformer = _is_transformer(onnx.load(str(path), load_external_data=False).graph)
+    model_type = "mmdit" if transformer else "unet"
+    what = "transformer" if transformer else "UNet"
+    log(f"fusing the {what}'s attention and normalisations for ONNX Runtime's CPU kernels ({model_type} fusions)")
+    options = FusionOptions(model_type)
     for flag in CPU_ONLY_OFF:
         setattr(options, flag, False)
-    optimized = optimize_model(str(path), model_type="unet", opt_level=0, use_gpu=False, optimization_options=options)
+    optimized = optimize_model(str(path), model_type=model_type, opt_level=0, use_gpu=False, optimization_options=options)
     model = optimized.model
     rewritten = _self_attention_to_mha(model)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    fused = {op: sum(n.op_type == op for n in model.graph.node) for op in FUSED_OPS}
+    ops = FUSED_OPS + ("FastGelu", "SimplifiedLayerNormalization")
+    fused = {op: sum(n.op_type == op for n in model.graph.node) for op in ops}
     fused = {op: n for op, n in fused.items() if n}
-    fused["self-attention rewritten to MultiHeadAttention"] = rewritten
+    if not transformer:
+        fused["self-attention rewritten to MultiHeadAttention"] = rewritten
     candidate = unet_dir / "fused.onnx"
     onnx.save_model(model, str(candidate), save_as_external_data=True, all_tensors_to_one_file=True, location="fused.onnx_data")
     del model, optimized
     report = {"fused": fused}
+    if transformer:
+        report["fusions"] = model_type
     if validate:
         report["check"] = _compare_unet(path, candidate)
         if report["check"]["relative_rms_error"] > 1e-4:
-            raise CompileError(f"the fused UNet disagrees with the exported one: {report['check']}")
+            raise CompileError(f"the fused {what} disagrees with the exported one: {report['check']}")
     _promote(unet_dir, candidate)
-    log(f"fused UNet: {fused}; {report.get('check', 'not validated')}")
+    log(f"fused {what}: {fused}; {report.get('check', 'not validated')}")
     return report
 
 
 def quantize_unet_int8(unet_dir: Path, validate: bool = True) -> dict:
-    """Quantizes the UNet's MatMul weights to int8 (activations quantized per call).
-    Convolutions stay fp32: ONNX Runtime's integer convolution has no fast CPU kernel."""
+    """Quantizes the denoiser's MatMul weights to int8 (activations quantized per call).
+    Convolutions stay fp32: ONNX Runtime's integer convolution has no fast CPU kernel.
+    A transformer is nearly all MatMuls (its patch embedding is the only convolution,
+    SD3's), so int8 reaches almost all of its weights; text encoders and VAE stay fp32."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = unet_dir / "model.onnx"
     candidate = unet_dir / "int8.onnx"
-    log("quantizing the UNet's MatMul weights to int8 (dynamic quantization)")
+    log(f"quantizing the {unet_dir.name}'s MatMul weights to int8 (dynamic quantization)")
     quantize_dynamic(
         str(path),
         str(candidate),
@@ -520,54 +644,111 @@ def quantize_unet_int8(unet_dir: Path, validate: bool = True) -> dict:
     if validate:
         report["check"] = _compare_unet(path, candidate)
     _promote(unet_dir, candidate)
-    log(f"int8 UNet: {report}")
+    log(f"int8 {unet_dir.name}: {report}")
     return report
 
 
-def export_neuron(src: Path, out: Path, batch_size: int | None, size: tuple[int, int] | None) -> dict:
+def export_neuron(
+    src: Path,
+    out: Path,
+    batch_size: int | None,
+    size: tuple[int, int] | None,
+    tensor_parallel_size: int | None = None,
+    sequence_length: int | None = None,
+) -> dict:
+    """optimum-neuron's compile of the pipeline. UNVERIFIED (no Neuron SDK or device
+    here): written against optimum-neuron 0.4.5's NeuronStableDiffusionPipeline,
+    NeuronStableDiffusionXLPipeline and NeuronFluxPipeline."""
     family = family_of(src)
+    if family == "sd3":
+        raise CompileError(
+            "--target neuron cannot compile SD3: optimum-neuron (0.4.5, the pinned version) has no "
+            "StableDiffusion3 pipeline to load the compiled components (its exporter only registers an "
+            "sd3-transformer-2d config); serve SD3 from an onnx-* artifact or the torch sidecar"
+        )
     try:
-        from optimum.neuron import NeuronStableDiffusionPipeline, NeuronStableDiffusionXLPipeline
+        import optimum.neuron as neuron
     except ImportError as e:
         raise CompileError(
             f"--target neuron needs optimum-neuron and the Neuron SDK ({e}); "
             "install python/requirements-neuron.txt (on an inf2/trn1 or a large CPU instance)"
         ) from e
+    cls_name = {"sd": "NeuronStableDiffusionPipeline", "sdxl": "NeuronStableDiffusionXLPipeline", "flux": "NeuronFluxPipeline"}[family]
+    cls = getattr(neuron, cls_name, None)
+    if cls is None:
+        raise CompileError(f"this optimum-neuron ({getattr(neuron, '__version__', '?')}) has no {cls_name}")
     batch = batch_size or 1
     if size is None:
-        unet_cfg = json.loads((src / "unet" / "config.json").read_text())
-        vae_cfg = json.loads((src / "vae" / "config.json").read_text())
-        native = int(unet_cfg.get("sample_size", 64)) * 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
-        size = (native, native)
+        size = native_size(src, family)
     width, height = size
-    log(f"compiling {src} for Neuron: batch {batch}, {width}x{height}, matmul auto-cast to bf16")
-    cls = NeuronStableDiffusionXLPipeline if family == "sdxl" else NeuronStableDiffusionPipeline
-    pipe = cls.from_pretrained(
-        str(src),
-        export=True,
-        batch_size=batch,
-        height=height,
-        width=width,
-        num_images_per_prompt=1,
-        dynamic_batch_size=False,
-        auto_cast="matmul",
-        auto_cast_type="bf16",
-    )
+    shapes = {}
+    if family == "flux":
+        import torch
+
+        guidance = bool(json.loads((src / "transformer" / "config.json").read_text()).get("guidance_embeds", False))
+        # FLUX.1-dev takes 512 T5 tokens; schnell at most 256 (optimum-neuron's docs say so too)
+        seq = sequence_length or (512 if guidance else 256)
+        # a 12B transformer: optimum-neuron's docs shard it over 8 NeuronCores (inf2.24xlarge, trn1.32xlarge)
+        tp = tensor_parallel_size or 8
+        log(f"compiling {src} for Neuron: batch {batch}, {width}x{height}, T5 {seq} tokens, bf16, tensor parallel {tp}")
+        pipe = cls.from_pretrained(
+            str(src),
+            export=True,
+            torch_dtype=torch.bfloat16,
+            tensor_parallel_size=tp,
+            batch_size=batch,
+            height=height,
+            width=width,
+            num_images_per_prompt=1,
+            sequence_length=seq,
+            dynamic_batch_size=False,
+            auto_cast="none",
+        )
+        shapes.update({"tensor_parallel_size": tp, "text_lengths": {"text_encoder": 77, "text_encoder_2": seq}})
+    else:
+        if tensor_parallel_size not in (None, 1) or sequence_length is not None:
+            raise CompileError("--tensor-parallel-size and --sequence-length apply to Flux's neuron compile")
+        log(f"compiling {src} for Neuron: batch {batch}, {width}x{height}, matmul auto-cast to bf16")
+        pipe = cls.from_pretrained(
+            str(src),
+            export=True,
+            batch_size=batch,
+            height=height,
+            width=width,
+            num_images_per_prompt=1,
+            dynamic_batch_size=False,
+            auto_cast="matmul",
+            auto_cast_type="bf16",
+        )
     pipe.save_pretrained(str(out))
     batches = {}
     for component in COMPONENTS:
         cfg = out / component / "config.json"
         if cfg.is_file():
-            neuron = json.loads(cfg.read_text()).get("neuron", {})
-            batches[component] = int(neuron.get("static_batch_size", batch))
+            neuron_cfg = json.loads(cfg.read_text()).get("neuron", {})
+            batches[component] = int(neuron_cfg.get("static_batch_size", batch))
     return {
         "kind": "static",
         "batch_size": batch,
         "sizes": [[width, height]],
         # compiled batch per component; at load time optimum-neuron may spread the UNet
-        # over both NeuronCores of a chip (data parallel), doubling what it accepts
+        # (or a transformer that is not tensor-parallel) over both NeuronCores of a chip
+        # (data parallel), doubling what it accepts
         "component_batches": batches,
+        **shapes,
     }
+
+
+def native_size(src: Path, family: str) -> tuple[int, int]:
+    """The model's own image size: the denoiser's sample_size times the VAE's scale
+    (FLUX.1's transformer records none: 1024)."""
+    vae_cfg = json.loads((src / "vae" / "config.json").read_text())
+    scale = 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
+    cfg = json.loads((src / DENOISERS[family] / "config.json").read_text())
+    if family == "flux":
+        return 1024, 1024
+    native = int(cfg.get("sample_size", 128 if family == "sd3" else 64)) * scale
+    return native, native
 
 
 # ---------------------------------------------------------------------------
@@ -599,9 +780,11 @@ def write_manifest(
         "layout": layout,
         # the model family the servers and `deploy` check sizes against
         "family": family_of(src),
+        # the denoiser's folder: unet (SD, SDXL) or transformer (SD3, Flux)
+        "denoiser": DENOISERS[family_of(src)],
         "pipeline_class": json.loads((src / "model_index.json").read_text()).get("_class_name"),
         "shapes": shapes,
-        # graph passes after the export, with how far each moved the UNet's output
+        # graph passes after the export, with how far each moved the denoiser's output
         "passes": passes or {},
         "source": {
             "id": args.model,
@@ -650,17 +833,20 @@ def main(argv=None) -> int:
         staging.parent.mkdir(parents=True, exist_ok=True)
         try:
             if args.target == "neuron":
-                shapes = export_neuron(src, staging, args.batch_size, args.size)
+                shapes = export_neuron(
+                    src, staging, args.batch_size, args.size, args.tensor_parallel_size, args.sequence_length
+                )
             else:
                 shapes = export_onnx(src, staging, args.target, validate=not args.no_validate)
             passes = {}
+            denoiser = staging / DENOISERS[family_of(src)]
             if args.target != "neuron":
-                passes["per_sample_timesteps"] = per_sample_timesteps(staging / "unet", validate=not args.no_validate)
+                passes["per_sample_timesteps"] = per_sample_timesteps(denoiser, validate=not args.no_validate)
             fuse, int8 = unet_passes(args.target, args.no_optimize)
             if fuse:
-                passes["cpu_fusion"] = optimize_unet_cpu(staging / "unet", validate=not args.no_validate)
+                passes["cpu_fusion"] = optimize_unet_cpu(denoiser, validate=not args.no_validate)
             if int8:
-                passes["int8"] = quantize_unet_int8(staging / "unet", validate=not args.no_validate)
+                passes["int8"] = quantize_unet_int8(denoiser, validate=not args.no_validate)
             manifest = write_manifest(
                 staging, args, src, revision, source_hash, shapes, time.monotonic() - t0, passes=passes
             )

@@ -1,5 +1,6 @@
-"""compile.py's argument checks, hashing and source resolution (the ONNX export
-itself runs in the Rust test crates/executor-remote/tests/compile_onnx.rs)."""
+"""compile.py's argument checks, hashing and source resolution (the SD/SDXL ONNX
+export itself runs in the Rust test crates/executor-remote/tests/compile_onnx.rs; the
+SD3 and Flux exports run here, in test_compile_dit.py)."""
 
 import json
 import shutil
@@ -129,7 +130,7 @@ def test_unsupported_pipelines_are_refused(tmp_path):
     shutil.copytree(TINY_DIFFUSERS, src)
     index = src / "model_index.json"
     doc = json.loads(index.read_text())
-    for cls in ("FluxPipeline", "StableDiffusion3Pipeline", "StableDiffusionInpaintPipeline"):
+    for cls in ("FluxFillPipeline", "FluxKontextPipeline", "StableDiffusion3ControlNetPipeline", "StableDiffusionInpaintPipeline"):
         doc["_class_name"] = cls
         index.write_text(json.dumps(doc))
         with pytest.raises(comp.CompileError, match=f"{cls} is not a pipeline anyaccel serves; supported: StableDiffusionPipeline"):
