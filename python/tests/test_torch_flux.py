@@ -203,3 +203,25 @@ def test_static_shapes_emulation(flux_model):
     with pytest.raises(BadRequest, match="fixed to batch 1"):
         backend.begin_denoise(Conditioning(np.repeat(hidden, 2, 0), np.repeat(pooled, 2, 0), guidance=np.ones(2, np.float32),
                                            txt_ids=np.zeros((8, 3), np.float32), img_ids=image_ids(64, 64)))
+
+
+def test_bf16(flux_model):
+    full = load(str(flux_model), "cpu", threads=1)
+    half = load(str(flux_model), "cpu", dtype="bf16", threads=1)
+    assert {p.dtype for p in half.denoiser_model.parameters()} == {torch.bfloat16}
+    rng = np.random.default_rng(3)
+    cond = Conditioning(
+        rng.standard_normal((2, 8, full.cross_dim)).astype(np.float32),
+        pooled=rng.standard_normal((2, full.pooled_dim)).astype(np.float32),
+        guidance=np.array([3.5, 1.0], np.float32),
+        txt_ids=np.zeros((8, 3), np.float32),
+        img_ids=image_ids(SIZE, SIZE),
+    )
+    sample = rng.standard_normal((2, 16, 64)).astype(np.float32)
+    outs = []
+    for b in (full, half):
+        s = b.begin_denoise(cond)
+        outs.append(b.denoise_step(s, sample, np.array([0.8, 0.4], np.float32)))
+        b.end_denoise(s)
+    want, got = outs
+    assert not np.array_equal(got, want) and np.sqrt(((got - want) ** 2).mean() / (want**2).mean()) < 0.05

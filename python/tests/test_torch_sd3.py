@@ -178,3 +178,17 @@ def test_vae_decode_and_encode(backend, pipe):
     got = backend.vae_encode(np.clip(image, -1, 1))
     assert got.shape == (1, 32, 8, 8), "mean and log-variance of 16 latent channels"
     np.testing.assert_allclose(got, params, atol=1e-4)
+
+
+def test_bf16(sd3_model, backend, pipe):
+    """Every weight in bf16 (diffusers 0.39 leaves SD3's transformer in fp32 under
+    torch_dtype unless cast), and the step near fp32's."""
+    half = load(str(sd3_model), "cpu", dtype="bf16", threads=1)
+    assert half.capabilities().dtype == "bf16"
+    assert {p.dtype for p in half.denoiser_model.parameters()} == {torch.bfloat16}
+    hidden, pooled = encode(backend, pipe, PROMPT)
+    sample = np.random.default_rng(2).standard_normal((1, 16, 8, 8)).astype(np.float32)
+    want = step(backend, Conditioning(hidden, pooled), sample, [700.0])
+    got = step(half, Conditioning(hidden, pooled), sample, [700.0])
+    assert got.dtype == np.float32 and not np.array_equal(got, want)
+    assert np.sqrt(((got - want) ** 2).mean() / (want**2).mean()) < 0.05

@@ -78,6 +78,9 @@ class TorchBackend(Backend):
             self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **kw)
         except (OSError, ValueError) as e:
             raise LoadError(f"{model}: could not load the diffusers components: {e}") from e
+        # diffusers 0.39 leaves SD3Transformer2DModel's weights in the checkpoint's dtype
+        # under torch_dtype (without accelerate installed); cast it like the others
+        _cast(self.denoiser_model, self.dtype)
         # SDXL's VAE overflows in fp16; diffusers' SDXL pipelines run it in fp32 (force_upcast).
         # Its SD3 and Flux pipelines decode in the model's dtype, as this does.
         self.vae_dtype = self.dtype
@@ -268,6 +271,15 @@ class TorchBackend(Backend):
         with self.torch.inference_mode():
             # the posterior's parameters (mean, logvar), as optimum's vae_encoder export returns them
             return self._out(self.vae.encode(self._in(image, self.vae_dtype)).latent_dist.parameters)
+
+
+def _cast(model, dtype) -> None:
+    """Casts a diffusers model whose floating weights are not all `dtype` (unless it keeps
+    some modules in fp32 on purpose)."""
+    if getattr(model, "_keep_in_fp32_modules", None):
+        return
+    if any(p.dtype != dtype for p in model.parameters() if p.is_floating_point()):
+        model.to(dtype)
 
 
 def _max_tokens(encoder) -> int:
