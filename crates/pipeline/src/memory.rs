@@ -259,6 +259,23 @@ impl MemoryBudget {
         images * if cfg { 2 } else { 1 }
     }
 
+    /// Estimated activation bytes of `images` images at `width`×`height`.
+    pub fn activations(
+        &self,
+        info: &ModelInfo,
+        width: u32,
+        height: u32,
+        images: usize,
+        guided: bool,
+    ) -> u64 {
+        self.shape.activations(
+            info.vae_scale_factor,
+            width,
+            height,
+            Self::rows(info, images, guided),
+        )
+    }
+
     /// Whether `images` images at `width`×`height` fit; `guided` assumes
     /// classifier-free guidance where the family has it.
     pub fn check(
@@ -269,22 +286,29 @@ impl MemoryBudget {
         images: usize,
         guided: bool,
     ) -> Result<(), DoesNotFit> {
-        let scale = info.vae_scale_factor;
-        let need = |w: u32, h: u32, n: usize| {
-            self.shape
-                .activations(scale, w, h, Self::rows(info, n, guided))
-        };
+        let need = |w: u32, h: u32, n: usize| self.activations(info, w, h, n, guided);
         let activations = need(width, height, images);
         if self.weights_bytes + activations <= self.available_bytes {
             return Ok(());
         }
         let room = self.available_bytes.saturating_sub(self.weights_bytes);
         let advice = if self.weights_bytes >= self.available_bytes {
+            let verdict = |bytes: u64| {
+                if bytes + activations <= self.available_bytes {
+                    "would fit"
+                } else {
+                    "would not fit either"
+                }
+            };
+            let (half, quarter) = (self.weights_bytes / 2, self.weights_bytes / 4);
             format!(
-                "the weights alone do not fit: an fp16 or bf16 artifact needs about {} \
-                 (`anyaccel compile --target onnx-fp16`, or the sidecar's --dtype), int8 about {}",
-                gib(self.weights_bytes / 2),
-                gib(self.weights_bytes / 4)
+                "the weights alone do not fit: an fp16 or bf16 artifact (about {}, \
+                 `anyaccel compile --target onnx-fp16` or the sidecar's --dtype) {}; \
+                 int8 (about {}) {}",
+                gib(half),
+                verdict(half),
+                gib(quarter),
+                verdict(quarter)
             )
         } else if let Some(n) = (1..images).rev().find(|&n| need(width, height, n) <= room) {
             format!("{n} image(s) per batch fit at {width}x{height} (--max-batch {n})")
