@@ -218,6 +218,14 @@ impl ModelFamily {
         self.denoiser() == Component::Transformer
     }
 
+    /// The schedulers a model of the family can run.
+    pub fn schedulers(self) -> Vec<crate::SchedulerKind> {
+        crate::SchedulerKind::ALL
+            .into_iter()
+            .filter(|k| k.is_flow() == self.is_flow())
+            .collect()
+    }
+
     /// What `guidance_scale` means; `guidance_embeds` is whether the
     /// transformer takes a guidance input (FLUX.1-dev, not schnell).
     pub fn guidance(self, guidance_embeds: bool) -> Guidance {

@@ -407,9 +407,16 @@ impl Pipeline {
         info.family.guidance(info.guidance_embeds)
     }
 
+    /// T5's prompt length for this model, if it has a T5 encoder.
+    pub fn t5_len(&self) -> Option<usize> {
+        let t5 = self.model.info.family.t5_encoder()?;
+        let tokenizer = self.model.tokenizer(t5)?;
+        Some(self.t5_len_within(tokenizer.max_len()))
+    }
+
     /// T5's padded prompt length: the configured one, else the family's
     /// default, within what the tokenizer allows.
-    fn t5_len(&self, max: usize) -> usize {
+    fn t5_len_within(&self, max: usize) -> usize {
         let default = match self.model.info.family {
             ModelFamily::Flux => 512,
             _ => 256,
@@ -440,7 +447,7 @@ impl Pipeline {
                 .tokenizer(encoder)
                 .ok_or(PipelineError::NoTokenizer(encoder))?;
             let len = if tokenizer.is_t5() {
-                self.t5_len(tokenizer.max_len())
+                self.t5_len_within(tokenizer.max_len())
             } else {
                 tokenizer.max_len()
             };

@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use anyaccel_batcher::JobStatus;
+use anyaccel_pipeline::GenerationParams;
 use anyaccel_pipeline::images::OutputFormat;
-use anyaccel_pipeline::{GenerationParams, SchedulerKind};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -284,9 +284,13 @@ pub struct Sampler {
 
 /// The samplers (schedulers) this server implements.
 #[utoipa::path(get, path = "/sdapi/v1/samplers", tag = "a1111", responses((status = 200, body = [Sampler])))]
-pub async fn samplers() -> Json<Vec<Sampler>> {
+pub async fn samplers(State(state): State<AppState>) -> Json<Vec<Sampler>> {
     Json(
-        SchedulerKind::ALL
+        state
+            .pipeline()
+            .model()
+            .family
+            .schedulers()
             .iter()
             .map(|k| Sampler {
                 name: k.a1111_name().to_string(),

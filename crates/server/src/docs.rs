@@ -25,7 +25,7 @@ use crate::{a1111, error, generate, health, jobs, openai};
         openai::ResponseFormat, openai::ImageFormat,
         jobs::JobBody, jobs::JobView, jobs::Progress, jobs::JobResultBody, jobs::JobImage, jobs::JobErrorBody,
         a1111::A1111Body, a1111::A1111Response, a1111::ProgressResponse, a1111::ProgressState, a1111::Sampler, a1111::SdModel,
-        health::Health, health::Info, health::SizeCost, health::InfoLimits, health::InfoDefaults,
+        health::Health, health::Info, health::SizeCost, health::InfoLimits, health::InfoDefaults, health::InfoMemory,
     )),
     modifiers(&BearerAuth),
     tags(

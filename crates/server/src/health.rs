@@ -68,14 +68,29 @@ pub struct InfoDefaults {
     pub guidance_scale: f32,
     pub strength: f32,
     pub scheduler: String,
+    /// T5's prompt length in tokens (SD3, Flux); absent for CLIP-only families.
+    pub max_sequence_length: Option<usize>,
+}
+
+/// The memory preflight's numbers (absent when it was turned off).
+#[derive(Serialize, ToSchema)]
+pub struct InfoMemory {
+    pub weights_bytes: u64,
+    pub available_bytes: u64,
+    /// Where `available_bytes` came from: `--memory-limit`, `MemAvailable`, a container limit.
+    pub source: String,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Info {
     pub model: String,
     pub model_hash: String,
-    /// The model family: `sd` (SD 1.x/2.x) or `sdxl`.
+    /// The model family: `sd` (SD 1.x/2.x), `sdxl`, `sd3` or `flux`.
     pub family: String,
+    /// What `guidance_scale` does here: `classifier` (classifier-free guidance
+    /// above 1, with the negative prompt), `distilled` (FLUX.1-dev: an input of
+    /// the model, one pass, no negative prompt) or `none` (FLUX.1-schnell: ignored).
+    pub guidance: String,
     /// The diffusers pipeline class of the model folder.
     pub pipeline_class: String,
     pub executor: String,
@@ -94,6 +109,7 @@ pub struct Info {
     pub schedulers: Vec<String>,
     pub limits: InfoLimits,
     pub defaults: InfoDefaults,
+    pub memory: Option<InfoMemory>,
     pub version: &'static str,
 }
 
@@ -118,7 +134,13 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
     let l = p.limits();
     let d = p.defaults();
     let c = &state.config;
-    let passes = if d.guidance_scale > 1.0 { 2 } else { 1 };
+    let guidance = p.guidance();
+    let classifier = guidance == anyaccel_pipeline::Guidance::Classifier;
+    let passes = if classifier && d.guidance_scale > 1.0 {
+        2
+    } else {
+        1
+    };
     let seconds_per_work = state.batcher.stats().seconds_per_work;
     let size_costs = c
         .sizes
@@ -136,6 +158,12 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
         model: m.id.clone(),
         model_hash: m.hash.clone(),
         family: m.family.name().to_string(),
+        guidance: match guidance {
+            anyaccel_pipeline::Guidance::Classifier => "classifier",
+            anyaccel_pipeline::Guidance::Distilled => "distilled",
+            anyaccel_pipeline::Guidance::None => "none",
+        }
+        .to_string(),
         pipeline_class: m.class_name.clone(),
         executor: caps.executor.to_string(),
         accelerator: caps.device.to_string(),
@@ -149,7 +177,9 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
             anyaccel_executor::Shapes::Static { batch_size, .. } => batch_size.to_string(),
         },
         img2img: caps.vae_encoder,
-        schedulers: anyaccel_pipeline::SchedulerKind::ALL
+        schedulers: m
+            .family
+            .schedulers()
             .iter()
             .map(|k| k.to_string())
             .collect(),
@@ -168,7 +198,13 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
             guidance_scale: d.guidance_scale,
             strength: d.strength,
             scheduler: m.default_scheduler.to_string(),
+            max_sequence_length: p.t5_len(),
         },
+        memory: p.memory().map(|b| InfoMemory {
+            weights_bytes: b.weights_bytes,
+            available_bytes: b.available_bytes,
+            source: b.source.to_string(),
+        }),
         version: env!("CARGO_PKG_VERSION"),
     })
 }

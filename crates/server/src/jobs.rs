@@ -45,6 +45,10 @@ pub struct JobBody {
     /// `WxH` from `/info`'s sizes.
     pub size: Option<String>,
     pub steps: Option<u32>,
+    /// Guidance, as the model's family means it (`/info`'s `guidance`): SD,
+    /// SDXL and SD3 run classifier-free guidance above 1 (with the negative
+    /// prompt); FLUX.1-dev takes it as its distilled-guidance input (one pass,
+    /// no negative prompt; ~3.5); FLUX.1-schnell ignores it.
     pub guidance_scale: Option<f32>,
     pub seed: Option<u64>,
     pub scheduler: Option<String>,
