@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument(
         "--static-batch", type=int, default=None,
-        help="torch only: behave like a Neuron-compiled model with this fixed image batch (UNet: twice it) ...",
+        help="torch only: behave like a Neuron-compiled model with this fixed image batch (UNet and SD3 transformer: twice it; Flux: the same) ...",
     )
     ap.add_argument("--static-size", default=None, help="... and this one image size WxH (tests the client's padding)")
     ap.add_argument("--parent-pid", type=int, default=None, help="exit when this process is gone (default: the parent)")

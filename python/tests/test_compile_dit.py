@@ -69,20 +69,23 @@ def test_sd3_onnx_fp32(tmp_path, sd3_model):
     for component in ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae_decoder", "vae_encoder"):
         assert (out / component / "model.onnx").is_file(), component
 
+    cfg = json.loads((sd3_model / "transformer" / "config.json").read_text())
+    joint, pooled = cfg["joint_attention_dim"], cfg["pooled_projection_dim"]
     session, inputs, outputs = onnx_io(out / "transformer" / "model.onnx")
     assert inputs == {
         "hidden_states": ("tensor(float)", ["batch_size", 16, "height", "width"]),
-        "encoder_hidden_states": ("tensor(float)", ["batch_size", "sequence_length", 32]),
-        "pooled_projections": ("tensor(float)", ["batch_size", 32]),
+        "encoder_hidden_states": ("tensor(float)", ["batch_size", "sequence_length", joint]),
+        "pooled_projections": ("tensor(float)", ["batch_size", pooled]),
         "timestep": ("tensor(float)", ["step"]),
     }
     assert outputs == {"out_hidden_states": ("tensor(float)", ["batch_size", 16, "height", "width"])}
     _, inputs, outputs = onnx_io(out / "text_encoder_3" / "model.onnx")
     assert inputs == {"input_ids": ("tensor(int64)", ["batch_size", "sequence_length"])}
-    assert outputs == {"last_hidden_state": ("tensor(float)", ["batch_size", "sequence_length", 32])}
+    assert outputs == {"last_hidden_state": ("tensor(float)", ["batch_size", "sequence_length", joint])}
     _, _, outputs = onnx_io(out / "text_encoder_2" / "model.onnx")
     # CLIPTextModelWithProjection with every layer's hidden state (hidden_states.N; N = layers is the last)
-    assert list(outputs) == ["text_embeds", "last_hidden_state", "hidden_states.0", "hidden_states.1", "hidden_states.2"]
+    layers = json.loads((sd3_model / "text_encoder_2" / "config.json").read_text())["num_hidden_layers"]
+    assert list(outputs) == ["text_embeds", "last_hidden_state"] + [f"hidden_states.{i}" for i in range(layers + 1)]
     _, inputs, outputs = onnx_io(out / "vae_decoder" / "model.onnx")
     assert inputs["latent_sample"][1][1] == 16 and outputs["sample"][1][1] == 3
 
@@ -93,8 +96,8 @@ def test_sd3_onnx_fp32(tmp_path, sd3_model):
     rng = np.random.default_rng(5)
     feeds = {
         "hidden_states": rng.standard_normal((2, 16, 12, 8)).astype(np.float32),
-        "encoder_hidden_states": rng.standard_normal((2, 93, 32)).astype(np.float32),
-        "pooled_projections": rng.standard_normal((2, 32)).astype(np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 93, joint)).astype(np.float32),
+        "pooled_projections": rng.standard_normal((2, pooled)).astype(np.float32),
         "timestep": np.array([1000.0, 20.0], np.float32),
     }
     with torch.inference_mode():
@@ -114,11 +117,13 @@ def test_flux_onnx_fp32_and_int8(tmp_path, flux_model):
     assert passes["cpu_fusion"]["fusions"] == "mmdit" and passes["cpu_fusion"]["check"]["relative_rms_error"] < 1e-4
     assert sorted(p.name for p in (out / "transformer").iterdir()) == ["config.json", "model.onnx", "model.onnx_data"]
 
+    cfg = json.loads((flux_model / "transformer" / "config.json").read_text())
+    joint, pooled = cfg["joint_attention_dim"], cfg["pooled_projection_dim"]
     session, inputs, outputs = onnx_io(out / "transformer" / "model.onnx")
     assert inputs == {
         "hidden_states": ("tensor(float)", ["batch_size", "packed_height_width", 64]),
-        "encoder_hidden_states": ("tensor(float)", ["batch_size", "sequence_length", 32]),
-        "pooled_projections": ("tensor(float)", ["batch_size", 16]),
+        "encoder_hidden_states": ("tensor(float)", ["batch_size", "sequence_length", joint]),
+        "pooled_projections": ("tensor(float)", ["batch_size", pooled]),
         "timestep": ("tensor(float)", ["step"]),
         # position ids are int64 in the export (the torch transformer takes floats)
         "img_ids": ("tensor(int64)", ["packed_height_width", 3]),
@@ -143,8 +148,8 @@ def test_flux_onnx_fp32_and_int8(tmp_path, flux_model):
     grid[..., 2] = np.arange(side_w)[None, :]
     feeds = {
         "hidden_states": rng.standard_normal((rows, side_h * side_w, 64)).astype(np.float32),
-        "encoder_hidden_states": rng.standard_normal((rows, text, 32)).astype(np.float32),
-        "pooled_projections": rng.standard_normal((rows, 16)).astype(np.float32),
+        "encoder_hidden_states": rng.standard_normal((rows, text, joint)).astype(np.float32),
+        "pooled_projections": rng.standard_normal((rows, pooled)).astype(np.float32),
         "timestep": np.array([0.9, 0.3], np.float32),
         "img_ids": grid.reshape(-1, 3),
         "txt_ids": np.zeros((text, 3), np.int64),

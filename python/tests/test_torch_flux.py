@@ -14,7 +14,8 @@ from anyaccel_sidecar.errors import BadRequest
 ATOL = 1e-5
 PROMPT = "a red cat"
 T5_TOKENS = 16
-SIZE = 64  # pixels: 8x8 latents, 4x4 packed tokens
+SIZE = 64  # pixels: 8x8 latents, 4x4 packed tokens (a VAE that halves three times)
+TOKENS = (SIZE // 16) ** 2
 
 
 @pytest.fixture(scope="module", params=["dev", "schnell"])
@@ -110,7 +111,8 @@ def test_denoise_steps_equal_the_pipelines_transformer_calls(variant):
         np.testing.assert_allclose(call["encoder_hidden_states"].numpy(), cond.encoder_hidden_states, atol=ATOL)
         np.testing.assert_allclose(call["pooled_projections"].numpy(), cond.pooled, atol=ATOL)
         sample = call["hidden_states"].numpy()
-        assert sample.shape == (1, (SIZE // 16) ** 2, 64), "2x2 patches of 16 channels"
+        assert sample.shape == (1, TOKENS, 64), "2x2 patches of 16 channels"
+        assert backend.scale == 8
         out = backend.denoise_step(session, sample, t)
         assert out.shape == sample.shape
         np.testing.assert_allclose(out, call["out"].numpy(), atol=ATOL)
@@ -124,7 +126,7 @@ def test_per_row_timesteps_guidance_and_select(variant):
     cond.encoder_hidden_states[1:] += rng.standard_normal(cond.encoder_hidden_states[1:].shape).astype(np.float32)
     if name == "dev":
         cond.guidance[:] = [3.5, 1.0, 5.0]
-    sample = rng.standard_normal((3, (SIZE // 16) ** 2, 64)).astype(np.float32)
+    sample = rng.standard_normal((3, TOKENS, 64)).astype(np.float32)
     ts = np.array([1.0, 0.5, 0.02], np.float32)
     session = backend.begin_denoise(cond)
     together = backend.denoise_step(session, sample, ts)
@@ -174,20 +176,21 @@ def test_flux_conditioning_is_checked(variant):
     session = backend.begin_denoise(cond)
     with pytest.raises(BadRequest, match="packed latents"):
         backend.denoise_step(session, np.zeros((1, 16, 8, 8), np.float32), np.ones(1, np.float32))
-    with pytest.raises(BadRequest, match="expected \\[1, 16, channels\\] packed latents"):
+    with pytest.raises(BadRequest, match=f"expected \\[1, {TOKENS}, channels\\] packed latents"):
         backend.denoise_step(session, np.zeros((1, 9, 64), np.float32), np.ones(1, np.float32))
     backend.end_denoise(session)
 
 
 def test_vae_takes_unpacked_16_channel_latents(variant):
     _, backend, pipe = variant
-    latents = torch.randn([2, 16, 8, 8], generator=torch.Generator().manual_seed(1))
+    side = SIZE // backend.scale
+    latents = torch.randn([2, 16, side, side], generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         want = pipe.vae.decode(latents, return_dict=False)[0].numpy()
     image = backend.vae_decode(latents.numpy())
-    assert image.shape == (2, 3, 64, 64)
+    assert image.shape == (2, 3, SIZE, SIZE)
     np.testing.assert_allclose(image, want, atol=ATOL)
-    assert backend.vae_encode(np.clip(image, -1, 1)).shape == (2, 32, 8, 8)
+    assert backend.vae_encode(np.clip(image, -1, 1)).shape == (2, 32, side, side)
 
 
 def test_static_shapes_emulation(flux_model):
@@ -197,7 +200,7 @@ def test_static_shapes_emulation(flux_model):
     assert c.component_batches == {"text_encoder": 1, "text_encoder_2": 1, "transformer": 1, "vae_decoder": 1, "vae_encoder": 1}
     hidden = np.zeros((1, 8, backend.cross_dim), np.float32)
     pooled = np.zeros((1, backend.pooled_dim), np.float32)
-    with pytest.raises(BadRequest, match="fixed to 64x64 \\(static shapes\\), 16 tokens"):
+    with pytest.raises(BadRequest, match=f"fixed to 64x64 \\(static shapes\\), {TOKENS} tokens"):
         backend.begin_denoise(Conditioning(hidden, pooled, guidance=np.ones(1, np.float32), txt_ids=np.zeros((8, 3), np.float32),
                                            img_ids=image_ids(128, 64)))
     with pytest.raises(BadRequest, match="fixed to batch 1"):
@@ -217,7 +220,7 @@ def test_bf16(flux_model):
         txt_ids=np.zeros((8, 3), np.float32),
         img_ids=image_ids(SIZE, SIZE),
     )
-    sample = rng.standard_normal((2, 16, 64)).astype(np.float32)
+    sample = rng.standard_normal((2, TOKENS, 64)).astype(np.float32)
     outs = []
     for b in (full, half):
         s = b.begin_denoise(cond)

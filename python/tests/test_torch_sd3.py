@@ -121,7 +121,7 @@ def test_denoise_steps_equal_the_pipelines_transformer_calls(backend, pipe):
         np.testing.assert_allclose(call["encoder_hidden_states"].numpy(), cond.encoder_hidden_states, atol=ATOL)
         np.testing.assert_allclose(call["pooled_projections"].numpy(), cond.pooled, atol=ATOL)
         out = backend.denoise_step(session, call["hidden_states"].numpy(), t)
-        assert out.shape == tuple(call["hidden_states"].shape) == (2, 16, 8, 8)
+        assert out.shape == tuple(call["hidden_states"].shape) == (2, 16, 64 // backend.scale, 64 // backend.scale)
         np.testing.assert_allclose(out, call["out"].numpy(), atol=ATOL)
     assert backend.end_denoise(session)
 
@@ -132,7 +132,8 @@ def test_per_row_timesteps_and_select(backend, pipe):
     other, other_pooled = encode(backend, pipe, NEGATIVE)
     third = rng.standard_normal(hidden.shape).astype(np.float32)
     cond = Conditioning(np.concatenate([hidden, other, third]), pooled=np.concatenate([pooled, other_pooled, pooled * 0.5]))
-    sample = rng.standard_normal((3, 16, 8, 8)).astype(np.float32)
+    side = 64 // backend.scale
+    sample = rng.standard_normal((3, 16, side, side)).astype(np.float32)
     ts = np.array([1000.0, 500.0, 20.0], np.float32)
     session = backend.begin_denoise(cond)
     together = backend.denoise_step(session, sample, ts)
@@ -168,7 +169,8 @@ def test_sd3_conditioning_is_checked(backend, pipe):
 
 
 def test_vae_decode_and_encode(backend, pipe):
-    latents = torch.randn([1, 16, 8, 8], generator=torch.Generator().manual_seed(1))
+    side = 64 // backend.scale
+    latents = torch.randn([1, 16, side, side], generator=torch.Generator().manual_seed(1))
     image = backend.vae_decode(latents.numpy())
     with torch.inference_mode():
         want = pipe.vae.decode(latents, return_dict=False)[0].numpy()
@@ -176,7 +178,7 @@ def test_vae_decode_and_encode(backend, pipe):
     assert image.shape == (1, 3, 64, 64)
     np.testing.assert_allclose(image, want, atol=ATOL)
     got = backend.vae_encode(np.clip(image, -1, 1))
-    assert got.shape == (1, 32, 8, 8), "mean and log-variance of 16 latent channels"
+    assert got.shape == (1, 32, side, side), "mean and log-variance of 16 latent channels"
     np.testing.assert_allclose(got, params, atol=1e-4)
 
 
@@ -187,7 +189,8 @@ def test_bf16(sd3_model, backend, pipe):
     assert half.capabilities().dtype == "bf16"
     assert {p.dtype for p in half.denoiser_model.parameters()} == {torch.bfloat16}
     hidden, pooled = encode(backend, pipe, PROMPT)
-    sample = np.random.default_rng(2).standard_normal((1, 16, 8, 8)).astype(np.float32)
+    side = 64 // backend.scale
+    sample = np.random.default_rng(2).standard_normal((1, 16, side, side)).astype(np.float32)
     want = step(backend, Conditioning(hidden, pooled), sample, [700.0])
     got = step(half, Conditioning(hidden, pooled), sample, [700.0])
     assert got.dtype == np.float32 and not np.array_equal(got, want)

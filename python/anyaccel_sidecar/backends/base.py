@@ -39,7 +39,7 @@ class Capabilities:
     batch_size: int = 0
     component_batches: dict[str, int] = field(default_factory=dict)
     sizes: list[tuple[int, int]] = field(default_factory=list)
-    # True: the UNet takes one timestep per row; False: a DenoiseStep's rows must share one
+    # True: the denoiser takes one timestep per row; False: a DenoiseStep's rows must share one
     per_sample_timesteps: bool = False
     # loaded components by the executor's names (text_encoder, text_encoder_2, text_encoder_3,
     # unet or transformer, vae_decoder, vae_encoder)
