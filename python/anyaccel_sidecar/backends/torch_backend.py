@@ -78,8 +78,9 @@ class TorchBackend(Backend):
             self.vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **kw)
         except (OSError, ValueError) as e:
             raise LoadError(f"{model}: could not load the diffusers components: {e}") from e
-        # diffusers 0.39 leaves SD3Transformer2DModel's weights in the checkpoint's dtype
-        # under torch_dtype (without accelerate installed); cast it like the others
+        # SD3Transformer2DModel.from_pretrained(torch_dtype=...) was seen leaving every
+        # weight fp32 (diffusers 0.39, torch 2.15, no accelerate; the UNets and Flux's
+        # transformer load in the asked dtype); cast whatever did not arrive in it
         _cast(self.denoiser_model, self.dtype)
         # SDXL's VAE overflows in fp16; diffusers' SDXL pipelines run it in fp32 (force_upcast).
         # Its SD3 and Flux pipelines decode in the model's dtype, as this does.
