@@ -143,7 +143,7 @@ fn unsupported_pipelines_fail_at_load_with_the_class_and_the_list() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("model_index.json"),
-        r#"{"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}"#,
+        r#"{"_class_name": "FluxFillPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}"#,
     )
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
@@ -156,8 +156,9 @@ fn unsupported_pipelines_fail_at_load_with_the_class_and_the_list() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("FluxPipeline is not a pipeline anyaccel serves")
-            && err.contains("StableDiffusionXLPipeline"),
+        err.contains("FluxFillPipeline is not a pipeline anyaccel serves")
+            && err.contains("StableDiffusionXLPipeline")
+            && err.contains("FluxPipeline"),
         "{err}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,8 +1,9 @@
 """The official OpenAI Python SDK against a running anyaccel server.
 
-Usage: openai_sdk.py BASE_URL API_KEY INIT_IMAGE [--sdxl]
+Usage: openai_sdk.py BASE_URL API_KEY INIT_IMAGE [--sdxl | --sd3 | --flux]
 With --sdxl the server serves an SDXL model: requests also carry SDXL's
-micro-conditioning fields.
+micro-conditioning fields. With --sd3 or --flux it serves a flow-matching
+model (scheduler flow_match_euler); Flux takes no negative prompt.
 Exits non-zero (with a message) on the first failed expectation.
 """
 import base64
@@ -22,16 +23,21 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def main() -> None:
     base_url, api_key, init_image = sys.argv[1:4]
-    sdxl = "--sdxl" in sys.argv[4:]
+    flags = sys.argv[4:]
+    sdxl = "--sdxl" in flags
+    flow = "--sd3" in flags or "--flux" in flags
     client = OpenAI(base_url=f"{base_url}/v1", api_key=api_key)
     micro = {"original_size": "128x128", "crop_top_left": [8, 16], "target_size": "64x64"} if sdxl else {}
+    extra = {"scheduler": "flow_match_euler" if flow else "euler_a"}
+    if "--flux" not in flags:
+        extra["negative_prompt"] = "blurry"
 
     result = client.images.generate(
         prompt="a watercolor lighthouse",
         n=2,
         size="64x64",
         response_format="b64_json",
-        extra_body={"steps": 3, "seed": 1234, "scheduler": "euler_a", "negative_prompt": "blurry", **micro},
+        extra_body={"steps": 3, "seed": 1234, **extra, **micro},
     )
     assert len(result.data) == 2, result
     for image in result.data:
