@@ -417,9 +417,9 @@ fn pool_sizes_are_checked_against_the_artifact_family() {
     assert_problem(
         &edit(
             "repo = \"acme/sd-fp32\"",
-            "repo = \"acme/sd-fp32\"\nfamily = \"flux\"",
+            "repo = \"acme/sd-fp32\"\nfamily = \"kandinsky\"",
         ),
-        &["artifacts[0].family", "\"flux\"", "sd, sdxl"],
+        &["artifacts[0].family", "\"kandinsky\"", "sd, sdxl, sd3, flux"],
     );
     // Unlisted sizes default to the family's: SDXL's buckets around 1024x1024.
     let cfg = ClusterConfig::from_toml_str(&sdxl).expect("valid");

@@ -335,6 +335,11 @@ impl ComponentSession {
                 let v: Vec<f16> = data.iter().map(|&x| f16::from_f32(x)).collect();
                 ort::value::Tensor::from_array((shape, v)).map(|t| t.into_dyn())
             }
+            // Flux's position ids are int64 in optimum's export (whole numbers).
+            Some(TensorElementType::Int64) => {
+                let v: Vec<i64> = data.iter().map(|&x| x.round() as i64).collect();
+                ort::value::Tensor::from_array((shape, v)).map(|t| t.into_dyn())
+            }
             _ => ort::value::Tensor::from_array((shape, data.to_vec())).map(|t| t.into_dyn()),
         };
         value.map_err(|e| self.err(e))
