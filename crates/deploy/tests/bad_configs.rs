@@ -421,6 +421,17 @@ fn pool_sizes_are_checked_against_the_artifact_family() {
         ),
         &["artifacts[0].family", "\"kandinsky\"", "sd, sdxl, sd3, flux"],
     );
+    // The transformers' 2x2 patches want multiples of 16.
+    let flux = edit(
+        "target = \"onnx-fp16\"\nrepo = \"acme/sd-fp16\"",
+        "target = \"onnx-fp16\"\nrepo = \"acme/sd-fp16\"\nfamily = \"flux\"",
+    )
+    .replacen(
+        "artifact = \"sd-fp16\"",
+        "artifact = \"sd-fp16\"\nsizes = [\"1024x1024\", \"1000x1000\"]",
+        1,
+    );
+    assert_problem(&flux, &["pools[1].sizes[1]", "1000x1000", "16"]);
     // Unlisted sizes default to the family's: SDXL's buckets around 1024x1024.
     let cfg = ClusterConfig::from_toml_str(&sdxl).expect("valid");
     assert_eq!(cfg.pools()[1].sizes()[0], (1024, 1024));

@@ -17,6 +17,13 @@ pub fn read_json(rel: &str) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// The `timestep_spacing` a reference case overrode, if any.
+pub fn spacing(case: &Value) -> Option<&str> {
+    case["scheduler_overrides"]
+        .get("timestep_spacing")
+        .and_then(Value::as_str)
+}
+
 /// A JSON list of numbers, which the fixture script sometimes stores as a string.
 pub fn floats(v: &Value) -> Vec<f64> {
     match v {
@@ -112,10 +119,17 @@ fn micro(case: &Value) -> MicroParams {
 
 /// The reference models: SD 1.5, SD 2.x v-prediction, SDXL.
 pub const MODELS: [&str; 3] = ["tiny-sd15", "tiny-sd2v", "tiny-sdxl"];
+/// The diffusion transformers: SD 3.5, FLUX.1-dev, FLUX.1-schnell.
+pub const DIT_MODELS: [&str; 3] = ["tiny-sd3", "tiny-flux", "tiny-flux-schnell"];
 
 pub fn cases() -> Vec<(String, Value)> {
+    cases_of(&MODELS)
+}
+
+/// Every committed reference case of `models`, in file-name order.
+pub fn cases_of(models: &[&str]) -> Vec<(String, Value)> {
     let mut out = Vec::new();
-    for model in MODELS {
+    for model in models {
         let dir = fixtures().join("reference").join(model);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
@@ -134,15 +148,17 @@ pub fn cases() -> Vec<(String, Value)> {
     out
 }
 
-/// Runs every committed reference case through `pipeline(model, timestep_spacing)`
-/// and fails unless each image is within `max_abs` (any channel) and `mean_abs`
-/// (mean) of diffusers' on 0-255 pixels. Prints every image's difference.
+/// Runs every committed reference case of `models` through
+/// `pipeline(model, case)` and fails unless each image is within `max_abs`
+/// (any channel) and `mean_abs` (mean) of diffusers' on 0-255 pixels.
+/// Prints every image's difference.
 pub fn assert_matches_references(
-    pipeline: impl Fn(&str, Option<&str>) -> Pipeline,
+    models: &[&str],
+    pipeline: impl Fn(&str, &Value) -> Pipeline,
     max_abs: u8,
     mean_abs: f64,
 ) {
-    let all = cases();
+    let all = cases_of(models);
     assert!(
         all.len() >= 10,
         "expected the committed reference cases, found {}",
@@ -152,10 +168,7 @@ pub fn assert_matches_references(
     let mut failures = Vec::new();
     for (model, case) in &all {
         let name = case["case"].as_str().unwrap();
-        let spacing = case["scheduler_overrides"]
-            .get("timestep_spacing")
-            .and_then(Value::as_str);
-        let p = pipeline(model, spacing);
+        let p = pipeline(model, case);
         let request = p
             .validate(params(case))
             .unwrap_or_else(|e| panic!("{name}: {e}"));

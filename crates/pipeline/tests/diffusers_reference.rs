@@ -33,7 +33,12 @@ fn pipeline(model: &str, spacing: Option<&str>) -> Pipeline {
 
 #[test]
 fn images_match_diffusers() {
-    common::assert_matches_references(pipeline, MAX_ABS, MEAN_ABS);
+    common::assert_matches_references(
+        &common::MODELS,
+        |model, case| pipeline(model, common::spacing(case)),
+        MAX_ABS,
+        MEAN_ABS,
+    );
 }
 
 #[test]

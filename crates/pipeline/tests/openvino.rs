@@ -60,11 +60,12 @@ fn cpu_has_bf16() -> bool {
 #[test]
 fn f32_images_match_diffusers() {
     common::assert_matches_references(
-        |model, spacing| {
+        &common::MODELS,
+        |model, case| {
             let exec = executor(model, CpuPrecision::F32).expect("OpenVINO executor loads");
             let name = &exec.capabilities().device_name;
             assert!(name.ends_with("OpenVINO f32"), "{name}");
-            pipeline(model, spacing, exec)
+            pipeline(model, common::spacing(case), exec)
         },
         MAX_ABS,
         MEAN_ABS,

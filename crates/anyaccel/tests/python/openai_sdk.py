@@ -73,6 +73,14 @@ def main() -> None:
             assert "original_size" in str(e), e
         else:
             raise AssertionError("a malformed original_size was accepted")
+    if "--flux" in flags:
+        try:
+            client.images.generate(prompt="x", size="64x64", extra_body={"negative_prompt": "blurry"})
+        except Exception as e:  # openai.BadRequestError
+            assert getattr(e, "status_code", None) == 400, e
+            assert "negative_prompt" in str(e), e
+        else:
+            raise AssertionError("Flux accepted a negative prompt")
     print("openai sdk: ok")
 
 
