@@ -126,8 +126,16 @@ fn sd3_is_served_on_every_api() {
         &s.base,
         json!({"prompt": "a lighthouse", "steps": 3, "size": "64x64", "seed": 9}),
     );
-    assert_eq!(names.last().map(String::as_str), Some("completed"), "{names:?}");
-    assert_eq!(names.iter().filter(|n| *n == "step").count(), 3, "{names:?}");
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("completed"),
+        "{names:?}"
+    );
+    assert_eq!(
+        names.iter().filter(|n| *n == "step").count(),
+        3,
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -152,7 +160,11 @@ fn flux_dev_and_schnell_are_served_with_their_guidance() {
         &s.base,
         json!({"prompt": "a fox", "steps": 2, "size": "64x64", "guidance_scale": 4.0}),
     );
-    assert_eq!(names.last().map(String::as_str), Some("completed"), "{names:?}");
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("completed"),
+        "{names:?}"
+    );
     drop(s);
 
     let s = serve_model(SCHNELL, &T5_LEN, &[], Stdio::null());
@@ -189,8 +201,25 @@ fn bench_drives_a_flux_server() {
     let s = serve_model(SCHNELL, &T5_LEN, &[], Stdio::null());
     let out = std::env::temp_dir().join(format!("anyaccel-bench-flux-{}", std::process::id()));
     let status = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
-        .args(["bench", "--url", &s.base, "--concurrency", "1", "--duration", "2"])
-        .args(["--size", "64x64", "--steps", "2", "--slo", "5", "--no-progress", "--quiet"])
+        .args([
+            "bench",
+            "--url",
+            &s.base,
+            "--concurrency",
+            "1",
+            "--duration",
+            "2",
+        ])
+        .args([
+            "--size",
+            "64x64",
+            "--steps",
+            "2",
+            "--slo",
+            "5",
+            "--no-progress",
+            "--quiet",
+        ])
         .args(["--pool", "local", "--instance-type", "test.cpu", "--out"])
         .arg(&out)
         .current_dir(repo())

@@ -419,7 +419,11 @@ fn pool_sizes_are_checked_against_the_artifact_family() {
             "repo = \"acme/sd-fp32\"",
             "repo = \"acme/sd-fp32\"\nfamily = \"kandinsky\"",
         ),
-        &["artifacts[0].family", "\"kandinsky\"", "sd, sdxl, sd3, flux"],
+        &[
+            "artifacts[0].family",
+            "\"kandinsky\"",
+            "sd, sdxl, sd3, flux",
+        ],
     );
     // The transformers' 2x2 patches want multiples of 16.
     let flux = edit(

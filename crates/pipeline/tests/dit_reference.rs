@@ -113,7 +113,11 @@ fn case_timesteps_match_diffusers() {
         let want = floats(&case["timesteps"]);
         assert_eq!(ours.len(), want.len(), "{model} {}", case["case"]);
         for (a, b) in ours.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-3, "{model} {}: {ours:?} vs {want:?}", case["case"]);
+            assert!(
+                (a - b).abs() < 1e-3,
+                "{model} {}: {ours:?} vs {want:?}",
+                case["case"]
+            );
         }
     }
 }
@@ -245,7 +249,10 @@ fn t5_tokenizer_matches_transformers() {
             .collect();
         let got = tok.encode(prompt, len).unwrap();
         if got.ids != want {
-            failures.push(format!("{prompt:?} @ {len}:\n  ours {:?}\n  want {want:?}", got.ids));
+            failures.push(format!(
+                "{prompt:?} @ {len}:\n  ours {:?}\n  want {want:?}",
+                got.ids
+            ));
         }
         let untruncated = c["untruncated_len"].as_u64().unwrap() as usize;
         assert_eq!(got.truncated, untruncated > len, "{prompt:?} @ {len}");
@@ -292,7 +299,10 @@ fn flow_match_schedules_match_diffusers() {
             ] {
                 let want = floats(&row[key]);
                 if ours.len() != want.len()
-                    || ours.iter().zip(&want).any(|(a, b)| (*a as f64 - b).abs() > tol)
+                    || ours
+                        .iter()
+                        .zip(&want)
+                        .any(|(a, b)| (*a as f64 - b).abs() > tol)
                 {
                     failures.push(format!("{what}: {key} {ours:?} vs {want:?}"));
                 }
@@ -329,5 +339,9 @@ fn a_request_past_the_memory_budget_is_refused() {
     assert!(p.validate(params(1)).is_ok());
     let e = p.validate(params(8)).unwrap_err();
     assert_eq!(e.field, "n");
-    assert!(e.message.contains("does not fit in memory"), "{}", e.message);
+    assert!(
+        e.message.contains("does not fit in memory"),
+        "{}",
+        e.message
+    );
 }
