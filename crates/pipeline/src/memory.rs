@@ -18,10 +18,21 @@ use serde_json::Value;
 use crate::ModelFamily;
 use crate::model::ModelInfo;
 
-const GIB: f64 = (1u64 << 30) as f64;
-
-fn gib(bytes: u64) -> String {
-    format!("{:.1} GiB", bytes as f64 / GIB)
+/// A byte count in the largest binary unit that keeps it at or above one,
+/// so a 48 GB model and a 2 MB test model both read sensibly.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    if value < 1024.0 {
+        return format!("{bytes} B");
+    }
+    let mut unit = 0;
+    value /= 1024.0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// The model doesn't fit the device.
@@ -29,7 +40,7 @@ fn gib(bytes: u64) -> String {
 #[error(
     "{model} needs {} ({} of weights + {} of activations at {width}x{height}, {images} image(s) per batch) \
      but the device has {}{}; {advice}",
-    gib(self.need()), gib(*weights), gib(*activations), gib(*available), source_note(measured_by)
+    size(self.need()), size(*weights), size(*activations), size(*available), source_note(measured_by)
 )]
 pub struct DoesNotFit {
     pub model: String,
@@ -305,9 +316,9 @@ impl MemoryBudget {
                 "the weights alone do not fit: an fp16 or bf16 artifact (about {}, \
                  `anyaccel compile --target onnx-fp16` or the sidecar's --dtype) {}; \
                  int8 (about {}) {}",
-                gib(half),
+                size(half),
                 verdict(half),
-                gib(quarter),
+                size(quarter),
                 verdict(quarter)
             )
         } else if let Some(n) = (1..images).rev().find(|&n| need(width, height, n) <= room) {

@@ -66,12 +66,16 @@ pub fn serve_model(model: &str, extra: &[&str], env: &[(&str, &str)], stdout: St
         .stdout(stdout)
         .spawn()
         .expect("server starts");
-    let server = Server {
+    let mut server = Server {
         child,
         base: format!("http://127.0.0.1:{port}"),
     };
     let started = Instant::now();
     loop {
+        // A server that failed to load has said why on stderr; don't wait out the minute.
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!("server exited before it was ready: {status}");
+        }
         if ureq::get(&format!("{}/health/ready", server.base))
             .call()
             .is_ok_and(|r| r.status() == 200)
