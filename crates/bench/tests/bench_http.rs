@@ -98,13 +98,21 @@ fn closed_open_and_wave_agree_with_the_servers_metrics() {
         // The server counted exactly what the client sent and received.
         assert_eq!(srv_delta.requests, l.sent() as f64, "{}", l.label);
         assert_eq!(srv_delta.images, l.images as f64, "{}", l.label);
+        // Every 7th request gets a 429, so any 7 in a row hold one: both
+        // sides must have counted some (defaulting a missing count to 0
+        // would let 0 == 0 pass when neither saw a rejection).
+        assert!(l.sent() >= 7, "{}: only {} sent", l.label, l.sent());
         let srv_429 = srv_delta
             .requests_by_status
             .get("429")
             .copied()
-            .unwrap_or(0.0);
-        let cli_429 = l.errors_by_status.get("429").copied().unwrap_or(0) as f64;
-        assert_eq!(srv_429, cli_429, "{}", l.label);
+            .unwrap_or_else(|| panic!("{}: the server counted no 429", l.label));
+        let cli_429 = l
+            .errors_by_status
+            .get("429")
+            .copied()
+            .unwrap_or_else(|| panic!("{}: the client counted no 429", l.label));
+        assert_eq!(srv_429, cli_429 as f64, "{}", l.label);
         assert!(l.ok > 0, "{}", l.label);
         assert_eq!(l.images, 2 * l.ok, "n = 2 images per request");
         let lat = l.latency_s.unwrap();

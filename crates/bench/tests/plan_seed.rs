@@ -326,8 +326,11 @@ fn the_throughput_unit_changes_costs_but_not_ordering_or_weights() {
     }
 }
 
+// `anyaccel deploy render` does not read plans yet (`deploy render --plan`
+// is a later issue); until it does, this checks the fragment against the
+// schema and ranges docs/bench.md gives, not against deploy.
 #[test]
-fn the_fragment_is_what_deploy_render_reads() {
+fn the_fragment_has_the_documented_schema_and_ranges() {
     let out = scratch("fragment");
     let a = plan_args(&["--slo", "1.0", "--demand", "10"], &out);
     let o = plan(&a).unwrap();
@@ -340,8 +343,8 @@ fn the_fragment_is_what_deploy_render_reads() {
         f.plan.fallback_order,
         ["inf2", "trn1", "g5-compiled", "g6", "g5-eager"]
     );
-    // Generic TOML view: every pool has the keys deploy render consumes,
-    // within the ranges it accepts.
+    // Generic TOML view: every pool has the keys the documented schema
+    // requires, within its documented ranges.
     let v: toml::Table = toml::from_str(&text).unwrap();
     let pools = v["pools"].as_array().unwrap();
     for p in pools {
