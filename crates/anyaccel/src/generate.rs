@@ -61,14 +61,14 @@ pub struct ModelArgs {
     #[arg(long, env = "ANYACCEL_THREADS")]
     pub threads: Option<usize>,
     /// Threads running independent operators (default: 1, sequential graph).
-    #[arg(long)]
+    #[arg(long, env = "ANYACCEL_INTER_THREADS")]
     pub inter_threads: Option<usize>,
     /// ONNX Runtime graph optimisation: disable, basic, extended, all.
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value = "all", env = "ANYACCEL_OPTIMIZATION")]
     pub optimization: Optimization,
     /// Path of libonnxruntime.so (else $ORT_DYLIB_PATH, else .cache/onnxruntime/lib,
     /// or .cache/onnxruntime-openvino/lib with --device openvino).
-    #[arg(long)]
+    #[arg(long, env = "ANYACCEL_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
     /// OpenVINO's arithmetic (--device openvino): bf16 roughly halves the UNet's
     /// time on AVX512_BF16 CPUs and moves pixels slightly.
@@ -107,10 +107,17 @@ pub enum MemoryLimit {
 }
 
 fn parse_memory(s: &str) -> Result<MemoryLimit, String> {
-    let t = s.trim();
-    if t.eq_ignore_ascii_case("off") {
+    if s.trim().eq_ignore_ascii_case("off") {
         return Ok(MemoryLimit::Off);
     }
+    parse_bytes(s)
+        .map(MemoryLimit::Bytes)
+        .map_err(|_| format!("`{s}` is not a memory size (e.g. 24GiB, 512MiB) or `off`"))
+}
+
+/// A byte size with an optional unit: `24GiB`, `512MiB`, `1.5GB`, `4096`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
     let units: [(&str, u64); 7] = [
         ("TiB", 1 << 40),
         ("GiB", 1 << 30),
@@ -127,8 +134,8 @@ fn parse_memory(s: &str) -> Result<MemoryLimit, String> {
     num.parse::<f64>()
         .ok()
         .filter(|v| v.is_finite() && *v > 0.0)
-        .map(|v| MemoryLimit::Bytes((v * mult as f64) as u64))
-        .ok_or_else(|| format!("`{s}` is not a memory size (e.g. 24GiB, 512MiB) or `off`"))
+        .map(|v| (v * mult as f64) as u64)
+        .ok_or_else(|| format!("`{s}` is not a memory size (e.g. 24GiB, 512MiB)"))
 }
 
 /// What the model is loaded to serve: the memory preflight checks the

@@ -10,7 +10,7 @@ use anyaccel_server::{AppState, CloudWatchConfig, CloudWatchMode, ServerConfig};
 use anyhow::Context;
 use clap::Args;
 
-use crate::generate::{LoadPlan, ModelArgs, parse_size};
+use crate::generate::{LoadPlan, ModelArgs, parse_bytes, parse_size};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -33,35 +33,69 @@ pub struct ServeArgs {
     #[arg(long, value_delimiter = ',', value_parser = parse_size, env = "ANYACCEL_SIZES")]
     pub sizes: Vec<(u32, u32)>,
     /// Requests allowed to wait; more get 429.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = BatcherConfig::default().max_queue, env = "ANYACCEL_MAX_QUEUE")]
     pub max_queue: usize,
     /// Waiting work allowed, in megapixel-steps (pixels × steps × images × 2 with guidance / 1e6).
-    #[arg(long, default_value_t = 50_000)]
+    #[arg(
+        long,
+        default_value_t = BatcherConfig::default().max_queue_work / 1_000_000,
+        env = "ANYACCEL_MAX_QUEUE_MEGAPIXEL_STEPS"
+    )]
     pub max_queue_megapixel_steps: u64,
-    /// Most images per UNet batch; 1 turns batching off.
-    #[arg(long, default_value_t = 4)]
+    /// Most images per denoiser batch; 1 turns batching off.
+    #[arg(long, default_value_t = BatcherConfig::default().max_batch_images, env = "ANYACCEL_MAX_BATCH")]
     pub max_batch: usize,
     /// How long the oldest request may wait for compatible company, in ms.
-    #[arg(long, default_value_t = 20)]
+    #[arg(
+        long,
+        default_value_t = BatcherConfig::default().max_batch_delay.as_millis() as u64,
+        env = "ANYACCEL_BATCH_DELAY_MS"
+    )]
     pub batch_delay_ms: u64,
     /// Most images per request.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = Limits::default().max_images, env = "ANYACCEL_MAX_IMAGES")]
     pub max_images: u32,
-    #[arg(long, default_value_t = 150)]
+    #[arg(long, default_value_t = Limits::default().max_steps, env = "ANYACCEL_MAX_STEPS")]
     pub max_steps: u32,
     /// Work not finished within this many seconds of arrival is cancelled.
-    #[arg(long, default_value_t = 600)]
+    #[arg(
+        long,
+        default_value_t = BatcherConfig::default().request_timeout.as_secs(),
+        env = "ANYACCEL_REQUEST_TIMEOUT_SECS"
+    )]
     pub request_timeout_secs: u64,
-    /// How long finished results (and `url` images) stay retrievable.
-    #[arg(long, default_value_t = 3600)]
+    /// How long finished results (async jobs and `url` images) stay retrievable.
+    #[arg(
+        long,
+        default_value_t = BatcherConfig::default().result_ttl.as_secs(),
+        env = "ANYACCEL_RESULT_TTL_SECS"
+    )]
     pub result_ttl_secs: u64,
+    /// Memory for retained results (e.g. 2GiB); past it the oldest are
+    /// evicted and answer 410. Default: a quarter of the memory left once
+    /// the model is loaded (the container's limit, or MemAvailable), within
+    /// 64 MiB and 16 GiB.
+    #[arg(long, value_parser = parse_bytes, env = "ANYACCEL_RESULT_MEMORY")]
+    pub result_memory: Option<u64>,
     /// On SIGTERM, how long queued and running work may take before exit.
-    #[arg(long, default_value_t = 30, env = "ANYACCEL_DRAIN_TIMEOUT_SECS")]
+    #[arg(
+        long,
+        default_value_t = ServerConfig::DEFAULT_DRAIN_TIMEOUT.as_secs(),
+        env = "ANYACCEL_DRAIN_TIMEOUT_SECS"
+    )]
     pub drain_timeout_secs: u64,
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    #[arg(
+        long,
+        default_value_t = ServerConfig::DEFAULT_MAX_BODY_BYTES,
+        env = "ANYACCEL_MAX_BODY_BYTES"
+    )]
     pub max_body_bytes: usize,
     /// Largest init image accepted, in pixels.
-    #[arg(long, default_value_t = 4096 * 4096)]
+    #[arg(
+        long,
+        default_value_t = ServerConfig::DEFAULT_MAX_INPUT_PIXELS,
+        env = "ANYACCEL_MAX_INPUT_PIXELS"
+    )]
     pub max_input_pixels: u64,
     /// CORS origins allowed (comma-separated); none = CORS off.
     #[arg(long, value_delimiter = ',', env = "ANYACCEL_CORS_ORIGINS")]
@@ -133,6 +167,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_batch_images: args.max_batch.max(1),
             max_batch_delay: Duration::from_millis(args.batch_delay_ms),
             result_ttl: Duration::from_secs(args.result_ttl_secs),
+            result_memory: args.result_memory.unwrap_or_else(default_result_memory),
             request_timeout: Duration::from_secs(args.request_timeout_secs),
         },
         pool: args.pool,
@@ -149,8 +184,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let state = AppState::new(pipeline, config);
+    tracing::info!(
+        bytes = config.batcher.result_memory,
+        ttl_secs = config.batcher.result_ttl.as_secs(),
+        "result memory budget"
+    );
+    let state = AppState::new(pipeline, config)?;
     runtime.block_on(anyaccel_server::serve(state))?;
     tracing::info!("bye");
     Ok(())
+}
+
+/// A quarter of what the process may still use once the model is loaded.
+fn default_result_memory() -> u64 {
+    const MIB: u64 = 1 << 20;
+    anyaccel_pipeline::memory::host_available()
+        .map(|(bytes, _)| bytes / 4)
+        .unwrap_or(BatcherConfig::default().result_memory)
+        .clamp(64 * MIB, 16 * 1024 * MIB)
 }

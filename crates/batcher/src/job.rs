@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyaccel_pipeline::{GeneratedImage, GenerationRequest, Timings};
+use anyaccel_pipeline::images::Encoding;
+use anyaccel_pipeline::{GeneratedImage, GenerationRequest, PipelineError, Timings};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
@@ -29,11 +30,62 @@ impl JobStatus {
     }
 }
 
+/// Why a job failed: a stable code that decides the HTTP status, never the message text.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Past the request timeout, queued or running.
+    DeadlineExceeded,
+    /// The server stopped before the job finished; another replica can run it.
+    ShuttingDown,
+    /// The device (or its sidecar) is down; retrying later can succeed.
+    ExecutorUnavailable,
+    /// The pipeline or executor failed on this batch.
+    GenerationFailed,
+    /// A bug: the pipeline panicked.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::ExecutorUnavailable => "executor_unavailable",
+            ErrorCode::GenerationFailed => "generation_failed",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The code a pipeline error maps to.
+    pub fn of(e: &PipelineError) -> Self {
+        match e {
+            PipelineError::Executor(x) if x.is_unavailable() => ErrorCode::ExecutorUnavailable,
+            _ => ErrorCode::GenerationFailed,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why a job failed, with a stable code for API errors.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct JobError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
+}
+
+impl JobError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 /// The images of a completed job and how long it took.
@@ -61,6 +113,18 @@ pub struct JobState {
     pub error: Option<JobError>,
 }
 
+/// How a job is submitted.
+#[derive(Debug, Clone, Default)]
+pub struct SubmitOptions {
+    /// A retried submission with the same key returns the same job.
+    pub idempotency_key: Option<String>,
+    /// Keep the result for clients to fetch later (the jobs API); otherwise
+    /// the submitter holds it (see [`Batcher::run`](crate::Batcher::run)).
+    pub retained: bool,
+    pub encoding: Encoding,
+    pub request_id: Option<String>,
+}
+
 /// What SSE subscribers receive, in order.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -76,8 +140,16 @@ pub enum JobEvent {
 pub struct Job {
     pub id: JobId,
     pub request: GenerationRequest,
+    /// The HTTP request that submitted it (`x-request-id`), for logs and job records.
+    pub request_id: Option<String>,
+    /// How its images are encoded when fetched (the jobs API).
+    pub encoding: Encoding,
     /// Seconds since the Unix epoch when accepted.
     pub created_unix: u64,
+    pub(crate) idempotency_key: Option<String>,
+    /// Kept after it finishes, for clients to fetch; a synchronous caller's
+    /// job is released by its [`Held`](crate::Held) instead.
+    pub(crate) retained: bool,
     pub(crate) accepted: Instant,
     pub(crate) deadline: Instant,
     pub(crate) cancel: AtomicBool,
@@ -93,7 +165,12 @@ impl std::fmt::Debug for Job {
 }
 
 impl Job {
-    pub(crate) fn new(id: JobId, request: GenerationRequest, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        id: JobId,
+        request: GenerationRequest,
+        options: SubmitOptions,
+        timeout: Duration,
+    ) -> Self {
         let now = Instant::now();
         let total = request.denoise_steps();
         let (state, _) = watch::channel(JobState {
@@ -109,6 +186,10 @@ impl Job {
         Self {
             id,
             request,
+            request_id: options.request_id,
+            encoding: options.encoding,
+            idempotency_key: options.idempotency_key,
+            retained: options.retained,
             created_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
@@ -120,6 +201,14 @@ impl Job {
             state,
             events,
         }
+    }
+
+    /// Bytes this job keeps alive: its result's pixels and any init image.
+    pub(crate) fn held_bytes(&self) -> u64 {
+        let result: u64 = self.state.borrow().result.as_ref().map_or(0, |r| {
+            r.images.iter().map(|i| i.image.as_raw().len() as u64).sum()
+        });
+        result + self.request.held_bytes()
     }
 
     pub fn state(&self) -> JobState {
@@ -175,10 +264,7 @@ impl Job {
             (JobStatus::Cancelled, _) => JobEvent::Cancelled,
             (_, Some(e)) => JobEvent::Failed { error: e.clone() },
             _ => JobEvent::Failed {
-                error: JobError {
-                    code: "internal",
-                    message: "failed".into(),
-                },
+                error: JobError::new(ErrorCode::Internal, "failed"),
             },
         };
         self.update(

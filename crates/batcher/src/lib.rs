@@ -7,34 +7,44 @@
 //!   with the same [`BatchKey`](anyaccel_pipeline::BatchKey) up to a maximum
 //!   number of images, waiting at most a short delay for company.
 //! - Lifecycle: every accepted job ends completed, failed or cancelled; a
-//!   job past its deadline is cancelled at the next step; results are kept
-//!   for a TTL, then reported gone.
+//!   job past its deadline is cancelled at the next step.
+//! - Memory: a synchronous caller's job lives as long as its [`Held`]; jobs
+//!   for clients to fetch later (and `url` images) are kept for a TTL
+//!   within a byte budget, oldest out first, then reported gone.
 
 mod job;
+mod retention;
+mod worker;
 
 use std::collections::{HashMap, VecDeque};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyaccel_pipeline::{GenerationRequest, Observer, Outcome, Pipeline, Timings};
+use anyaccel_pipeline::images::OutputFormat;
+use anyaccel_pipeline::{GenerationRequest, Pipeline, Timings};
 
-pub use job::{Job, JobError, JobEvent, JobId, JobResult, JobState, JobStatus};
+pub use job::{
+    ErrorCode, Job, JobError, JobEvent, JobId, JobResult, JobState, JobStatus, SubmitOptions,
+};
+use retention::{Departure, Retention};
 
-/// Bounds and batching policy.
+/// Bounds and batching policy. The defaults are the server's (`anyaccel serve` reads them).
 #[derive(Debug, Clone)]
 pub struct BatcherConfig {
     /// Requests allowed to wait (running ones not counted).
     pub max_queue: usize,
     /// Work allowed to wait, in pixels × steps × images (× 2 with guidance).
     pub max_queue_work: u64,
-    /// Most images in one UNet batch; 1 turns batching off.
+    /// Most images in one denoiser batch; 1 turns batching off.
     pub max_batch_images: usize,
     /// How long the oldest job may wait for compatible company.
     pub max_batch_delay: Duration,
     /// How long finished results stay retrievable.
     pub result_ttl: Duration,
+    /// Bytes of retained results (jobs' pixels, `url` images) kept at most;
+    /// past it the oldest go first.
+    pub result_memory: u64,
     /// Work not finished by then is cancelled.
     pub request_timeout: Duration,
 }
@@ -43,10 +53,12 @@ impl Default for BatcherConfig {
     fn default() -> Self {
         Self {
             max_queue: 64,
-            max_queue_work: 512 * 512 * 50 * 2 * 64,
+            // 50,000 megapixel-steps: 64 guided 512×512 50-step images, with room.
+            max_queue_work: 50_000 * 1_000_000,
             max_batch_images: 4,
             max_batch_delay: Duration::from_millis(20),
-            result_ttl: Duration::from_secs(600),
+            result_ttl: Duration::from_secs(3600),
+            result_memory: 1 << 30,
             request_timeout: Duration::from_secs(600),
         }
     }
@@ -66,13 +78,25 @@ pub enum AdmissionError {
     Draining { retry_after_secs: u64 },
 }
 
-/// Looking a job up.
+/// The batcher could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("could not start the batcher's worker thread: {0}")]
+pub struct StartError(#[from] std::io::Error);
+
+/// Looking a job or a kept file up.
 #[derive(Debug)]
-pub enum Lookup {
-    Found(Arc<Job>),
-    /// It existed but its result expired.
+pub enum Lookup<T> {
+    Found(T),
+    /// It existed but its result expired, was evicted or was released.
     Gone,
     NotFound,
+}
+
+/// An encoded image behind a `url` link.
+#[derive(Debug, Clone)]
+pub struct KeptFile {
+    pub bytes: Arc<Vec<u8>>,
+    pub format: OutputFormat,
 }
 
 /// Receives measurements as work happens (the server's metrics implement it).
@@ -80,6 +104,10 @@ pub trait Telemetry: Send + Sync {
     fn job_started(&self, _queue_wait: Duration) {}
     fn batch_finished(&self, _images: usize, _timings: &Timings) {}
     fn job_finished(&self, _status: JobStatus, _images: usize) {}
+    /// A retained result left early to stay within the memory budget.
+    fn result_evicted(&self) {}
+    /// The pipeline panicked; the batcher now reports itself unhealthy.
+    fn pipeline_panicked(&self) {}
 }
 
 struct NoTelemetry;
@@ -95,6 +123,9 @@ pub struct QueueStats {
     /// Measured seconds per work unit (None before the first batch).
     pub seconds_per_work: Option<f64>,
     pub draining: bool,
+    /// Retained results and the bytes they hold.
+    pub results_held: usize,
+    pub result_bytes: u64,
 }
 
 impl QueueStats {
@@ -111,14 +142,66 @@ struct State {
     queued_work: u64,
     running: Vec<Arc<Job>>,
     running_work: u64,
+    /// Every job a client can still look up: queued, running, held by its
+    /// synchronous caller, or finished and retained.
     jobs: HashMap<JobId, Arc<Job>>,
-    /// Finished jobs' expiry times, then tombstones of expired ids.
-    expiry: VecDeque<(Instant, JobId)>,
-    gone: HashMap<JobId, Instant>,
+    files: HashMap<String, KeptFile>,
+    retention: Retention,
     idempotency: HashMap<String, JobId>,
     draining: bool,
     shutdown: bool,
     seconds_per_work: Option<f64>,
+    /// Set when the pipeline panicked: its state can no longer be trusted.
+    broken: Option<String>,
+}
+
+impl State {
+    fn stats(&self) -> QueueStats {
+        QueueStats {
+            queued: self.queue.len(),
+            queued_work: self.queued_work,
+            running: self.running.len(),
+            running_work: self.running_work,
+            seconds_per_work: self.seconds_per_work,
+            draining: self.draining,
+            results_held: self.retention.held(),
+            result_bytes: self.retention.held_bytes(),
+        }
+    }
+
+    /// Forgets a job: its idempotency key stops matching and its id reads as gone.
+    fn forget_job(&mut self, job: &Job) {
+        if let Some(key) = &job.idempotency_key
+            && self.idempotency.get(key) == Some(&job.id)
+        {
+            self.idempotency.remove(key);
+        }
+        self.retention.release(&job.id);
+    }
+
+    /// Drops results past their TTL or over the memory budget.
+    fn expire(&mut self, telemetry: &dyn Telemetry) {
+        let now = Instant::now();
+        while let Some((id, why)) = self.retention.next_departure(now) {
+            if let Some(job) = self.jobs.remove(&id) {
+                self.forget_job(&job);
+            } else {
+                self.files.remove(&id);
+            }
+            if why == Departure::Evicted {
+                telemetry.result_evicted();
+            }
+        }
+    }
+
+    /// A job reached its end: a retained one starts its TTL.
+    fn finished(&mut self, job: &Job, telemetry: &dyn Telemetry) {
+        if job.retained && self.jobs.contains_key(&job.id) {
+            self.retention
+                .hold(&job.id, job.held_bytes(), Instant::now());
+            self.expire(telemetry);
+        }
+    }
 }
 
 struct Inner {
@@ -137,29 +220,54 @@ pub struct Batcher {
     inner: Arc<Inner>,
 }
 
+/// A synchronous caller's hold on its job. Dropping it (the response was
+/// written, or the client went away) cancels the job if it has not finished
+/// and lets its result go: the id reads as gone from then on.
+pub struct Held {
+    batcher: Batcher,
+    job: Arc<Job>,
+}
+
+impl Held {
+    pub fn job(&self) -> &Arc<Job> {
+        &self.job
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.job.state().status.is_terminal() {
+            tracing::info!(job = %self.job.id, "caller went away; cancelling");
+            self.batcher.cancel(&self.job);
+        }
+        self.batcher.release(&self.job.id);
+    }
+}
+
 impl Batcher {
     /// Starts the worker thread.
     pub fn start(
         pipeline: Arc<Pipeline>,
         config: BatcherConfig,
         telemetry: Option<Arc<dyn Telemetry>>,
-    ) -> Self {
+    ) -> Result<Self, StartError> {
         let inner = Arc::new(Inner {
             pipeline,
-            config,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_work: 0,
                 running: Vec::new(),
                 running_work: 0,
                 jobs: HashMap::new(),
-                expiry: VecDeque::new(),
-                gone: HashMap::new(),
+                files: HashMap::new(),
+                retention: Retention::new(config.result_ttl, config.result_memory),
                 idempotency: HashMap::new(),
                 draining: false,
                 shutdown: false,
                 seconds_per_work: None,
+                broken: None,
             }),
+            config,
             wake: Condvar::new(),
             telemetry: telemetry.unwrap_or_else(|| Arc::new(NoTelemetry)),
             next_id: AtomicU64::new(1),
@@ -168,10 +276,8 @@ impl Batcher {
         let worker = inner.clone();
         std::thread::Builder::new()
             .name("anyaccel-batcher".into())
-            .spawn(move || worker.run())
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!("could not start the batcher thread: {e}"));
-        Self { inner }
+            .spawn(move || worker.run())?;
+        Ok(Self { inner })
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
@@ -192,11 +298,12 @@ impl Batcher {
     pub fn submit(
         &self,
         request: GenerationRequest,
-        idempotency_key: Option<String>,
+        options: SubmitOptions,
     ) -> Result<Arc<Job>, AdmissionError> {
         let inner = &self.inner;
         let mut st = inner.lock();
-        if let Some(job) = idempotency_key
+        if let Some(job) = options
+            .idempotency_key
             .as_ref()
             .and_then(|key| st.idempotency.get(key))
             .and_then(|id| st.jobs.get(id))
@@ -226,11 +333,17 @@ impl Batcher {
             "job-{:016x}",
             inner.id_salt ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         );
-        let job = Arc::new(Job::new(id.clone(), request, inner.config.request_timeout));
+        let key = options.idempotency_key.clone();
+        let job = Arc::new(Job::new(
+            id.clone(),
+            request,
+            options,
+            inner.config.request_timeout,
+        ));
         st.queued_work += work;
         st.queue.push_back(job.clone());
         st.jobs.insert(id.clone(), job.clone());
-        if let Some(key) = idempotency_key {
+        if let Some(key) = key {
             st.idempotency.insert(key, id);
         }
         let position = st.queue.len() - 1;
@@ -250,12 +363,74 @@ impl Batcher {
         Ok(job)
     }
 
-    pub fn get(&self, id: &str) -> Lookup {
+    /// Queues a synchronous caller's request; the job lives as long as the [`Held`].
+    pub fn run(
+        &self,
+        request: GenerationRequest,
+        request_id: Option<String>,
+    ) -> Result<Held, AdmissionError> {
+        let job = self.submit(
+            request,
+            SubmitOptions {
+                request_id,
+                ..SubmitOptions::default()
+            },
+        )?;
+        Ok(Held {
+            batcher: self.clone(),
+            job,
+        })
+    }
+
+    /// Lets a job go now: it is no longer looked up and its id reads as gone.
+    pub fn release(&self, id: &str) {
         let mut st = self.inner.lock();
-        expire(&mut st);
+        if let Some(job) = st.jobs.remove(id) {
+            st.forget_job(&job);
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Lookup<Arc<Job>> {
+        let mut st = self.inner.lock();
+        st.expire(self.inner.telemetry.as_ref());
         if let Some(j) = st.jobs.get(id) {
             Lookup::Found(j.clone())
-        } else if st.gone.contains_key(id) {
+        } else if st.retention.gone.contains(id) {
+            Lookup::Gone
+        } else {
+            Lookup::NotFound
+        }
+    }
+
+    /// Keeps an encoded image behind a `url` link, within the result budget;
+    /// returns its file name (`<random>.<ext>`).
+    pub fn keep_file(&self, bytes: Vec<u8>, format: OutputFormat) -> String {
+        let random = anyaccel_pipeline::request::random_seed;
+        let id = format!(
+            "{:016x}{:016x}.{}",
+            random() << 32 | random(),
+            random(),
+            format.extension()
+        );
+        let mut st = self.inner.lock();
+        st.retention.hold(&id, bytes.len() as u64, Instant::now());
+        st.files.insert(
+            id.clone(),
+            KeptFile {
+                bytes: Arc::new(bytes),
+                format,
+            },
+        );
+        st.expire(self.inner.telemetry.as_ref());
+        id
+    }
+
+    pub fn file(&self, id: &str) -> Lookup<KeptFile> {
+        let mut st = self.inner.lock();
+        st.expire(self.inner.telemetry.as_ref());
+        if let Some(f) = st.files.get(id) {
+            Lookup::Found(f.clone())
+        } else if st.retention.gone.contains(id) {
             Lookup::Gone
         } else {
             Lookup::NotFound
@@ -279,7 +454,7 @@ impl Batcher {
             st.queued_work -= j.request.work();
             j.finish(JobStatus::Cancelled, None, None);
             self.inner.telemetry.job_finished(JobStatus::Cancelled, 0);
-            schedule_expiry(&mut st, &self.inner.config, &j.id);
+            st.finished(&j, self.inner.telemetry.as_ref());
             publish_positions(&st);
         }
         true
@@ -297,15 +472,15 @@ impl Batcher {
     }
 
     pub fn stats(&self) -> QueueStats {
-        let st = self.inner.lock();
-        QueueStats {
-            queued: st.queue.len(),
-            queued_work: st.queued_work,
-            running: st.running.len(),
-            running_work: st.running_work,
-            seconds_per_work: st.seconds_per_work,
-            draining: st.draining,
-        }
+        let mut st = self.inner.lock();
+        st.expire(self.inner.telemetry.as_ref());
+        st.stats()
+    }
+
+    /// Why the batcher cannot be trusted with more work (the pipeline
+    /// panicked), if it cannot; readiness probes report it.
+    pub fn broken(&self) -> Option<String> {
+        self.inner.lock().broken.clone()
     }
 
     /// The job currently running, if any (A1111's `/progress`).
@@ -341,10 +516,10 @@ impl Batcher {
             };
         }
         let clean = st.queue.is_empty() && st.running.is_empty();
-        let error = JobError {
-            code: "shutting_down",
-            message: "the server shut down before this job finished; retry".into(),
-        };
+        let error = JobError::new(
+            ErrorCode::ShuttingDown,
+            "the server shut down before this job finished; retry",
+        );
         let mut left: Vec<Arc<Job>> = st.queue.drain(..).collect();
         left.extend(st.running.iter().cloned());
         for j in left {
@@ -360,16 +535,8 @@ impl Batcher {
 }
 
 fn retry_after(st: &State) -> u64 {
-    let stats = QueueStats {
-        queued: st.queue.len(),
-        queued_work: st.queued_work,
-        running: st.running.len(),
-        running_work: st.running_work,
-        seconds_per_work: st.seconds_per_work,
-        draining: st.draining,
-    };
     // Time for the current backlog to clear, at the measured rate.
-    (stats.backlog_seconds().ceil() as u64).clamp(1, 600)
+    (st.stats().backlog_seconds().ceil() as u64).clamp(1, 600)
 }
 
 /// Estimated seconds until the job at `position` starts.
@@ -402,260 +569,9 @@ fn publish_positions(st: &State) {
     }
 }
 
-fn schedule_expiry(st: &mut State, config: &BatcherConfig, id: &str) {
-    st.expiry
-        .push_back((Instant::now() + config.result_ttl, id.to_string()));
-}
-
-/// Drops finished jobs past their TTL, remembering their ids for a while to answer 410.
-fn expire(st: &mut State) {
-    let now = Instant::now();
-    while let Some((at, _)) = st.expiry.front() {
-        if *at > now {
-            break;
-        }
-        if let Some((_, id)) = st.expiry.pop_front() {
-            st.jobs.remove(&id);
-            st.idempotency.retain(|_, v| *v != id);
-            st.gone.insert(id, now);
-        }
-    }
-    // Tombstones are bounded: forget the oldest after a day or beyond 100k.
-    if st.gone.len() > 100_000 {
-        st.gone
-            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(86_400));
-    }
-}
-
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock must not take the server down with it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn run(self: Arc<Self>) {
-        loop {
-            let Some(batch) = self.next_batch() else {
-                return;
-            };
-            self.execute(batch);
-        }
-    }
-
-    /// Waits for work and assembles a batch; `None` on shutdown.
-    fn next_batch(&self) -> Option<Vec<Arc<Job>>> {
-        let mut st = self.lock();
-        let first = loop {
-            expire(&mut st);
-            if st.shutdown {
-                return None;
-            }
-            match st.queue.pop_front() {
-                Some(j) if j.cancel_requested() => {
-                    st.queued_work -= j.request.work();
-                    j.finish(JobStatus::Cancelled, None, None);
-                    self.telemetry.job_finished(JobStatus::Cancelled, 0);
-                    schedule_expiry(&mut st, &self.config, &j.id);
-                }
-                Some(j) if j.past_deadline() => {
-                    st.queued_work -= j.request.work();
-                    j.finish(
-                        JobStatus::Failed,
-                        None,
-                        Some(JobError {
-                            code: "deadline_exceeded",
-                            message: "the request timed out while queued".into(),
-                        }),
-                    );
-                    self.telemetry.job_finished(JobStatus::Failed, 0);
-                    schedule_expiry(&mut st, &self.config, &j.id);
-                }
-                Some(j) => break j,
-                None => {
-                    st = match self.wake.wait_timeout(st, Duration::from_secs(1)) {
-                        Ok((g, _)) => g,
-                        Err(p) => p.into_inner().0,
-                    };
-                }
-            }
-        };
-        st.queued_work -= first.request.work();
-        let key = first.request.batch_key();
-        let mut images = first.request.seeds().len();
-        let mut batch = vec![first];
-        let until = Instant::now() + self.config.max_batch_delay;
-        loop {
-            let mut i = 0;
-            while i < st.queue.len() && images < self.config.max_batch_images {
-                let fits = {
-                    let j = &st.queue[i];
-                    j.request.batch_key() == key
-                        && !j.cancel_requested()
-                        && images + j.request.seeds().len() <= self.config.max_batch_images
-                };
-                if fits {
-                    if let Some(j) = st.queue.remove(i) {
-                        st.queued_work -= j.request.work();
-                        images += j.request.seeds().len();
-                        batch.push(j);
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            let now = Instant::now();
-            if images >= self.config.max_batch_images || now >= until || st.draining {
-                break;
-            }
-            st = match self.wake.wait_timeout(st, until - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
-        }
-        let work: u64 = batch.iter().map(|j| j.request.work()).sum();
-        st.running_work = work;
-        st.running = batch.clone();
-        publish_positions(&st);
-        Some(batch)
-    }
-
-    fn execute(&self, batch: Vec<Arc<Job>>) {
-        let started = Instant::now();
-        let images: usize = batch.iter().map(|j| j.request.seeds().len()).sum();
-        let spw = self.lock().seconds_per_work;
-        for j in &batch {
-            if let Ok(mut s) = j.started.lock() {
-                *s = Some(started);
-            }
-            self.telemetry
-                .job_started(started.duration_since(j.accepted));
-            let eta = spw.map(|s| s * j.request.work() as f64);
-            j.update(
-                |s| {
-                    s.status = JobStatus::Running;
-                    s.queue_position = None;
-                    s.eta_seconds = eta;
-                },
-                Some(JobEvent::Started {
-                    batch_images: images,
-                }),
-            );
-        }
-        let requests: Vec<&GenerationRequest> = batch.iter().map(|j| &j.request).collect();
-        let observer = BatchObserver { jobs: &batch };
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.pipeline.run_batch(&requests, &observer)
-        }));
-        let elapsed = started.elapsed();
-        let work: u64 = batch.iter().map(|j| j.request.work()).sum();
-        match outcome {
-            Ok(Ok(out)) => {
-                self.telemetry.batch_finished(images, &out.timings);
-                for (job, outcome) in batch.iter().zip(out.outcomes) {
-                    match outcome {
-                        Outcome::Completed(imgs) => {
-                            let images_done = imgs.len();
-                            let result = JobResult {
-                                images: imgs,
-                                queue_time: started.duration_since(job.accepted),
-                                inference_time: elapsed,
-                                timings: out.timings.clone(),
-                                batch_images: images,
-                            };
-                            job.finish(JobStatus::Completed, Some(Arc::new(result)), None);
-                            self.telemetry
-                                .job_finished(JobStatus::Completed, images_done);
-                        }
-                        Outcome::Cancelled if job.past_deadline() && !job.cancel_requested() => {
-                            job.finish(
-                                JobStatus::Failed,
-                                None,
-                                Some(JobError {
-                                    code: "deadline_exceeded",
-                                    message: "the request timed out while running".into(),
-                                }),
-                            );
-                            self.telemetry.job_finished(JobStatus::Failed, 0);
-                        }
-                        Outcome::Cancelled => {
-                            job.finish(JobStatus::Cancelled, None, None);
-                            self.telemetry.job_finished(JobStatus::Cancelled, 0);
-                        }
-                    }
-                }
-                let mut st = self.lock();
-                // Smooth the rate so one odd batch does not swing Retry-After.
-                if out.timings.steps > 0 {
-                    let sample = elapsed.as_secs_f64() / work.max(1) as f64;
-                    st.seconds_per_work = Some(match st.seconds_per_work {
-                        Some(prev) => 0.7 * prev + 0.3 * sample,
-                        None => sample,
-                    });
-                }
-            }
-            Ok(Err(e)) => {
-                // A device that is down is the server's state, not the request's fault.
-                let code = match &e {
-                    anyaccel_pipeline::PipelineError::Executor(x) if x.is_unavailable() => {
-                        "executor_unavailable"
-                    }
-                    _ => "generation_failed",
-                };
-                self.fail_all(&batch, code, e.to_string())
-            }
-            Err(_) => self.fail_all(
-                &batch,
-                "internal",
-                "the pipeline panicked; see server logs".into(),
-            ),
-        }
-        let mut st = self.lock();
-        st.running.clear();
-        st.running_work = 0;
-        for j in &batch {
-            schedule_expiry(&mut st, &self.config, &j.id);
-        }
-        drop(st);
-        self.wake.notify_all();
-    }
-
-    fn fail_all(&self, batch: &[Arc<Job>], code: &'static str, message: String) {
-        tracing::error!(%code, %message, "batch failed");
-        for j in batch {
-            j.finish(
-                JobStatus::Failed,
-                None,
-                Some(JobError {
-                    code,
-                    message: message.clone(),
-                }),
-            );
-            self.telemetry.job_finished(JobStatus::Failed, 0);
-        }
-    }
-}
-
-struct BatchObserver<'a> {
-    jobs: &'a [Arc<Job>],
-}
-
-impl Observer for BatchObserver<'_> {
-    fn on_step(&self, request: usize, step: usize, total: usize) {
-        if let Some(j) = self.jobs.get(request) {
-            let (step, total) = (step as u32, total as u32);
-            j.update(
-                |s| {
-                    s.step = step;
-                    s.total_steps = total;
-                },
-                Some(JobEvent::Step { step, total }),
-            );
-        }
-    }
-
-    fn is_cancelled(&self, request: usize) -> bool {
-        self.jobs
-            .get(request)
-            .is_some_and(|j| j.cancel_requested() || j.past_deadline())
     }
 }

@@ -47,6 +47,14 @@ pub const BATCH_SIZE: &str = "anyaccel_batch_size";
 /// Estimated seconds of work waiting or running, from measured step times:
 /// the signal KEDA scales on.
 pub const BACKLOG_SECONDS: &str = "anyaccel_backlog_seconds";
+/// Bytes held by retained results (async jobs' pixels, `url` images).
+pub const RESULT_MEMORY_BYTES: &str = "anyaccel_result_memory_bytes";
+/// Retained results (jobs and `url` images) a client can still fetch.
+pub const RESULTS_HELD: &str = "anyaccel_results_held";
+/// Results evicted before their TTL to stay within `--result-memory`.
+pub const RESULTS_EVICTED_TOTAL: &str = "anyaccel_results_evicted_total";
+/// Panics caught in the pipeline; after one the server reports not ready.
+pub const PIPELINE_PANICS_TOTAL: &str = "anyaccel_pipeline_panics_total";
 
 /// PromQL for the per-pool backlog KEDA's Prometheus scaler divides by the
 /// per-replica target: total seconds of queued work across the pool's pods.

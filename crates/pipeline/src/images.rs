@@ -50,6 +50,13 @@ impl OutputFormat {
     }
 }
 
+/// How an image is encoded for a client: the format and, for JPEG and WebP, the quality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Encoding {
+    pub format: OutputFormat,
+    pub quality: Option<u8>,
+}
+
 impl FromStr for OutputFormat {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

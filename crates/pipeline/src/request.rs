@@ -248,19 +248,23 @@ impl GenerationRequest {
     /// Work units for admission control: pixels × steps × images (× 2 with guidance).
     pub fn work(&self) -> u64 {
         let unet_evals = if self.uses_guidance() { 2 } else { 1 };
-        let steps = match &self.init {
-            Some(i) => ((self.steps as f32 * i.strength) as u64).max(1),
-            None => self.steps as u64,
-        };
+        let steps = self.denoise_steps().max(1) as u64;
         self.width as u64 * self.height as u64 * steps * self.seeds.len() as u64 * unet_evals
     }
 
     /// Denoising steps actually run (fewer than `steps` for img2img).
     pub fn denoise_steps(&self) -> u32 {
         match &self.init {
-            Some(i) => ((self.steps as f32 * i.strength) as u32).min(self.steps),
+            Some(i) => crate::scheduler::img2img_steps(self.scheduler, self.steps, i.strength),
             None => self.steps,
         }
+    }
+
+    /// Bytes of pixels the request holds (its init image).
+    pub fn held_bytes(&self) -> u64 {
+        self.init
+            .as_ref()
+            .map_or(0, |i| i.image.as_raw().len() as u64)
     }
 }
 

@@ -103,6 +103,7 @@ fn start(pipeline: Arc<Pipeline>, s: &Settings, max_batch: usize, delay: Duratio
             max_batch_delay: delay,
             result_ttl: Duration::from_secs(60),
             request_timeout: Duration::from_secs(120),
+            result_memory: 256 << 20,
         },
         pool: "bench".into(),
         accelerator: "cpu".into(),
@@ -114,7 +115,7 @@ fn start(pipeline: Arc<Pipeline>, s: &Settings, max_batch: usize, delay: Duratio
         .enable_all()
         .build()
         .unwrap();
-    let state = AppState::new(pipeline, config);
+    let state = AppState::new(pipeline, config).expect("batcher starts");
     state.warm_up();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

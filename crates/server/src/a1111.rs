@@ -136,8 +136,9 @@ async fn run(state: AppState, body: A1111Body, img2img: bool) -> Result<Response
     let request = generate::validate(&state, params)
         .await
         .map_err(a1111_names)?;
-    let (job, result) = generate::run(&state, request).await?;
-    let encoded = generate::encode(&state, &job, &result, OutputFormat::Png, None).await?;
+    let (held, result) = generate::run(&state, request).await?;
+    let job = held.job();
+    let encoded = generate::encode(&state, job, &result, OutputFormat::Png, None).await?;
     let info = state.pipeline().model();
     let r = &job.request;
     let seeds: Vec<u64> = encoded.iter().map(|e| e.seed).collect();

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use anyaccel_batcher::AdmissionError;
+use anyaccel_batcher::{AdmissionError, ErrorCode, JobError};
 use anyaccel_pipeline::ValidationError;
 
 #[derive(Debug, Clone)]
@@ -108,6 +108,24 @@ impl From<AdmissionError> for ApiError {
             param: None,
             retry_after: retry,
         }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        let status = match e.code {
+            ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::ShuttingDown | ErrorCode::ExecutorUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ErrorCode::GenerationFailed | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut err = ApiError::new(status, e.code.as_str(), e.message);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Another replica (or this one, once the device is back) can serve it.
+            err.retry_after = Some(5);
+        }
+        err
     }
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyaccel_batcher::{Batcher, Job, JobResult, JobStatus};
+use anyaccel_batcher::{ErrorCode, Held, Job, JobError, JobResult, JobStatus};
 use anyaccel_pipeline::images::{self, OutputFormat};
 use anyaccel_pipeline::{GenerationParams, GenerationRequest};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -145,68 +145,35 @@ pub async fn validate(
     Ok(request)
 }
 
-/// Cancels its job when dropped before `disarm`: a synchronous request whose
-/// client disconnected stops at the next denoising step.
-struct CancelOnDrop {
-    batcher: Batcher,
-    job: Option<Arc<Job>>,
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(job) = self.job.take()
-            && !job.state().status.is_terminal()
-        {
-            tracing::info!(job = %job.id, "client went away; cancelling");
-            self.batcher.cancel(&job);
-        }
-    }
-}
-
-/// Submits and waits for the result.
+/// Submits and waits for the result. The job lives as long as the returned
+/// [`Held`]: the handler drops it once the response is built, so a
+/// synchronous result never outlives its request, and a client that goes
+/// away cancels its job at the next step.
 pub async fn run(
     state: &AppState,
     request: GenerationRequest,
-) -> Result<(Arc<Job>, Arc<JobResult>), ApiError> {
-    let job = state.batcher.submit(request, None)?;
-    let mut guard = CancelOnDrop {
-        batcher: state.batcher.clone(),
-        job: Some(job.clone()),
-    };
-    let done = job.finished().await;
-    guard.job = None;
-    outcome(&job, done.status, done.result, done.error)
+) -> Result<(Held, Arc<JobResult>), ApiError> {
+    let held = state.batcher.run(request, None)?;
+    let done = held.job().finished().await;
+    let result = outcome(done.status, done.result, done.error)?;
+    Ok((held, result))
 }
 
-pub fn outcome(
-    job: &Arc<Job>,
+fn outcome(
     status: JobStatus,
     result: Option<Arc<JobResult>>,
-    error: Option<anyaccel_batcher::JobError>,
-) -> Result<(Arc<Job>, Arc<JobResult>), ApiError> {
+    error: Option<JobError>,
+) -> Result<Arc<JobResult>, ApiError> {
     match (status, result) {
-        (JobStatus::Completed, Some(r)) => Ok((job.clone(), r)),
+        (JobStatus::Completed, Some(r)) => Ok(r),
         (JobStatus::Cancelled, _) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "cancelled",
             "the request was cancelled",
         )),
-        _ => {
-            let e = error.unwrap_or(anyaccel_batcher::JobError {
-                code: "internal",
-                message: "the job failed".into(),
-            });
-            let status = match e.code {
-                "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
-                "shutting_down" | "executor_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            let mut err = ApiError::new(status, e.code, e.message);
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                err.retry_after = Some(5);
-            }
-            Err(err)
-        }
+        _ => Err(error
+            .unwrap_or_else(|| JobError::new(ErrorCode::Internal, "the job failed"))
+            .into()),
     }
 }
 

@@ -24,12 +24,18 @@ pub fn routes() -> Router<AppState> {
 #[derive(Serialize, ToSchema)]
 pub struct Health {
     pub status: &'static str,
+    /// Why the server is not ready, when it says more than the status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Liveness: the process answers (no other checks, so it is cheap).
 #[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Health)))]
 pub async fn live() -> Json<Health> {
-    Json(Health { status: "ok" })
+    Json(Health {
+        status: "ok",
+        reason: None,
+    })
 }
 
 /// Readiness: model loaded, warm-up done for every size, executor up, not draining.
@@ -37,16 +43,27 @@ pub async fn live() -> Json<Health> {
     (status = 200, body = Health), (status = 503, description = "Warming up or draining", body = Health)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.is_ready() {
-        Json(Health { status: "ready" }).into_response()
+        Json(Health {
+            status: "ready",
+            reason: None,
+        })
+        .into_response()
     } else {
+        let broken = state.batcher.broken();
         let status = if state.batcher.is_draining() {
             "draining"
+        } else if broken.is_some() {
+            "broken"
         } else if !state.pipeline().executor().is_ready() {
             "executor_down"
         } else {
             "warming_up"
         };
-        (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status })).into_response()
+        let body = Health {
+            status,
+            reason: broken,
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
 

@@ -4,9 +4,11 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use anyaccel_batcher::{Job, JobEvent, JobState, JobStatus, Lookup};
+use anyaccel_batcher::{
+    ErrorCode, Job, JobError, JobEvent, JobState, JobStatus, Lookup, SubmitOptions,
+};
 use anyaccel_pipeline::GenerationParams;
-use anyaccel_pipeline::images::OutputFormat;
+use anyaccel_pipeline::images::Encoding;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -26,7 +28,6 @@ use crate::AppState;
 use crate::error::{ApiError, parse_json};
 use crate::generate::{self, Provenance, TimingReport};
 use crate::openai::{ImageFormat, body_bytes, require_prompt};
-use crate::store::Encoding;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -117,10 +118,7 @@ fn status_name(s: JobStatus) -> String {
 }
 
 async fn view(state: &AppState, job: &Arc<Job>, snapshot: JobState) -> Result<JobView, ApiError> {
-    let enc = state.store.encoding_of(&job.id).unwrap_or(Encoding {
-        format: OutputFormat::Png,
-        quality: None,
-    });
+    let enc = job.encoding;
     let result = match (&snapshot.status, &snapshot.result) {
         (JobStatus::Completed, Some(r)) => {
             let encoded = generate::encode(state, job, r, enc.format, enc.quality).await?;
@@ -209,14 +207,18 @@ pub async fn submit(
         )?,
     };
     let request = generate::validate(&state, params).await?;
-    let job = state.batcher.submit(request, key)?;
-    state.store.set_encoding(
-        &job.id,
-        Encoding {
-            format: body.output_format.map(Into::into).unwrap_or_default(),
-            quality: body.output_compression,
+    let job = state.batcher.submit(
+        request,
+        SubmitOptions {
+            idempotency_key: key,
+            retained: true,
+            encoding: Encoding {
+                format: body.output_format.map(Into::into).unwrap_or_default(),
+                quality: body.output_compression,
+            },
+            request_id: None,
         },
-    );
+    )?;
     let v = view(&state, &job, job.state()).await?;
     let mut resp = (StatusCode::ACCEPTED, Json(v)).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
@@ -313,10 +315,10 @@ fn catch_up(s: &JobState) -> JobEvent {
         JobStatus::Completed => JobEvent::Completed,
         JobStatus::Cancelled => JobEvent::Cancelled,
         JobStatus::Failed => JobEvent::Failed {
-            error: s.error.clone().unwrap_or(anyaccel_batcher::JobError {
-                code: "internal",
-                message: "failed".into(),
-            }),
+            error: s
+                .error
+                .clone()
+                .unwrap_or_else(|| JobError::new(ErrorCode::Internal, "failed")),
         },
     }
 }

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+pub use anyaccel_batcher::StartError;
 use anyaccel_batcher::{Batcher, BatcherConfig};
 use anyaccel_pipeline::{GenerationParams, Pipeline};
 use axum::Router;
@@ -62,39 +63,46 @@ pub struct ServerConfig {
     pub cloudwatch: CloudWatchConfig,
 }
 
+impl ServerConfig {
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_MAX_INPUT_PIXELS: u64 = 4096 * 4096;
+    /// Kubernetes' default grace period is 30 s; drain within it.
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+}
+
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub(crate) batcher: Batcher,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: Arc<ServerConfig>,
-    pub(crate) store: store::ImageStore,
     warmed: Arc<AtomicBool>,
 }
 
 impl AppState {
-    pub fn new(pipeline: Arc<Pipeline>, config: ServerConfig) -> Self {
+    /// Starts the batcher; a server whose worker cannot start must not take work.
+    pub fn new(pipeline: Arc<Pipeline>, config: ServerConfig) -> Result<Self, StartError> {
         let model = pipeline.model().id.clone();
         let metrics = Arc::new(Metrics::new(&model, &config.accelerator, &config.pool));
-        let batcher = Batcher::start(pipeline, config.batcher.clone(), Some(metrics.clone()));
-        Self {
-            store: store::ImageStore::new(config.batcher.result_ttl),
+        let batcher = Batcher::start(pipeline, config.batcher.clone(), Some(metrics.clone()))?;
+        Ok(Self {
             batcher,
             metrics,
             config: Arc::new(config),
             warmed: Arc::new(AtomicBool::new(false)),
-        }
+        })
     }
 
     pub(crate) fn pipeline(&self) -> &Arc<Pipeline> {
         self.batcher.pipeline()
     }
 
-    /// Ready: warmed up for every size and not draining.
+    /// Ready: warmed up for every size, not draining, and nothing broken.
     pub fn is_ready(&self) -> bool {
         self.warmed.load(Ordering::SeqCst)
             && !self.batcher.is_draining()
             && self.pipeline().executor().is_ready()
+            && self.batcher.broken().is_none()
     }
 
     pub fn batcher(&self) -> &Batcher {

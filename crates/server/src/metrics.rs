@@ -58,6 +58,10 @@ pub struct Metrics {
     in_flight: Gauge,
     batch_size: Histogram,
     backlog: Gauge<f64, AtomicU64>,
+    result_bytes: Gauge,
+    results_held: Gauge,
+    results_evicted: Counter,
+    panics: Counter,
     // Plain totals for the CloudWatch sampler (client work only).
     work_requests: AtomicU64,
     work_latency_micros: AtomicU64,
@@ -104,6 +108,10 @@ impl Metrics {
             in_flight: Gauge::default(),
             batch_size: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]),
             backlog: Gauge::default(),
+            result_bytes: Gauge::default(),
+            results_held: Gauge::default(),
+            results_evicted: Counter::default(),
+            panics: Counter::default(),
             work_requests: AtomicU64::new(0),
             work_latency_micros: AtomicU64::new(0),
             registry: Registry::default(),
@@ -158,6 +166,26 @@ impl Metrics {
             "Estimated seconds of queued and running work, from measured step times",
             m.backlog.clone(),
         );
+        registry.register(
+            names::RESULT_MEMORY_BYTES,
+            "Bytes held by retained results (async jobs, url images)",
+            m.result_bytes.clone(),
+        );
+        registry.register(
+            names::RESULTS_HELD,
+            "Retained results clients can still fetch",
+            m.results_held.clone(),
+        );
+        registry.register(
+            counter_name(names::RESULTS_EVICTED_TOTAL),
+            "Results evicted before their TTL to stay within the result memory budget",
+            m.results_evicted.clone(),
+        );
+        registry.register(
+            counter_name(names::PIPELINE_PANICS_TOTAL),
+            "Panics caught in the pipeline (the server then reports not ready)",
+            m.panics.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -204,6 +232,9 @@ impl Metrics {
     pub fn render(&self, stats: &QueueStats) -> String {
         self.queue_depth.set(stats.queued as i64);
         self.backlog.set(stats.backlog_seconds());
+        self.result_bytes
+            .set(i64::try_from(stats.result_bytes).unwrap_or(i64::MAX));
+        self.results_held.set(stats.results_held as i64);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             tracing::error!("could not encode metrics");
@@ -243,5 +274,13 @@ impl Telemetry for Metrics {
         if status == JobStatus::Completed {
             self.images.inc_by(images as u64);
         }
+    }
+
+    fn result_evicted(&self) {
+        self.results_evicted.inc();
+    }
+
+    fn pipeline_panicked(&self) {
+        self.panics.inc();
     }
 }

@@ -129,8 +129,9 @@ async fn respond(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let request = generate::validate(state, params).await?;
-    let (job, result) = generate::run(state, request).await?;
-    let encoded = generate::encode(state, &job, &result, output_format, compression).await?;
+    let (held, result) = generate::run(state, request).await?;
+    let job = held.job();
+    let encoded = generate::encode(state, job, &result, output_format, compression).await?;
     let base = base_url(state, headers);
     let data = encoded
         .into_iter()
@@ -142,7 +143,7 @@ async fn respond(
                 seed: e.seed,
             },
             ResponseFormat::Url => {
-                let id = state.store.put(e.bytes, output_format);
+                let id = state.batcher.keep_file(e.bytes, output_format);
                 ImageData {
                     b64_json: None,
                     url: Some(format!("{base}/v1/images/files/{id}")),

@@ -107,14 +107,3 @@ pub(crate) fn sigmas(
     out.push(0.0);
     Ok(out)
 }
-
-/// img2img's first step for `strength` (SD3 and Flux truncate after
-/// subtracting, unlike the UNet pipelines).
-pub(crate) fn start_index(steps: usize, strength: f32) -> usize {
-    let n = steps as f64;
-    // The strength as the caller wrote it (0.6, not f32's 0.6000000238): the
-    // truncation is sensitive to the last bit, and diffusers computes in f64.
-    let strength: f64 = strength.to_string().parse().unwrap_or(strength as f64);
-    let init = (n * strength).min(n);
-    (n - init).max(0.0) as usize
-}

@@ -18,6 +18,24 @@ use config::linspace64;
 pub use config::{FlowConfig, Prediction, SchedulerConfig, Spacing};
 pub use flow::{FlowSigmas, dynamic_shift};
 
+/// The denoising steps img2img runs out of `steps` at `strength`: the one
+/// formula for admission, progress and the loop. Like diffusers, the UNet
+/// pipelines truncate `steps × strength`, while SD3 and Flux truncate the
+/// start index after subtracting (so they round the steps run up).
+pub fn img2img_steps(kind: SchedulerKind, steps: u32, strength: f32) -> u32 {
+    let n = steps as f64;
+    // The strength as the caller wrote it (0.6, not f32's 0.6000000238): the
+    // truncation is sensitive to the last bit, and diffusers computes in f64.
+    let strength: f64 = strength.to_string().parse().unwrap_or(strength as f64);
+    let init = (n * strength).min(n);
+    let run = if kind.is_flow() {
+        n - (n - init).max(0.0).trunc()
+    } else {
+        init.trunc()
+    };
+    run as u32
+}
+
 use crate::noise::NoiseGenerator;
 
 /// The schedulers we implement.
@@ -362,11 +380,7 @@ impl Schedule {
     /// For img2img: the index of the first step when denoising `strength` of the way.
     pub fn start_index(&self, strength: f32) -> usize {
         let n = self.steps();
-        if self.kind.is_flow() {
-            return flow::start_index(n, strength);
-        }
-        let init = ((n as f32 * strength) as usize).min(n);
-        n - init
+        n - img2img_steps(self.kind, n as u32, strength) as usize
     }
 
     /// Noises clean latents `x0` to the level of step `i` (img2img's start).

@@ -38,6 +38,7 @@ pub fn config() -> ServerConfig {
             max_batch_delay: Duration::from_millis(30),
             result_ttl: Duration::from_secs(60),
             request_timeout: Duration::from_secs(60),
+            result_memory: 256 << 20,
         },
         pool: "test".into(),
         accelerator: "cpu".into(),
@@ -72,7 +73,7 @@ pub fn start(config: ServerConfig) -> TestServer {
         .enable_all()
         .build()
         .unwrap();
-    let state = AppState::new(Arc::new(pipeline()), config);
+    let state = AppState::new(Arc::new(pipeline()), config).expect("batcher starts");
     state.warm_up();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -1,0 +1,244 @@
+//! The worker thread: assembles batches from the queue and runs them
+//! through the pipeline, publishing progress and outcomes to each job.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyaccel_pipeline::{GenerationRequest, Observer, Outcome};
+
+use crate::{ErrorCode, Inner, Job, JobError, JobEvent, JobResult, JobStatus, publish_positions};
+
+impl Inner {
+    pub(crate) fn run(self: Arc<Self>) {
+        loop {
+            let Some(batch) = self.next_batch() else {
+                return;
+            };
+            self.execute(batch);
+        }
+    }
+
+    /// Waits for work and assembles a batch; `None` on shutdown.
+    fn next_batch(&self) -> Option<Vec<Arc<Job>>> {
+        let mut st = self.lock();
+        let first = loop {
+            st.expire(self.telemetry.as_ref());
+            if st.shutdown {
+                return None;
+            }
+            match st.queue.pop_front() {
+                Some(j) if j.cancel_requested() => {
+                    st.queued_work -= j.request.work();
+                    j.finish(JobStatus::Cancelled, None, None);
+                    self.telemetry.job_finished(JobStatus::Cancelled, 0);
+                    st.finished(&j, self.telemetry.as_ref());
+                }
+                Some(j) if j.past_deadline() => {
+                    st.queued_work -= j.request.work();
+                    j.finish(
+                        JobStatus::Failed,
+                        None,
+                        Some(JobError::new(
+                            ErrorCode::DeadlineExceeded,
+                            "the request timed out while queued",
+                        )),
+                    );
+                    self.telemetry.job_finished(JobStatus::Failed, 0);
+                    st.finished(&j, self.telemetry.as_ref());
+                }
+                Some(j) => break j,
+                None => {
+                    st = match self.wake.wait_timeout(st, Duration::from_secs(1)) {
+                        Ok((g, _)) => g,
+                        Err(p) => p.into_inner().0,
+                    };
+                }
+            }
+        };
+        st.queued_work -= first.request.work();
+        let key = first.request.batch_key();
+        let mut images = first.request.seeds().len();
+        let mut batch = vec![first];
+        let until = Instant::now() + self.config.max_batch_delay;
+        loop {
+            let mut i = 0;
+            while i < st.queue.len() && images < self.config.max_batch_images {
+                let fits = {
+                    let j = &st.queue[i];
+                    j.request.batch_key() == key
+                        && !j.cancel_requested()
+                        && images + j.request.seeds().len() <= self.config.max_batch_images
+                };
+                if fits {
+                    if let Some(j) = st.queue.remove(i) {
+                        st.queued_work -= j.request.work();
+                        images += j.request.seeds().len();
+                        batch.push(j);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            let now = Instant::now();
+            if images >= self.config.max_batch_images || now >= until || st.draining {
+                break;
+            }
+            st = match self.wake.wait_timeout(st, until - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        let work: u64 = batch.iter().map(|j| j.request.work()).sum();
+        st.running_work = work;
+        st.running = batch.clone();
+        publish_positions(&st);
+        Some(batch)
+    }
+
+    fn execute(&self, batch: Vec<Arc<Job>>) {
+        let started = Instant::now();
+        let images: usize = batch.iter().map(|j| j.request.seeds().len()).sum();
+        let spw = self.lock().seconds_per_work;
+        for j in &batch {
+            if let Ok(mut s) = j.started.lock() {
+                *s = Some(started);
+            }
+            self.telemetry
+                .job_started(started.duration_since(j.accepted));
+            let eta = spw.map(|s| s * j.request.work() as f64);
+            j.update(
+                |s| {
+                    s.status = JobStatus::Running;
+                    s.queue_position = None;
+                    s.eta_seconds = eta;
+                },
+                Some(JobEvent::Started {
+                    batch_images: images,
+                }),
+            );
+        }
+        let requests: Vec<&GenerationRequest> = batch.iter().map(|j| &j.request).collect();
+        let observer = BatchObserver { jobs: &batch };
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.pipeline.run_batch(&requests, &observer)
+        }));
+        let elapsed = started.elapsed();
+        let work: u64 = batch.iter().map(|j| j.request.work()).sum();
+        match outcome {
+            Ok(Ok(out)) => {
+                self.telemetry.batch_finished(images, &out.timings);
+                for (job, outcome) in batch.iter().zip(out.outcomes) {
+                    match outcome {
+                        Outcome::Completed(imgs) => {
+                            let images_done = imgs.len();
+                            let result = JobResult {
+                                images: imgs,
+                                queue_time: started.duration_since(job.accepted),
+                                inference_time: elapsed,
+                                timings: out.timings.clone(),
+                                batch_images: images,
+                            };
+                            job.finish(JobStatus::Completed, Some(Arc::new(result)), None);
+                            self.telemetry
+                                .job_finished(JobStatus::Completed, images_done);
+                        }
+                        Outcome::Cancelled if job.past_deadline() && !job.cancel_requested() => {
+                            job.finish(
+                                JobStatus::Failed,
+                                None,
+                                Some(JobError::new(
+                                    ErrorCode::DeadlineExceeded,
+                                    "the request timed out while running",
+                                )),
+                            );
+                            self.telemetry.job_finished(JobStatus::Failed, 0);
+                        }
+                        Outcome::Cancelled => {
+                            job.finish(JobStatus::Cancelled, None, None);
+                            self.telemetry.job_finished(JobStatus::Cancelled, 0);
+                        }
+                    }
+                }
+                let mut st = self.lock();
+                // Smooth the rate so one odd batch does not swing Retry-After.
+                if out.timings.steps > 0 {
+                    let sample = elapsed.as_secs_f64() / work.max(1) as f64;
+                    st.seconds_per_work = Some(match st.seconds_per_work {
+                        Some(prev) => 0.7 * prev + 0.3 * sample,
+                        None => sample,
+                    });
+                }
+            }
+            Ok(Err(e)) => self.fail_all(&batch, ErrorCode::of(&e), e.to_string()),
+            Err(panic) => {
+                let what = panic_message(panic.as_ref());
+                // Locks and buffers the panic unwound through (ONNX Runtime's
+                // session among them) may be poisoned or half-written: stop
+                // reporting ready so the pod is replaced, rather than fail
+                // every later request while looking healthy.
+                tracing::error!(panic = %what, "the pipeline panicked; reporting not ready");
+                self.telemetry.pipeline_panicked();
+                self.lock().broken = Some(format!("the pipeline panicked: {what}"));
+                self.fail_all(
+                    &batch,
+                    ErrorCode::Internal,
+                    "the pipeline panicked; see server logs".into(),
+                )
+            }
+        }
+        let mut st = self.lock();
+        st.running.clear();
+        st.running_work = 0;
+        for j in &batch {
+            st.finished(j, self.telemetry.as_ref());
+        }
+        drop(st);
+        self.wake.notify_all();
+    }
+
+    fn fail_all(&self, batch: &[Arc<Job>], code: ErrorCode, message: String) {
+        tracing::error!(%code, %message, "batch failed");
+        for j in batch {
+            j.finish(
+                JobStatus::Failed,
+                None,
+                Some(JobError::new(code, message.clone())),
+            );
+            self.telemetry.job_finished(JobStatus::Failed, 0);
+        }
+    }
+}
+
+struct BatchObserver<'a> {
+    jobs: &'a [Arc<Job>],
+}
+
+impl Observer for BatchObserver<'_> {
+    fn on_step(&self, request: usize, step: usize, total: usize) {
+        if let Some(j) = self.jobs.get(request) {
+            let (step, total) = (step as u32, total as u32);
+            j.update(
+                |s| {
+                    s.step = step;
+                    s.total_steps = total;
+                },
+                Some(JobEvent::Step { step, total }),
+            );
+        }
+    }
+
+    fn is_cancelled(&self, request: usize) -> bool {
+        self.jobs
+            .get(request)
+            .is_some_and(|j| j.cancel_requested() || j.past_deadline())
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic payload".into())
+}
