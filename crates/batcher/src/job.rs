@@ -150,6 +150,8 @@ pub struct Job {
     /// Kept after it finishes, for clients to fetch; a synchronous caller's
     /// job is released by its [`Held`](crate::Held) instead.
     pub(crate) retained: bool,
+    /// The submitter's span (the HTTP request's), parent of the batch it runs in.
+    pub(crate) span: tracing::Span,
     pub(crate) accepted: Instant,
     pub(crate) deadline: Instant,
     pub(crate) cancel: AtomicBool,
@@ -190,6 +192,7 @@ impl Job {
             encoding: options.encoding,
             idempotency_key: options.idempotency_key,
             retained: options.retained,
+            span: tracing::Span::current(),
             created_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -360,6 +360,7 @@ impl Batcher {
         );
         drop(st);
         inner.wake.notify_all();
+        tracing::debug!(job = %job.id, position, "accepted");
         Ok(job)
     }
 

@@ -120,10 +120,21 @@ impl Inner {
         }
         let requests: Vec<&GenerationRequest> = batch.iter().map(|j| &j.request).collect();
         let observer = BatchObserver { jobs: &batch };
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.pipeline.run_batch(&requests, &observer)
-        }));
+        let span = batch_span(&batch, images);
+        let outcome = span.in_scope(|| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.pipeline.run_batch(&requests, &observer)
+            }))
+        });
         let elapsed = started.elapsed();
+        span.in_scope(|| {
+            tracing::info!(
+                images,
+                seconds = elapsed.as_secs_f64(),
+                ok = matches!(outcome, Ok(Ok(_))),
+                "batch finished"
+            )
+        });
         let work: u64 = batch.iter().map(|j| j.request.work()).sum();
         match outcome {
             Ok(Ok(out)) => {
@@ -233,6 +244,32 @@ impl Observer for BatchObserver<'_> {
             .get(request)
             .is_some_and(|j| j.cancel_requested() || j.past_deadline())
     }
+}
+
+/// A batch serves several requests: its span is a child of the first one's
+/// and follows from the others', and names every job and request id, so a
+/// log search or a trace for any of them finds it.
+fn batch_span(batch: &[Arc<Job>], images: usize) -> tracing::Span {
+    let list = |f: fn(&Job) -> Option<&str>| {
+        batch
+            .iter()
+            .filter_map(|j| f(j))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let jobs = list(|j| Some(j.id.as_str()));
+    let request_ids = list(|j| j.request_id.as_deref());
+    let span = tracing::info_span!(
+        parent: batch.first().and_then(|j| j.span.id()),
+        "batch",
+        images,
+        jobs = %jobs,
+        request_ids = %request_ids,
+    );
+    for j in batch.iter().skip(1) {
+        span.follows_from(j.span.id());
+    }
+    span
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

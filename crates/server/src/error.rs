@@ -131,6 +131,9 @@ impl From<JobError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(code = self.code, message = %self.message, "request failed");
+        }
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_string(),

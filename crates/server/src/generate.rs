@@ -153,7 +153,7 @@ pub async fn run(
     state: &AppState,
     request: GenerationRequest,
 ) -> Result<(Held, Arc<JobResult>), ApiError> {
-    let held = state.batcher.run(request, None)?;
+    let held = state.batcher.run(request, crate::trace::request_id())?;
     let done = held.job().finished().await;
     let result = outcome(done.status, done.result, done.error)?;
     Ok((held, result))

@@ -98,6 +98,8 @@ pub struct JobView {
     /// queued, running, completed, failed or cancelled.
     pub status: String,
     pub created: u64,
+    /// The `x-request-id` of the request that submitted it.
+    pub request_id: Option<String>,
     pub queue_position: Option<usize>,
     pub eta_seconds: Option<f64>,
     pub progress: Progress,
@@ -140,6 +142,7 @@ async fn view(state: &AppState, job: &Arc<Job>, snapshot: JobState) -> Result<Jo
         id: job.id.clone(),
         status: status_name(snapshot.status),
         created: job.created_unix,
+        request_id: job.request_id.clone(),
         queue_position: snapshot.queue_position,
         eta_seconds: snapshot.eta_seconds,
         progress: Progress {
@@ -216,7 +219,7 @@ pub async fn submit(
                 format: body.output_format.map(Into::into).unwrap_or_default(),
                 quality: body.output_compression,
             },
-            request_id: None,
+            request_id: crate::trace::request_id(),
         },
     )?;
     let v = view(&state, &job, job.state()).await?;

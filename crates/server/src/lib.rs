@@ -15,6 +15,7 @@ mod metrics;
 mod openai;
 mod playground;
 mod store;
+mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -165,6 +166,8 @@ pub fn router(state: AppState) -> Router {
         .merge(docs::routes())
         .merge(store::routes())
         .merge(playground::routes())
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), observe));
     if !state.config.cors_origins.is_empty() {
@@ -181,7 +184,29 @@ pub fn router(state: AppState) -> Router {
                 .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
         );
     }
-    app.with_state(state)
+    app.layer(middleware::from_fn(trace::middleware))
+        .with_state(state)
+}
+
+/// Unknown paths get the JSON error shape like every other error.
+async fn unknown_route(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no route {} {}; see /docs for the API",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn wrong_method(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}; see /docs for the API",
+            req.method(),
+            req.uri().path()
+        ),
+    )
 }
 
 /// Counts and times every request by its route template.

@@ -51,10 +51,18 @@ fn openai_generations_b64_url_and_formats() {
         .post(&s.url("/v1/images/generations"))
         .send_json(json!({"prompt": "x", "steps": 1, "output_format": "webp"}))
         .unwrap();
-    for h in ["x-queue-time", "x-inference-time", "x-total-time"] {
-        let v: f64 = resp.header(h).unwrap().parse().unwrap();
-        assert!(v >= 0.0);
-    }
+    let secs = |h: &str| -> f64 { resp.header(h).unwrap().parse().unwrap() };
+    let (queue, inference, total) = (
+        secs("x-queue-time"),
+        secs("x-inference-time"),
+        secs("x-total-time"),
+    );
+    assert!(inference > 0.0, "inference {inference}");
+    // Queueing and inference happen within the request; headers round to 0.1 ms.
+    assert!(
+        total + 0.0002 >= queue + inference,
+        "total {total} < queue {queue} + inference {inference}"
+    );
 }
 
 #[test]
@@ -417,4 +425,72 @@ fn client_disconnect_cancels_a_synchronous_request() {
         assert_eq!(j.state().status, anyaccel_batcher::JobStatus::Cancelled);
         assert!(j.state().step < 150);
     }
+}
+
+#[test]
+fn request_ids_are_echoed_generated_and_recorded_on_jobs() {
+    let s = start(config());
+    let body = json!({"prompt": "x", "steps": 1, "size": "64x64"});
+    let resp = TestServer::agent()
+        .post(&s.url("/v1/images/generations"))
+        .set("x-request-id", "client-42")
+        .send_json(body.clone())
+        .unwrap();
+    assert_eq!(resp.header("x-request-id"), Some("client-42"));
+    // No id, or one unfit for logs, gets a fresh one.
+    for sent in [None, Some("has spaces")] {
+        let mut req = TestServer::agent().post(&s.url("/v1/images/generations"));
+        if let Some(v) = sent {
+            req = req.set("x-request-id", v);
+        }
+        let resp = req.send_json(body.clone()).unwrap();
+        let id = resp.header("x-request-id").unwrap();
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+    let job: Value = TestServer::agent()
+        .post(&s.url("/v1/jobs"))
+        .set("x-request-id", "submit-7")
+        .send_json(body)
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(job["request_id"], "submit-7");
+}
+
+#[test]
+fn synchronous_results_are_released_and_retained_ones_are_counted() {
+    let s = start(config());
+    for _ in 0..3 {
+        let (status, _, _) = s.post_json(
+            "/v1/images/generations",
+            &json!({"prompt": "x", "steps": 1, "size": "64x64", "n": 2}),
+        );
+        assert_eq!(status, 200);
+    }
+    let stats = s.state.batcher().stats();
+    assert_eq!((stats.results_held, stats.result_bytes), (0, 0));
+    // A url response keeps its encoded images until the TTL or the budget.
+    let (status, _, body) = s.post_json(
+        "/v1/images/generations",
+        &json!({"prompt": "x", "steps": 1, "size": "64x64", "n": 2, "response_format": "url"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let stats = s.state.batcher().stats();
+    assert_eq!(stats.results_held, 2);
+    assert!(stats.result_bytes > 0);
+    let metrics = TestServer::agent()
+        .get(&s.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let held = metrics
+        .lines()
+        .find(|l| l.starts_with("anyaccel_result_memory_bytes{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok());
+    assert_eq!(held, Some(stats.result_bytes), "{metrics}");
 }

@@ -4,9 +4,16 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{TestServer, config, multipart, start};
+use anyaccel_executor::{
+    Capabilities, Component, Conditioning, DenoiseSession, Executor, ExecutorError, HiddenLayer,
+    Tensor, TextEncoding, TokenIds,
+};
+use anyaccel_pipeline::{Defaults, Limits, Model, Pipeline};
+use common::{TestServer, config, multipart, start, start_with};
 use serde_json::{Value, json};
 
 #[test]
@@ -307,4 +314,111 @@ fn overload_gets_429_with_retry_after_and_every_accepted_request_completes() {
     }
     let stats = s.state.batcher().stats();
     assert_eq!((stats.queued, stats.running), (0, 0));
+}
+
+/// The tiny model's executor, with a switch that makes the denoiser panic
+/// (as a bug inside ONNX Runtime's bindings would).
+struct Panicky {
+    inner: Arc<dyn Executor>,
+    armed: AtomicBool,
+}
+
+impl Executor for Panicky {
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    fn encode_text(
+        &self,
+        encoder: Component,
+        ids: &TokenIds,
+        layer: HiddenLayer,
+    ) -> Result<TextEncoding, ExecutorError> {
+        self.inner.encode_text(encoder, ids, layer)
+    }
+    fn denoise<'a>(
+        &'a self,
+        conditioning: Conditioning,
+    ) -> Result<Box<dyn DenoiseSession + 'a>, ExecutorError> {
+        assert!(
+            !self.armed.load(Ordering::SeqCst),
+            "denoiser panics on purpose"
+        );
+        self.inner.denoise(conditioning)
+    }
+    fn vae_decode(&self, latents: &Tensor) -> Result<Tensor, ExecutorError> {
+        self.inner.vae_decode(latents)
+    }
+    fn vae_encode(&self, image: &Tensor) -> Result<Tensor, ExecutorError> {
+        self.inner.vae_encode(image)
+    }
+}
+
+#[test]
+fn a_panic_in_the_executor_turns_readiness_off() {
+    let base = common::pipeline();
+    let exec = Arc::new(Panicky {
+        inner: base.executor().clone(),
+        armed: AtomicBool::new(false),
+    });
+    let model = Model::load_dir(
+        "tiny-sd15",
+        &common::repo().join("fixtures/models/tiny-sd15"),
+    )
+    .unwrap();
+    let p = Pipeline::new(exec.clone(), model, Limits::default(), Defaults::default());
+    let s = start_with(p, config());
+    assert_eq!(s.get("/health/ready").0, 200);
+    exec.armed.store(true, Ordering::SeqCst);
+    let (status, _, body) = s.post_json(
+        "/v1/images/generations",
+        &json!({"prompt": "x", "steps": 2, "size": "64x64"}),
+    );
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "internal");
+    // Kubernetes must see it: not ready, with the reason.
+    let (status, ready) = s.get("/health/ready");
+    assert_eq!(status, 503);
+    assert_eq!(ready["status"], "broken");
+    let reason = ready["reason"].as_str().unwrap();
+    assert!(reason.contains("panics on purpose"), "{reason}");
+    assert_eq!(s.get("/health/live").0, 200, "alive, so logs can be read");
+    let metrics = TestServer::agent()
+        .get(&s.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("anyaccel_pipeline_panics_total{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn unknown_routes_and_methods_answer_the_json_error_shape() {
+    let s = start(config());
+    let resp = match TestServer::agent().get(&s.url("/v1/nope")).call() {
+        Err(ureq::Error::Status(404, r)) => r,
+        other => panic!("expected 404, got {other:?}"),
+    };
+    assert!(resp.header("x-request-id").is_some());
+    let body: Value = resp.into_json().unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("GET /v1/nope")
+    );
+    let resp = match TestServer::agent()
+        .delete(&s.url("/v1/images/generations"))
+        .call()
+    {
+        Err(ureq::Error::Status(405, r)) => r,
+        other => panic!("expected 405, got {other:?}"),
+    };
+    let body: Value = resp.into_json().unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
 }

@@ -68,12 +68,17 @@ pub fn pipeline() -> Pipeline {
 }
 
 pub fn start(config: ServerConfig) -> TestServer {
+    start_with(pipeline(), config)
+}
+
+/// A server on `pipeline` (tests that wrap the executor).
+pub fn start_with(pipeline: Pipeline, config: ServerConfig) -> TestServer {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let state = AppState::new(Arc::new(pipeline()), config).expect("batcher starts");
+    let state = AppState::new(Arc::new(pipeline), config).expect("batcher starts");
     state.warm_up();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
