@@ -207,9 +207,24 @@ impl OnnxExecutor {
     }
 }
 
+impl OnnxExecutor {
+    fn sessions(&self) -> impl Iterator<Item = &ComponentSession> {
+        self.text_encoders
+            .values()
+            .chain([&self.denoiser, &self.vae_decoder])
+            .chain(self.vae_encoder.as_ref())
+    }
+}
+
 impl Executor for OnnxExecutor {
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    /// Not ready once a panic poisoned any session: nothing rebuilds it in
+    /// place, so the pod is better replaced than left failing every call.
+    fn is_ready(&self) -> bool {
+        !self.sessions().any(ComponentSession::is_poisoned)
     }
 
     fn encode_text(
@@ -278,5 +293,34 @@ pub(crate) fn dtype_of(ty: ort::value::TensorElementType) -> Option<Dtype> {
         T::Float16 => Some(Dtype::F16),
         T::Bfloat16 => Some(Dtype::Bf16),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poisoned_session_makes_the_executor_not_ready_and_unavailable() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/models/tiny-sd15");
+        let components = [
+            Component::TextEncoder,
+            Component::Unet,
+            Component::VaeDecoder,
+        ];
+        let config = OnnxConfig {
+            device: DeviceRequest::Cpu,
+            intra_threads: Some(1),
+            ..OnnxConfig::default()
+        };
+        let exec = OnnxExecutor::load(&dir, &components, &config).expect("tiny model loads");
+        assert!(exec.is_ready());
+        exec.vae_decoder.poison();
+        assert!(!exec.is_ready());
+        let err = exec
+            .vae_decode(&Tensor::zeros(vec![1, 4, 8, 8]))
+            .unwrap_err();
+        assert!(err.is_unavailable(), "{err}");
     }
 }

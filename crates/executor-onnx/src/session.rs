@@ -315,6 +315,24 @@ impl ComponentSession {
             .unwrap_or(Dtype::F32)
     }
 
+    /// A panic while running left the session in an unknown state.
+    pub(crate) fn is_poisoned(&self) -> bool {
+        self.session.is_poisoned()
+    }
+
+    /// Poisons the session as a panic inside a run would.
+    #[cfg(test)]
+    pub(crate) fn poison(&self) {
+        std::thread::scope(|s| {
+            let _ = s
+                .spawn(|| {
+                    let _held = self.session.lock();
+                    panic!("poisoning the session for a test");
+                })
+                .join();
+        });
+    }
+
     fn err(&self, message: impl std::fmt::Display) -> ExecutorError {
         ExecutorError::Run {
             component: self.component,
@@ -351,10 +369,12 @@ impl ComponentSession {
         inputs: Vec<(&str, DynValue)>,
         wanted: &[&str],
     ) -> Result<Vec<Tensor>, ExecutorError> {
-        let mut session = self
-            .session
-            .lock()
-            .map_err(|_| self.err("session lock poisoned by an earlier panic"))?;
+        let mut session = self.session.lock().map_err(|_| {
+            ExecutorError::Unavailable(format!(
+                "{}: the session was poisoned by an earlier panic",
+                self.component
+            ))
+        })?;
         let named: Vec<(
             std::borrow::Cow<'_, str>,
             ort::session::SessionInputValue<'_>,
