@@ -20,18 +20,16 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde_json::json;
 
-use super::pool::{
-    LABEL_ACCELERATOR_MANUFACTURER, LABEL_GPU_MANUFACTURER, hub_token_env, identity_env,
-    pool_resources, scratch_volumes,
-};
+use super::pod::{hub_token_env, identity_env, pool_resources, scratch_volumes};
 use super::{
-    PATH_METRICS, POOL_LABEL, RenderedObject, common_labels, env, meta, node_selector, pool_labels,
-    pool_object_name, pool_tolerations, restricted_container_security, restricted_pod_security,
+    LABEL_ACCELERATOR_MANUFACTURER, LABEL_GPU_MANUFACTURER, PATH_METRICS, POOL_LABEL,
+    RenderedObject, SERVER_SERVICE_ACCOUNT, common_labels, env, health_check_annotations, meta,
+    node_selector, pool_labels, pool_object_name, pool_tolerations, restricted_container_security,
+    restricted_pod_security,
 };
 use crate::config::{AcceleratorKind, ClusterConfig, IngressMode, quantity_bytes};
 use crate::error::DeployError;
 
-pub const SERVER_SERVICE_ACCOUNT: &str = "anyaccel";
 pub const COMPILE_SERVICE_ACCOUNT: &str = "anyaccel-compile";
 pub const INGRESS_NAME: &str = "anyaccel";
 /// Name of the ALB forward action (an annotation) the Ingress routes to.
@@ -392,7 +390,7 @@ pub fn ingress(cfg: &ClusterConfig) -> Result<Ingress, DeployError> {
     ]);
     // Also set per Service; here for any target group a Service does not
     // override.
-    annotations.extend(super::pool::health_check_annotations());
+    annotations.extend(health_check_annotations());
     match ing.certificate_arn() {
         Some(arn) => {
             annotations.insert(

@@ -1,6 +1,8 @@
 //! Turns a validated [`ClusterConfig`] into Kubernetes objects.
 
 mod cluster;
+mod nodes;
+mod pod;
 mod pool;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,6 +52,12 @@ const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
 const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 const APP: &str = "anyaccel";
+/// The server pods' ServiceAccount.
+const SERVER_SERVICE_ACCOUNT: &str = "anyaccel";
+/// Karpenter node labels of the device makers: NodePool requirements and the
+/// device plugins' node affinity both select on them.
+const LABEL_GPU_MANUFACTURER: &str = "karpenter.k8s.aws/instance-gpu-manufacturer";
+const LABEL_ACCELERATOR_MANUFACTURER: &str = "karpenter.k8s.aws/instance-accelerator-manufacturer";
 
 /// One rendered Kubernetes object, as JSON, with its identity pulled out.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,8 +132,8 @@ pub fn render(cfg: &ClusterConfig) -> Result<Vec<RenderedObject>, DeployError> {
     cluster::namespace_and_identities(cfg, &mut out)?;
     cluster::device_plugins(cfg, &mut out)?;
     for p in cfg.pools() {
-        out.push(RenderedObject::from_typed(&pool::ec2_node_class(cfg, p))?);
-        out.push(RenderedObject::from_typed(&pool::node_pool(cfg, p))?);
+        out.push(RenderedObject::from_typed(&nodes::ec2_node_class(cfg, p))?);
+        out.push(RenderedObject::from_typed(&nodes::node_pool(cfg, p))?);
     }
     for p in cfg.pools() {
         out.push(RenderedObject::from_typed(&pool::deployment(cfg, p))?);
@@ -282,4 +290,23 @@ fn node_selector(cfg: &ClusterConfig, pool: &Pool) -> BTreeMap<String, String> {
         ),
         ("kubernetes.io/os".into(), "linux".into()),
     ])
+}
+
+/// ALB health check of every target group, on each pool's Service and on the
+/// Ingress: the readiness path, so a loading, draining or overloaded replica
+/// gets no new requests.
+fn health_check_annotations() -> BTreeMap<String, String> {
+    [
+        ("healthcheck-path", PATH_READY),
+        ("healthcheck-port", "traffic-port"),
+        ("healthcheck-protocol", "HTTP"),
+        ("healthcheck-interval-seconds", "10"),
+        ("healthcheck-timeout-seconds", "5"),
+        ("healthy-threshold-count", "2"),
+        ("unhealthy-threshold-count", "2"),
+        ("success-codes", "200"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("alb.ingress.kubernetes.io/{k}"), v.to_string()))
+    .collect()
 }

@@ -1,6 +1,6 @@
-//! The objects of one pool: Deployment, Service, PodDisruptionBudget,
-//! KEDA ScaledObject (+ TriggerAuthentication), Karpenter NodePool and
-//! EC2NodeClass.
+//! The workload objects of one pool: Deployment, Service,
+//! PodDisruptionBudget, KEDA ScaledObject (+ TriggerAuthentication). Its
+//! nodes (NodePool, EC2NodeClass) are in `nodes`.
 
 use std::collections::BTreeMap;
 
@@ -11,35 +11,26 @@ use k8s_openapi::api::autoscaling::v2::{
     HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscalerBehavior,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle,
-    LifecycleHandler, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SecretKeySelector,
-    Service, ServicePort, ServiceSpec, SleepAction, Taint, TopologySpreadConstraint, Volume,
-    VolumeMount,
+    Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec,
+    PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, SleepAction,
+    TopologySpreadConstraint,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::pod::{identity_env, pool_resources, scratch_volumes};
 use super::{
-    GRACE_MARGIN_SECS, PATH_LIVE, PATH_METRICS, PATH_READY, POOL_LABEL, PRESTOP_SLEEP_SECS,
-    RenderedObject, SERVER_PORT, SERVICE_PORT, env, meta, node_pool_name, node_selector,
-    pool_labels, pool_object_name, pool_selector, pool_tolerations, restricted_container_security,
-    restricted_pod_security,
+    GRACE_MARGIN_SECS, PATH_LIVE, PATH_METRICS, PATH_READY, PRESTOP_SLEEP_SECS, RenderedObject,
+    SERVER_PORT, SERVER_SERVICE_ACCOUNT, SERVICE_PORT, env, health_check_annotations, meta,
+    node_selector, pool_labels, pool_object_name, pool_selector, pool_tolerations,
+    restricted_container_security, restricted_pod_security,
 };
-use crate::config::{
-    AcceleratorKind, CloudWatchPublish, ClusterConfig, CompileTarget, InstanceSelector, Pool,
-    PrometheusSignal, ScalingTrigger,
-};
+use crate::config::{CloudWatchPublish, ClusterConfig, Pool, PrometheusSignal, ScalingTrigger};
 use crate::crd::{
-    AdvancedConfig, AmiSelectorTerm, AuthenticationKind, AuthenticationRef, BlockDevice,
-    BlockDeviceMapping, Budget, ConsolidationPolicy, CrdKind, Disruption, DisruptionReason,
-    Ec2NodeClass, Ec2NodeClassSpec, Fallback, FallbackBehavior, HorizontalPodAutoscalerConfig,
-    HttpTokens, MetadataOptions, MetricTargetType, NodeClaimTemplate, NodeClaimTemplateMetadata,
-    NodeClaimTemplateSpec, NodeClassReference, NodePool, NodePoolSpec,
-    NodeSelectorRequirementWithMinValues as Req, PodIdentity, ScaleTargetRef, ScaleTrigger,
-    ScaledObject, ScaledObjectSpec, SecurityGroupSelectorTerm, SubnetSelectorTerm, Toggle,
-    TriggerAuthentication, TriggerAuthenticationSpec, VolumeType,
+    AdvancedConfig, AuthenticationKind, AuthenticationRef, Fallback, FallbackBehavior,
+    HorizontalPodAutoscalerConfig, MetricTargetType, PodIdentity, ScaleTargetRef, ScaleTrigger,
+    ScaledObject, ScaledObjectSpec, TriggerAuthentication, TriggerAuthenticationSpec,
 };
 use crate::error::DeployError;
 use crate::keda::{
@@ -73,39 +64,6 @@ fn http_probe(path: &str, period: i32, timeout: i32, failures: i32) -> Probe {
     }
 }
 
-/// Where deploy/containers/Containerfile.cpu puts ONNX Runtime's OpenVINO build
-/// (amd64 images only).
-const OPENVINO_ORT_LIB: &str = "/opt/onnxruntime-openvino/lib/libonnxruntime.so";
-
-/// Env that tells a server pod who it is, shared with the compile Job.
-pub(super) fn identity_env(cfg: &ClusterConfig, pool: &Pool) -> Vec<EnvVar> {
-    let mut e = vec![
-        env(anyaccel_metrics::env::POOL, pool.name()),
-        env(
-            anyaccel_metrics::env::ACCELERATOR,
-            pool.accelerator().as_str(),
-        ),
-        env(anyaccel_metrics::env::MODEL, cfg.artifact_of(pool).repo()),
-        env(
-            "ANYACCEL_DEVICE",
-            pool.accelerator()
-                .server_device(cfg.artifact_of(pool).target()),
-        ),
-        env("ANYACCEL_SIZES", sizes_env(pool.sizes())),
-        // Hub downloads land on the model cache volume, not the read-only
-        // root filesystem.
-        env("HF_HOME", "/models/hf"),
-    ];
-    if cfg.artifact_of(pool).target() == CompileTarget::OnnxOpenVino {
-        // The CPU image carries both ONNX Runtime builds; this one has OpenVINO.
-        e.push(env("ORT_DYLIB_PATH", OPENVINO_ORT_LIB));
-    }
-    if let Some(secret) = cfg.hub_token_secret() {
-        e.push(hub_token_env(secret, true));
-    }
-    e
-}
-
 /// Env that makes the server publish its metrics to CloudWatch, once per
 /// KEDA period, when the pool scales on CloudWatch.
 fn cloudwatch_env(pool: &Pool) -> Vec<EnvVar> {
@@ -127,83 +85,6 @@ fn cloudwatch_env(pool: &Pool) -> Vec<EnvVar> {
         ],
         ScalingTrigger::Prometheus { .. } => Vec::new(),
     }
-}
-
-pub(super) fn hub_token_env(secret: &str, optional: bool) -> EnvVar {
-    EnvVar {
-        name: "HF_TOKEN".into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: "token".into(),
-                optional: Some(optional),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Requests and limits: memory limit = request (no surprise OOM kills from
-/// overcommit), no CPU limit (throttling would stretch every request), the
-/// device count as both, and the model cache as ephemeral storage so the
-/// scheduler places pods where the cache fits.
-pub(super) fn pool_resources(pool: &Pool) -> ResourceRequirements {
-    let r = pool.resources();
-    let mut requests = BTreeMap::from([
-        ("cpu".to_string(), Quantity(r.cpu.clone())),
-        ("memory".to_string(), Quantity(r.memory.clone())),
-        (
-            "ephemeral-storage".to_string(),
-            Quantity(pool.model_cache_size().to_string()),
-        ),
-    ]);
-    let mut limits = BTreeMap::from([("memory".to_string(), Quantity(r.memory.clone()))]);
-    if let Some(device) = pool.accelerator().device_resource() {
-        requests.insert(device.into(), Quantity(r.devices.to_string()));
-        limits.insert(device.into(), Quantity(r.devices.to_string()));
-    }
-    ResourceRequirements {
-        requests: Some(requests),
-        limits: Some(limits),
-        ..Default::default()
-    }
-}
-
-/// `/tmp` and `/models` volumes (the root filesystem is read-only).
-pub(super) fn scratch_volumes(
-    tmp_size: &str,
-    model_cache_size: &str,
-) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let empty_dir = |size: &str| EmptyDirVolumeSource {
-        size_limit: Some(Quantity(size.into())),
-        ..Default::default()
-    };
-    let volumes = vec![
-        Volume {
-            name: "tmp".into(),
-            empty_dir: Some(empty_dir(tmp_size)),
-            ..Default::default()
-        },
-        Volume {
-            name: "models".into(),
-            empty_dir: Some(empty_dir(model_cache_size)),
-            ..Default::default()
-        },
-    ];
-    let mounts = vec![
-        VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..Default::default()
-        },
-        VolumeMount {
-            name: "models".into(),
-            mount_path: "/models".into(),
-            ..Default::default()
-        },
-    ];
-    (volumes, mounts)
 }
 
 pub fn deployment(cfg: &ClusterConfig, pool: &Pool) -> Deployment {
@@ -300,7 +181,7 @@ pub fn deployment(cfg: &ClusterConfig, pool: &Pool) -> Deployment {
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
-                    service_account_name: Some(super::cluster::SERVER_SERVICE_ACCOUNT.into()),
+                    service_account_name: Some(SERVER_SERVICE_ACCOUNT.into()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(restricted_pod_security()),
@@ -327,24 +208,6 @@ pub fn deployment(cfg: &ClusterConfig, pool: &Pool) -> Deployment {
         }),
         ..Default::default()
     }
-}
-
-/// ALB health check of every target group: the readiness path, so a
-/// loading, draining or overloaded replica gets no new requests.
-pub fn health_check_annotations() -> BTreeMap<String, String> {
-    [
-        ("healthcheck-path", PATH_READY),
-        ("healthcheck-port", "traffic-port"),
-        ("healthcheck-protocol", "HTTP"),
-        ("healthcheck-interval-seconds", "10"),
-        ("healthcheck-timeout-seconds", "5"),
-        ("healthy-threshold-count", "2"),
-        ("unhealthy-threshold-count", "2"),
-        ("success-codes", "200"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (format!("alb.ingress.kubernetes.io/{k}"), v.to_string()))
-    .collect()
 }
 
 /// ALB target group settings for a pool's Service (the load balancer
@@ -627,245 +490,5 @@ fn trigger_name(signal: PrometheusSignal) -> String {
     match signal {
         PrometheusSignal::BacklogSeconds => "backlog-seconds".into(),
         PrometheusSignal::QueueDepth => "queue-depth".into(),
-    }
-}
-
-/// Karpenter node labels the NodePool requirements use.
-pub const LABEL_INSTANCE_FAMILY: &str = "karpenter.k8s.aws/instance-family";
-pub const LABEL_INSTANCE_TYPE: &str = "node.kubernetes.io/instance-type";
-pub const LABEL_GPU_MANUFACTURER: &str = "karpenter.k8s.aws/instance-gpu-manufacturer";
-pub const LABEL_ACCELERATOR_MANUFACTURER: &str =
-    "karpenter.k8s.aws/instance-accelerator-manufacturer";
-
-fn requirements(pool: &Pool) -> Vec<Req> {
-    let mut r = vec![
-        Req::is_in("kubernetes.io/arch", vec![pool.accelerator().arch().into()]),
-        Req::is_in("kubernetes.io/os", vec!["linux".into()]),
-        Req::is_in(
-            "karpenter.sh/capacity-type",
-            pool.capacity().karpenter_values(),
-        ),
-        match pool.instances() {
-            InstanceSelector::Families(f) => Req::is_in(LABEL_INSTANCE_FAMILY, f.clone()),
-            InstanceSelector::Types(t) => Req::is_in(LABEL_INSTANCE_TYPE, t.clone()),
-        },
-    ];
-    // The hardware itself, so a broad family list can never yield a node
-    // without the device (or a CPU pool a node that pays for one).
-    match pool.accelerator() {
-        AcceleratorKind::Nvidia => {
-            r.push(Req::is_in(LABEL_GPU_MANUFACTURER, vec!["nvidia".into()]))
-        }
-        AcceleratorKind::Neuron => r.push(Req::is_in(
-            LABEL_ACCELERATOR_MANUFACTURER,
-            vec!["aws".into()],
-        )),
-        AcceleratorKind::CpuAmd64 | AcceleratorKind::CpuArm64 => {
-            r.push(Req::absent(LABEL_GPU_MANUFACTURER));
-            r.push(Req::absent(LABEL_ACCELERATOR_MANUFACTURER));
-        }
-    }
-    r
-}
-
-/// Taints on a pool's nodes: every pool's nodes carry `anyaccel.io/pool`,
-/// so no other workload's pending pod makes Karpenter launch (or fill) an
-/// inference node; GPU and Neuron nodes also carry the device taint the
-/// device plugins tolerate.
-pub fn node_taints(pool: &Pool) -> Vec<Taint> {
-    let mut t = vec![Taint {
-        key: POOL_LABEL.into(),
-        value: Some(pool.name().into()),
-        effect: "NoSchedule".into(),
-        ..Default::default()
-    }];
-    if let Some(device) = pool.accelerator().device_resource() {
-        t.push(Taint {
-            key: device.into(),
-            value: None,
-            effect: "NoSchedule".into(),
-            ..Default::default()
-        });
-    }
-    t
-}
-
-/// NodePool limits. Accelerator pools are capped by device count, CPU pools
-/// by vCPUs. The cap covers max_replicas plus the 25% rolling-update surge
-/// (else a rollout at full size would stall); CPU pools get twice the pods'
-/// CPU since nodes also run DaemonSets and rarely pack perfectly.
-pub fn node_limits(pool: &Pool) -> BTreeMap<String, Quantity> {
-    let with_surge = pool.max_replicas() + pool.max_replicas().div_ceil(4);
-    match pool.accelerator().device_resource() {
-        Some(device) => BTreeMap::from([(
-            device.to_string(),
-            Quantity((with_surge * pool.resources().devices).to_string()),
-        )]),
-        None => {
-            let per_pod = cpu_cores(&pool.resources().cpu);
-            let cores = (per_pod * f64::from(with_surge) * 2.0).ceil().max(1.0);
-            BTreeMap::from([("cpu".to_string(), Quantity(format!("{cores}")))])
-        }
-    }
-}
-
-/// Cores in a CPU quantity ("3", "3500m", "0.5").
-fn cpu_cores(q: &str) -> f64 {
-    match q.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().map_or(1.0, |m| m / 1000.0),
-        None => q.parse::<f64>().unwrap_or(1.0),
-    }
-}
-
-pub fn node_pool(cfg: &ClusterConfig, pool: &Pool) -> NodePool {
-    let name = node_pool_name(cfg, pool);
-    let accelerated = pool.accelerator().device_resource().is_some();
-    let labels = BTreeMap::from([
-        (POOL_LABEL.to_string(), pool.name().to_string()),
-        (
-            super::ACCELERATOR_LABEL.to_string(),
-            pool.accelerator().as_str().to_string(),
-        ),
-    ]);
-    NodePool::new(
-        meta(&name, None, pool_labels(pool, "nodes")),
-        NodePoolSpec {
-            template: NodeClaimTemplate {
-                metadata: Some(NodeClaimTemplateMetadata {
-                    labels,
-                    annotations: BTreeMap::new(),
-                }),
-                spec: NodeClaimTemplateSpec {
-                    node_class_ref: NodeClassReference {
-                        group: Ec2NodeClassSpec::GROUP.into(),
-                        kind: Ec2NodeClassSpec::KIND.into(),
-                        name: name.clone(),
-                    },
-                    requirements: requirements(pool),
-                    taints: node_taints(pool),
-                    startup_taints: Vec::new(),
-                    // Monthly node replacement picks up patched AMIs.
-                    expire_after: Some("720h".into()),
-                    // Upper bound on a node drain: well past any pod's grace
-                    // period, so a stuck eviction cannot pin a node forever.
-                    termination_grace_period: Some("30m".into()),
-                },
-            },
-            disruption: Some(Disruption {
-                // GPU/Neuron nodes run one or few replicas each, so they are
-                // either busy or empty; repacking them would only restart
-                // replicas. CPU nodes hold several and repack usefully.
-                consolidation_policy: Some(if accelerated {
-                    ConsolidationPolicy::WhenEmpty
-                } else {
-                    ConsolidationPolicy::WhenEmptyOrUnderutilized
-                }),
-                // Longer than the HPA scale-down window's tail, so a node
-                // emptied by a dip survives the next wave.
-                consolidate_after: if accelerated {
-                    "10m".into()
-                } else {
-                    "5m".into()
-                },
-                budgets: vec![
-                    Budget {
-                        nodes: "10%".into(),
-                        reasons: Vec::new(),
-                        schedule: None,
-                        duration: None,
-                    },
-                    // AMI or config drift replaces one node at a time.
-                    Budget {
-                        nodes: "1".into(),
-                        reasons: vec![DisruptionReason::Drifted],
-                        schedule: None,
-                        duration: None,
-                    },
-                ],
-            }),
-            limits: node_limits(pool),
-            weight: pool.node_pool_weight().map(i32::from),
-        },
-    )
-}
-
-pub fn ec2_node_class(cfg: &ClusterConfig, pool: &Pool) -> Ec2NodeClass {
-    let name = node_pool_name(cfg, pool);
-    let accelerated = pool.accelerator().device_resource().is_some();
-    let discovery = BTreeMap::from([(
-        "karpenter.sh/discovery".to_string(),
-        cfg.cluster_name().to_string(),
-    )]);
-    Ec2NodeClass::new(
-        meta(&name, None, pool_labels(pool, "nodes")),
-        Ec2NodeClassSpec {
-            role: cfg.node_role().into(),
-            // AL2023: Karpenter resolves the NVIDIA or Neuron variant of the
-            // EKS-optimized AMI for accelerated instance types by itself.
-            ami_selector_terms: vec![AmiSelectorTerm {
-                alias: Some(cfg.ami_alias().into()),
-                ..Default::default()
-            }],
-            subnet_selector_terms: vec![SubnetSelectorTerm {
-                tags: discovery.clone(),
-                ..Default::default()
-            }],
-            security_group_selector_terms: vec![SecurityGroupSelectorTerm {
-                tags: discovery,
-                ..Default::default()
-            }],
-            block_device_mappings: vec![BlockDeviceMapping {
-                device_name: Some("/dev/xvda".into()),
-                ebs: Some(BlockDevice {
-                    volume_size: Some(format!("{}Gi", pool.root_volume_gib())),
-                    volume_type: Some(VolumeType::Gp3),
-                    encrypted: Some(true),
-                    delete_on_termination: Some(true),
-                    // Multi-GB CUDA/Neuron images and model downloads are
-                    // the cold start; faster gp3 shortens it for cents.
-                    iops: accelerated.then_some(6000),
-                    throughput: accelerated.then_some(500),
-                    ..Default::default()
-                }),
-                root_volume: Some(true),
-            }],
-            // IMDSv2 only, and out of reach of pods (hop limit 1): pods get
-            // AWS credentials from pod identity, never the node role.
-            metadata_options: Some(MetadataOptions {
-                http_endpoint: Some(Toggle::Enabled),
-                http_protocol_ipv6: Some(Toggle::Disabled),
-                http_put_response_hop_limit: Some(1),
-                http_tokens: Some(HttpTokens::Required),
-            }),
-            tags: BTreeMap::from([
-                ("anyaccel.io/pool".to_string(), pool.name().to_string()),
-                (
-                    "anyaccel.io/namespace".to_string(),
-                    cfg.namespace().to_string(),
-                ),
-            ]),
-            detailed_monitoring: None,
-        },
-    )
-}
-
-/// `WxH,WxH` as `--sizes` / `ANYACCEL_SIZES` take them.
-fn sizes_env(sizes: &[(u32, u32)]) -> String {
-    sizes
-        .iter()
-        .map(|(w, h)| format!("{w}x{h}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_quantities() {
-        assert_eq!(cpu_cores("3"), 3.0);
-        assert_eq!(cpu_cores("3500m"), 3.5);
-        assert_eq!(cpu_cores("0.5"), 0.5);
     }
 }
