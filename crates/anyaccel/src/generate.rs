@@ -369,7 +369,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     for (i, img) in images.iter().enumerate() {
-        let text = pipeline.infotext(&request, img.seed);
+        let text = anyaccel_server::infotext(&pipeline, &request, img.seed);
         let bytes = images::encode(&img.image, args.format, None, &text)?;
         let path = args
             .out

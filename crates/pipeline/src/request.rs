@@ -6,6 +6,9 @@ use std::fmt;
 use image::RgbImage;
 use serde::Serialize;
 
+use crate::family::{Guidance, ModelFamily};
+use crate::images;
+use crate::pipeline::Pipeline;
 use crate::scheduler::SchedulerKind;
 
 /// A caller's request before validation. `None` means "the default".
@@ -295,4 +298,255 @@ pub fn random_seed() -> u64 {
     );
     // A1111 and torch users pass 32-bit seeds; keep ours in that range.
     h.finish() & 0xffff_ffff
+}
+
+/// [`Pipeline::validate`]: checks a caller's request against the model and
+/// limits, filling defaults.
+pub(crate) fn validate(
+    pipeline: &Pipeline,
+    p: GenerationParams,
+) -> Result<GenerationRequest, ValidationError> {
+    let l = pipeline.limits();
+    let defaults = pipeline.defaults();
+    let info = pipeline.model();
+    if p.prompt.chars().count() > l.max_prompt_chars {
+        return Err(ValidationError::new(
+            "prompt",
+            format!("is longer than {} characters", l.max_prompt_chars),
+        ));
+    }
+    let negative = p.negative_prompt.unwrap_or_default();
+    if negative.chars().count() > l.max_prompt_chars {
+        return Err(ValidationError::new(
+            "negative_prompt",
+            format!("is longer than {} characters", l.max_prompt_chars),
+        ));
+    }
+    let guidance_kind = pipeline.guidance();
+    if guidance_kind != Guidance::Classifier && !negative.is_empty() {
+        return Err(ValidationError::new(
+            "negative_prompt",
+            format!(
+                "{} takes no negative prompt (its guidance is {}, with no unconditional pass)",
+                info.family,
+                if guidance_kind == Guidance::Distilled {
+                    "distilled into the model"
+                } else {
+                    "off"
+                }
+            ),
+        ));
+    }
+    let n = p.n.unwrap_or(1);
+    if n == 0 || n > l.max_images {
+        return Err(ValidationError::new(
+            "n",
+            format!("must be between 1 and {} (got {n})", l.max_images),
+        ));
+    }
+    let steps = p.steps.unwrap_or(defaults.steps);
+    if steps == 0 || steps > l.max_steps {
+        return Err(ValidationError::new(
+            "steps",
+            format!("must be between 1 and {} (got {steps})", l.max_steps),
+        ));
+    }
+    let guidance = p.guidance_scale.unwrap_or(defaults.guidance_scale);
+    if !guidance.is_finite() || !(0.0..=l.max_guidance).contains(&guidance) {
+        return Err(ValidationError::new(
+            "guidance_scale",
+            format!("must be between 0 and {} (got {guidance})", l.max_guidance),
+        ));
+    }
+    let scheduler = match p.scheduler.as_deref() {
+        None | Some("") => info.default_scheduler,
+        Some(s) => s
+            .parse::<SchedulerKind>()
+            .map_err(|m| ValidationError::new("scheduler", m))?,
+    };
+    let flow = info.family.is_flow();
+    let scheduler = match (flow, scheduler) {
+        (true, SchedulerKind::FlowMatchEuler | SchedulerKind::Euler) => {
+            SchedulerKind::FlowMatchEuler
+        }
+        (false, k) if !k.is_flow() => k,
+        (true, k) => {
+            return Err(ValidationError::new(
+                "scheduler",
+                format!(
+                    "{} models denoise by flow matching: use flow_match_euler (got {k})",
+                    info.family
+                ),
+            ));
+        }
+        (false, k) => {
+            return Err(ValidationError::new(
+                "scheduler",
+                format!(
+                    "{k} is for flow-matching models (SD3, FLUX.1); this model is {}",
+                    info.family
+                ),
+            ));
+        }
+    };
+    if scheduler == SchedulerKind::Lcm {
+        let max = info.scheduler_config.original_inference_steps.unwrap_or(50);
+        if steps as usize > max {
+            return Err(ValidationError::new(
+                "steps",
+                format!("lcm runs at most {max} steps (got {steps})"),
+            ));
+        }
+    }
+    let factor = info.vae_scale_factor * if flow { 2 } else { 1 };
+    let from_init = p.init_image.as_ref().map(|i| {
+        let round = |v: u32| (v / factor * factor).clamp(l.min_size, l.max_size);
+        (round(i.width()), round(i.height()))
+    });
+    let width = p
+        .width
+        .or(from_init.map(|s| s.0))
+        .unwrap_or(info.native_size);
+    let height = p
+        .height
+        .or(from_init.map(|s| s.1))
+        .unwrap_or(info.native_size);
+    for (field, v) in [("width", width), ("height", height)] {
+        if v < l.min_size || v > l.max_size || v % factor != 0 {
+            return Err(ValidationError::new(
+                field,
+                format!(
+                    "must be a multiple of {factor} between {} and {} (got {v})",
+                    l.min_size, l.max_size
+                ),
+            ));
+        }
+    }
+    if let anyaccel_executor::Shapes::Static { sizes, .. } =
+        &pipeline.executor().capabilities().shapes
+        && !sizes.contains(&(width, height))
+    {
+        let list: Vec<String> = sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect();
+        return Err(ValidationError::new(
+            "size",
+            format!(
+                "{width}x{height} is not compiled for this accelerator; available: {}",
+                list.join(", ")
+            ),
+        ));
+    }
+    let init = match p.init_image {
+        None => {
+            if p.strength.is_some() {
+                return Err(ValidationError::new(
+                    "strength",
+                    "only applies with an init image",
+                ));
+            }
+            None
+        }
+        Some(img) => {
+            if !pipeline.executor().capabilities().vae_encoder {
+                return Err(ValidationError::new(
+                    "image",
+                    "img2img needs a VAE encoder, which this model does not ship",
+                ));
+            }
+            let strength = p.strength.unwrap_or(defaults.strength);
+            if !(strength > 0.0 && strength <= 1.0) {
+                return Err(ValidationError::new(
+                    "strength",
+                    format!("must be in (0, 1] (got {strength})"),
+                ));
+            }
+            if (steps as f32 * strength) < 1.0 {
+                return Err(ValidationError::new(
+                    "strength",
+                    format!("strength × steps must be at least 1 (got {strength} × {steps})"),
+                ));
+            }
+            Some(InitImage {
+                image: images::fit(img, width, height),
+                strength,
+            })
+        }
+    };
+    let micro = micro(info.family, p.micro, width, height)?;
+    let cfg = guidance_kind == Guidance::Classifier && guidance > 1.0;
+    if let Some(budget) = pipeline.memory()
+        && let Err(e) = budget.check(info, width, height, n as usize, cfg)
+    {
+        let field = if n > 1 { "n" } else { "size" };
+        return Err(ValidationError::new(
+            field,
+            format!("does not fit in memory: {e}"),
+        ));
+    }
+    let seed = p.seed.unwrap_or_else(random_seed);
+    Ok(GenerationRequest {
+        cfg,
+        prompt: p.prompt,
+        negative_prompt: negative,
+        width,
+        height,
+        steps,
+        guidance_scale: guidance,
+        scheduler,
+        seeds: (0..n as u64).map(|i| seed.wrapping_add(i)).collect(),
+        init,
+        micro,
+    })
+}
+
+/// SDXL's micro-conditioning with diffusers' defaults; refused for
+/// families that have none, so a caller learns the fields do nothing.
+fn micro(
+    family: ModelFamily,
+    p: MicroParams,
+    width: u32,
+    height: u32,
+) -> Result<Option<MicroConditioning>, ValidationError> {
+    if !family.has_time_ids() {
+        if p.is_empty() {
+            return Ok(None);
+        }
+        let field = if p.original_size.is_some() {
+            "original_size"
+        } else if p.crop_top_left.is_some() {
+            "crop_top_left"
+        } else {
+            "target_size"
+        };
+        return Err(ValidationError::new(
+            field,
+            format!("only applies to SDXL models; this model is {family}"),
+        ));
+    }
+    const MAX: u32 = 16384;
+    for (field, v) in [
+        ("original_size", p.original_size),
+        ("target_size", p.target_size),
+    ] {
+        if let Some((w, h)) = v
+            && (w == 0 || h == 0 || w > MAX || h > MAX)
+        {
+            return Err(ValidationError::new(
+                field,
+                format!("width and height must be between 1 and {MAX} (got {w}x{h})"),
+            ));
+        }
+    }
+    if let Some((t, l)) = p.crop_top_left
+        && (t > MAX || l > MAX)
+    {
+        return Err(ValidationError::new(
+            "crop_top_left",
+            format!("top and left must be at most {MAX} (got {t}, {l})"),
+        ));
+    }
+    Ok(Some(MicroConditioning {
+        original_size: p.original_size.unwrap_or((width, height)),
+        crop_top_left: p.crop_top_left.unwrap_or((0, 0)),
+        target_size: p.target_size.unwrap_or((width, height)),
+    }))
 }

@@ -241,7 +241,7 @@ fn overhead(pipeline: &Arc<Pipeline>, s: &Settings) {
             let out = pipeline.generate(&r).unwrap();
             direct.push(t.elapsed());
             let t = Instant::now();
-            let info = pipeline.infotext(&r, out[0].seed);
+            let info = anyaccel_server::infotext(pipeline, &r, out[0].seed);
             let png = images::encode(&out[0].image, OutputFormat::Png, None, &info).unwrap();
             let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
             std::hint::black_box(b64);

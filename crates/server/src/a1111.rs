@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use anyaccel_batcher::JobStatus;
-use anyaccel_pipeline::GenerationParams;
 use anyaccel_pipeline::images::OutputFormat;
+use anyaccel_pipeline::{GenerationParams, GenerationRequest, Pipeline};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -168,6 +168,39 @@ async fn run(state: AppState, body: A1111Body, img2img: bool) -> Result<Response
     let mut out = (StatusCode::OK, Json(resp)).into_response();
     generate::timing_headers(out.headers_mut(), &result, started.elapsed());
     Ok(out)
+}
+
+/// The A1111-style `parameters` text for one image of a request (what A1111
+/// writes into its PNGs, and returns as `infotexts`).
+pub fn infotext(pipeline: &Pipeline, request: &GenerationRequest, seed: u64) -> String {
+    let info = pipeline.model();
+    let mut s = request.prompt().to_string();
+    if !request.negative_prompt().is_empty() {
+        s.push_str("\nNegative prompt: ");
+        s.push_str(request.negative_prompt());
+    }
+    s.push_str(&format!(
+        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}, Model hash: {}, Model: {}",
+        request.steps(),
+        request.scheduler().a1111_name(),
+        request.guidance_scale(),
+        seed,
+        request.width(),
+        request.height(),
+        info.hash,
+        info.id,
+    ));
+    if let Some(init) = request.init() {
+        s.push_str(&format!(", Denoising strength: {}", init.strength()));
+    }
+    let caps = pipeline.executor().capabilities();
+    s.push_str(&format!(
+        ", Accelerator: {} {}, Version: anyaccel {}",
+        caps.device,
+        caps.dtype,
+        env!("CARGO_PKG_VERSION")
+    ));
+    s
 }
 
 /// Reports validation errors with A1111's field names.

@@ -201,7 +201,7 @@ pub async fn encode(
             .images
             .iter()
             .map(|img| {
-                let infotext = pipeline.infotext(&job.request, img.seed);
+                let infotext = crate::a1111::infotext(&pipeline, &job.request, img.seed);
                 images::encode(&img.image, format, quality, &infotext).map(|bytes| Encoded {
                     seed: img.seed,
                     bytes,

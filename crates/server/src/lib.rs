@@ -33,6 +33,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+pub use a1111::infotext;
 pub use cloudwatch::{CloudWatchConfig, CloudWatchMode};
 pub use error::ApiError;
 pub use metrics::Metrics;
