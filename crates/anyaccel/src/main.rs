@@ -3,9 +3,9 @@
 mod compile;
 mod generate;
 mod serve;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +16,8 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    telemetry: telemetry::TelemetryArgs,
 }
 
 #[derive(Subcommand)]
@@ -43,13 +45,8 @@ enum DeployCommand {
 
 fn main() -> anyhow::Result<()> {
     anyaccel_executor_onnx::release_large_frees_to_os();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let _telemetry = telemetry::init(&cli.telemetry)?;
     match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Serve(args) => serve::run(args),

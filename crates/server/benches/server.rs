@@ -26,27 +26,16 @@
 //! Client threads, the server and ONNX Runtime share the machine's cores, as a
 //! sidecar-less load test on one host does.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyaccel_batcher::BatcherConfig;
-use anyaccel_executor_onnx::{DeviceRequest, OnnxConfig, OnnxExecutor};
 use anyaccel_pipeline::images::{self, OutputFormat};
-use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Pipeline};
-use anyaccel_server::{AppState, ServerConfig};
+use anyaccel_pipeline::{GenerationParams, Pipeline};
 use base64::Engine;
 
-const PROMPT: &str = "a photograph of an astronaut riding a horse";
+mod fixture;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a valid value")),
-        Err(_) => default,
-    }
-}
+const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
 struct Settings {
     size: u32,
@@ -58,76 +47,16 @@ struct Settings {
     threads: usize,
 }
 
-fn pipeline(threads: usize) -> Arc<Pipeline> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-sd15");
-    let model = Model::load_dir("tiny-sd15", &dir).expect("loading the fixture model");
-    let exec = OnnxExecutor::load(
-        &dir,
-        &model.components(),
-        &OnnxConfig {
-            device: DeviceRequest::Cpu,
-            intra_threads: Some(threads),
-            inter_threads: Some(1),
-            ..OnnxConfig::default()
-        },
-    )
-    .expect("ONNX Runtime executor (run scripts/fetch-onnxruntime.sh once)");
-    Arc::new(Pipeline::new(
-        Arc::new(exec),
-        model,
-        Limits::default(),
-        Defaults::default(),
-    ))
-}
-
 struct Server {
     url: String,
-    _rt: tokio::runtime::Runtime,
+    _server: fixture::Server,
 }
 
 fn start(pipeline: Arc<Pipeline>, s: &Settings, max_batch: usize, delay: Duration) -> Server {
-    let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        api_keys: Vec::new(),
-        max_body_bytes: 2 * 1024 * 1024,
-        max_input_pixels: 512 * 512,
-        cors_origins: Vec::new(),
-        public_url: None,
-        sizes: vec![(s.size, s.size)],
-        drain_timeout: Duration::from_secs(10),
-        warmup: true,
-        batcher: BatcherConfig {
-            max_queue: 64,
-            max_queue_work: u64::MAX / 4,
-            max_batch_images: max_batch,
-            max_batch_delay: delay,
-            result_ttl: Duration::from_secs(60),
-            request_timeout: Duration::from_secs(120),
-            result_memory: 256 << 20,
-        },
-        pool: "bench".into(),
-        accelerator: "cpu".into(),
-        cloudwatch: anyaccel_server::CloudWatchConfig::default(),
-    };
-    // The CLI's `serve` runs a multi-threaded tokio runtime; two workers match this machine.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let state = AppState::new(pipeline, config).expect("batcher starts");
-    state.warm_up();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = anyaccel_server::router(state);
-    rt.spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let server = fixture::start(pipeline, fixture::config(s.size, max_batch, delay));
     Server {
-        url: format!("http://{addr}/v1/images/generations"),
-        _rt: rt,
+        url: format!("{}/v1/images/generations", server.base),
+        _server: server,
     }
 }
 
@@ -359,13 +288,13 @@ fn main() {
         return;
     }
     let s = Settings {
-        size: env_or("ANYACCEL_BENCH_SIZE", 64),
-        steps: env_or("ANYACCEL_BENCH_STEPS", 10),
-        overhead_reqs: env_or("ANYACCEL_BENCH_OVERHEAD_REQS", 40),
-        secs: env_or("ANYACCEL_BENCH_SECS", 3.0),
-        max_batch: env_or("ANYACCEL_BENCH_MAX_BATCH", 4),
-        batch_delay: Duration::from_millis(env_or("ANYACCEL_BENCH_BATCH_DELAY_MS", 20)),
-        threads: env_or("ANYACCEL_BENCH_THREADS", 1),
+        size: fixture::env_or("ANYACCEL_BENCH_SIZE", 64),
+        steps: fixture::env_or("ANYACCEL_BENCH_STEPS", 10),
+        overhead_reqs: fixture::env_or("ANYACCEL_BENCH_OVERHEAD_REQS", 40),
+        secs: fixture::env_or("ANYACCEL_BENCH_SECS", 3.0),
+        max_batch: fixture::env_or("ANYACCEL_BENCH_MAX_BATCH", 4),
+        batch_delay: Duration::from_millis(fixture::env_or("ANYACCEL_BENCH_BATCH_DELAY_MS", 20)),
+        threads: fixture::env_or("ANYACCEL_BENCH_THREADS", 1),
     };
     let started = Instant::now();
     eprintln!(
@@ -376,7 +305,7 @@ fn main() {
         s.threads,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let pipeline = pipeline(s.threads);
+    let pipeline = fixture::pipeline(s.threads);
     overhead(&pipeline, &s);
 
     println!();
