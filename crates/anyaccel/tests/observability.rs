@@ -1,7 +1,7 @@
 //! `anyaccel serve --log-format json --otlp-endpoint ...` against a real OTLP
 //! trace receiver (a gRPC server built from the protocol's own definitions):
 //! a request's id is on its JSON log lines, on its exported request span, and
-//! on the batch span that is that span's child.
+//! on the batch span that is that span's child, with the pipeline's stages inside.
 
 mod common;
 
@@ -145,10 +145,14 @@ fn request_ids_reach_json_logs_and_exported_traces() {
     // Traces: the request span with its id, and the batch span as its child.
     let mut request_span: Option<Span> = None;
     let mut batches: Vec<Span> = Vec::new();
+    let mut stages: Vec<Span> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(r) = &request_span
             && let Some(b) = batches.iter().find(|b| b.parent_span_id == r.span_id)
+            && stages
+                .iter()
+                .any(|s| s.name == "denoise" && s.parent_span_id == b.span_id)
         {
             assert_eq!(b.trace_id, r.trace_id);
             assert_eq!(
@@ -165,6 +169,7 @@ fn request_ids_reach_json_logs_and_exported_traces() {
                 request_span = Some(span)
             }
             "batch" => batches.push(span),
+            "text_encode" | "denoise" | "vae_decode" => stages.push(span),
             _ => {}
         }
     }

@@ -318,6 +318,8 @@ impl Pipeline {
 
         // Text: one call per encoder for every prompt of the batch.
         let t0 = Instant::now();
+        // A span per stage, inside the batch span: traces show where a request's time went.
+        let stage = tracing::info_span!("text_encode").entered();
         let mut prompts: Vec<&str> = Vec::new();
         let mut zeroed: Vec<bool> = Vec::new();
         for r in requests {
@@ -330,6 +332,7 @@ impl Pipeline {
         }
         let (text, pooled) = self.encode_prompts(&prompts, &zeroed)?;
         timings.text_encode = t0.elapsed();
+        drop(stage);
 
         let family = info.family;
         let packed = family == ModelFamily::Flux;
@@ -356,6 +359,7 @@ impl Pipeline {
 
         // Initial latents, each image from its own seeded generator.
         let t0 = Instant::now();
+        let stage = tracing::info_span!("vae_encode").entered();
         let stride = if guidance { 2 } else { 1 };
         let mut items = Vec::new();
         for (r, req) in requests.iter().enumerate() {
@@ -422,6 +426,7 @@ impl Pipeline {
             }
         }
         timings.vae_encode = t0.elapsed();
+        drop(stage);
         timings.batch_images = items.len();
 
         let mut cancelled = vec![false; requests.len()];
@@ -472,6 +477,7 @@ impl Pipeline {
             },
         };
         let t0 = Instant::now();
+        let stage = tracing::info_span!("denoise").entered();
         let mut session = self.executor.denoise(conditioning)?;
         for i in start..schedule.steps() {
             for (r, c) in cancelled.iter_mut().enumerate() {
@@ -562,9 +568,11 @@ impl Pipeline {
         }
         drop(session);
         timings.denoise = t0.elapsed();
+        drop(stage);
 
         // Decode one image at a time: VAE activations dominate peak memory.
         let t0 = Instant::now();
+        let stage = tracing::info_span!("vae_decode").entered();
         let mut done: Vec<Vec<GeneratedImage>> = vec![Vec::new(); requests.len()];
         for it in items {
             let latents: Vec<f32> = it
@@ -591,6 +599,7 @@ impl Pipeline {
             });
         }
         timings.vae_decode = t0.elapsed();
+        drop(stage);
         let outcomes = done
             .into_iter()
             .zip(cancelled)
