@@ -286,6 +286,15 @@ impl fmt::Display for GenerationRequest {
     }
 }
 
+/// `WxH, WxH, ...`: how errors list the sizes on offer.
+pub fn size_list(sizes: &[(u32, u32)]) -> String {
+    sizes
+        .iter()
+        .map(|(w, h)| format!("{w}x{h}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A seed for callers that gave none.
 pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
@@ -426,12 +435,11 @@ pub(crate) fn validate(
         &pipeline.executor().capabilities().shapes
         && !sizes.contains(&(width, height))
     {
-        let list: Vec<String> = sizes.iter().map(|(w, h)| format!("{w}x{h}")).collect();
         return Err(ValidationError::new(
             "size",
             format!(
                 "{width}x{height} is not compiled for this accelerator; available: {}",
-                list.join(", ")
+                size_list(sizes)
             ),
         ));
     }

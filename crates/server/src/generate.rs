@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyaccel_batcher::{ErrorCode, Held, Job, JobError, JobResult, JobStatus};
 use anyaccel_pipeline::images::{self, OutputFormat};
+use anyaccel_pipeline::request::size_list;
 use anyaccel_pipeline::{GenerationParams, GenerationRequest};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use base64::Engine;
@@ -16,6 +17,56 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::error::ApiError;
 
+/// The generation fields the OpenAI and jobs APIs share, as sent (sizes as
+/// `WxH` text): each endpoint fills one from its body or form, and this
+/// turns it into pipeline parameters in one place.
+#[derive(Debug, Default)]
+pub struct Fields {
+    pub prompt: Option<String>,
+    pub negative_prompt: Option<String>,
+    pub n: Option<u32>,
+    pub size: Option<String>,
+    pub steps: Option<u32>,
+    pub guidance_scale: Option<f32>,
+    pub seed: Option<u64>,
+    pub scheduler: Option<String>,
+    pub init_image: Option<image::RgbImage>,
+    pub strength: Option<f32>,
+    pub original_size: Option<String>,
+    pub crop_top_left: Option<[u32; 2]>,
+    pub target_size: Option<String>,
+}
+
+impl Fields {
+    pub fn params(self, state: &AppState) -> Result<GenerationParams, ApiError> {
+        let prompt = self
+            .prompt
+            .ok_or_else(|| ApiError::invalid("prompt", "is required"))?;
+        if prompt.trim().is_empty() {
+            return Err(ApiError::invalid("prompt", "must not be empty"));
+        }
+        let size = parse_size(state, self.size.as_deref(), "size")?;
+        Ok(GenerationParams {
+            prompt,
+            negative_prompt: self.negative_prompt,
+            width: size.map(|s| s.0),
+            height: size.map(|s| s.1),
+            steps: self.steps,
+            guidance_scale: self.guidance_scale,
+            scheduler: self.scheduler,
+            seed: self.seed,
+            n: self.n,
+            init_image: self.init_image,
+            strength: self.strength,
+            micro: micro(
+                self.original_size.as_deref(),
+                self.crop_top_left,
+                self.target_size.as_deref(),
+            )?,
+        })
+    }
+}
+
 /// Parses `WxH` against the sizes this server offers.
 pub fn parse_size(
     state: &AppState,
@@ -23,13 +74,7 @@ pub fn parse_size(
     field: &str,
 ) -> Result<Option<(u32, u32)>, ApiError> {
     let allowed = &state.config.sizes;
-    let list = || {
-        allowed
-            .iter()
-            .map(|(w, h)| format!("{w}x{h}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let list = || size_list(allowed);
     let Some(s) = size
         .map(str::trim)
         .filter(|s| !s.is_empty() && *s != "auto")
@@ -126,19 +171,13 @@ pub async fn validate(
     // An img2img request without a size takes the image's; it must still be offered.
     let wh = (request.width(), request.height());
     if !state.config.sizes.contains(&wh) {
-        let list: Vec<String> = state
-            .config
-            .sizes
-            .iter()
-            .map(|(w, h)| format!("{w}x{h}"))
-            .collect();
         return Err(ApiError::invalid(
             "size",
             format!(
                 "{}x{} is not offered; allowed: {}",
                 wh.0,
                 wh.1,
-                list.join(", ")
+                size_list(&state.config.sizes)
             ),
         ));
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyaccel_batcher::{
     ErrorCode, Job, JobError, JobEvent, JobState, JobStatus, Lookup, SubmitOptions,
 };
-use anyaccel_pipeline::GenerationParams;
 use anyaccel_pipeline::images::Encoding;
 use axum::Json;
 use axum::Router;
@@ -26,8 +25,8 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, parse_json};
-use crate::generate::{self, Provenance, TimingReport};
-use crate::openai::{ImageFormat, body_bytes, require_prompt};
+use crate::generate::{self, Fields, Provenance, TimingReport};
+use crate::openai::{ImageFormat, body_bytes};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -186,29 +185,26 @@ pub async fn submit(
             "must be at most 256 characters",
         ));
     }
-    let size = generate::parse_size(&state, body.size.as_deref(), "size")?;
     let init_image = match &body.image {
         Some(data) => Some(generate::decode_base64_image(&state, data, "image")?),
         None => None,
     };
-    let params = GenerationParams {
-        prompt: require_prompt(body.prompt)?,
+    let params = Fields {
+        prompt: Some(body.prompt),
         negative_prompt: body.negative_prompt,
-        width: size.map(|s| s.0),
-        height: size.map(|s| s.1),
+        n: body.n,
+        size: body.size,
         steps: body.steps,
         guidance_scale: body.guidance_scale,
-        scheduler: body.scheduler,
         seed: body.seed,
-        n: body.n,
+        scheduler: body.scheduler,
         init_image,
         strength: body.strength,
-        micro: generate::micro(
-            body.original_size.as_deref(),
-            body.crop_top_left,
-            body.target_size.as_deref(),
-        )?,
-    };
+        original_size: body.original_size,
+        crop_top_left: body.crop_top_left,
+        target_size: body.target_size,
+    }
+    .params(&state)?;
     let request = generate::validate(&state, params).await?;
     let job = state.batcher.submit(
         request,

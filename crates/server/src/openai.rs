@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, parse_json};
-use crate::generate::{self, Provenance, TimingReport};
+use crate::generate::{self, Fields, Provenance, TimingReport};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -205,25 +205,21 @@ pub async fn generations(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: GenerationBody = parse_json(&body_bytes(body)?)?;
-    let size = generate::parse_size(&state, body.size.as_deref(), "size")?;
-    let params = GenerationParams {
-        prompt: require_prompt(body.prompt)?,
+    let params = Fields {
+        prompt: Some(body.prompt),
         negative_prompt: body.negative_prompt,
-        width: size.map(|s| s.0),
-        height: size.map(|s| s.1),
+        n: body.n,
+        size: body.size,
         steps: body.steps,
         guidance_scale: body.guidance_scale,
-        scheduler: body.scheduler,
         seed: body.seed,
-        n: body.n,
-        init_image: None,
-        strength: None,
-        micro: generate::micro(
-            body.original_size.as_deref(),
-            body.crop_top_left,
-            body.target_size.as_deref(),
-        )?,
-    };
+        scheduler: body.scheduler,
+        original_size: body.original_size,
+        crop_top_left: body.crop_top_left,
+        target_size: body.target_size,
+        ..Fields::default()
+    }
+    .params(&state)?;
     respond(
         &state,
         &headers,
@@ -233,14 +229,6 @@ pub async fn generations(
         body.output_compression,
     )
     .await
-}
-
-pub(crate) fn require_prompt(prompt: String) -> Result<String, ApiError> {
-    if prompt.trim().is_empty() {
-        Err(ApiError::invalid("prompt", "must not be empty"))
-    } else {
-        Ok(prompt)
-    }
 }
 
 /// Multipart form of `/v1/images/edits`, for the OpenAPI document.
@@ -277,9 +265,7 @@ pub async fn edits(
     headers: HeaderMap,
     mut form: Multipart,
 ) -> Result<Response, ApiError> {
-    let mut params = GenerationParams::default();
-    let mut prompt = None;
-    let mut size = None;
+    let mut fields = Fields::default();
     let mut response_format = ResponseFormat::default();
     let mut output_format = OutputFormat::default();
     let mut compression = None;
@@ -296,34 +282,27 @@ pub async fn edits(
         let name = field.name().unwrap_or_default().to_string();
         if name == "image" || name == "image[]" {
             let bytes = field.bytes().await.map_err(multipart_err)?;
-            params.init_image = Some(generate::decode_init(&state, &bytes, "image")?);
+            fields.init_image = Some(generate::decode_init(&state, &bytes, "image")?);
             continue;
         }
         let text = field.text().await.map_err(multipart_err)?;
         let num =
             |what: &str| ApiError::invalid(name.clone(), format!("must be {what}, got `{text}`"));
         match name.as_str() {
-            "prompt" => prompt = Some(text),
-            "negative_prompt" => params.negative_prompt = Some(text),
-            "n" => params.n = Some(text.parse().map_err(|_| num("an integer"))?),
-            "steps" => params.steps = Some(text.parse().map_err(|_| num("an integer"))?),
-            "seed" => params.seed = Some(text.parse().map_err(|_| num("an integer"))?),
+            "prompt" => fields.prompt = Some(text),
+            "negative_prompt" => fields.negative_prompt = Some(text),
+            "n" => fields.n = Some(text.parse().map_err(|_| num("an integer"))?),
+            "steps" => fields.steps = Some(text.parse().map_err(|_| num("an integer"))?),
+            "seed" => fields.seed = Some(text.parse().map_err(|_| num("an integer"))?),
             "guidance_scale" => {
-                params.guidance_scale = Some(text.parse().map_err(|_| num("a number"))?)
+                fields.guidance_scale = Some(text.parse().map_err(|_| num("a number"))?)
             }
-            "strength" => params.strength = Some(text.parse().map_err(|_| num("a number"))?),
-            "scheduler" => params.scheduler = Some(text),
-            "size" => size = Some(text),
-            "original_size" => {
-                params.micro.original_size = generate::micro(Some(&text), None, None)?.original_size
-            }
-            "target_size" => {
-                params.micro.target_size = generate::micro(None, None, Some(&text))?.target_size
-            }
-            "crop_top_left" => {
-                let [t, l] = generate::parse_crop(&text)?;
-                params.micro.crop_top_left = Some((t, l));
-            }
+            "strength" => fields.strength = Some(text.parse().map_err(|_| num("a number"))?),
+            "scheduler" => fields.scheduler = Some(text),
+            "size" => fields.size = Some(text),
+            "original_size" => fields.original_size = Some(text),
+            "target_size" => fields.target_size = Some(text),
+            "crop_top_left" => fields.crop_top_left = Some(generate::parse_crop(&text)?),
             "crop_top_left[]" => crop_parts.push(text.trim().parse().map_err(|_| {
                 ApiError::invalid("crop_top_left", format!("`{text}` is not a pixel offset"))
             })?),
@@ -366,7 +345,7 @@ pub async fn edits(
     }
     match crop_parts[..] {
         [] => {}
-        [t, l] => params.micro.crop_top_left = Some((t, l)),
+        [t, l] => fields.crop_top_left = Some([t, l]),
         _ => {
             return Err(ApiError::invalid(
                 "crop_top_left",
@@ -374,15 +353,10 @@ pub async fn edits(
             ));
         }
     }
-    if params.init_image.is_none() {
+    if fields.init_image.is_none() {
         return Err(ApiError::invalid("image", "is required"));
     }
-    params.prompt =
-        require_prompt(prompt.ok_or_else(|| ApiError::invalid("prompt", "is required"))?)?;
-    if let Some((w, h)) = generate::parse_size(&state, size.as_deref(), "size")? {
-        params.width = Some(w);
-        params.height = Some(h);
-    }
+    let params = fields.params(&state)?;
     respond(
         &state,
         &headers,
