@@ -59,7 +59,7 @@ trap cleanup EXIT
 
 device_env=(-e ANYACCEL_DEVICE=cpu)
 if [[ "${SMOKE_DEVICE:-cpu}" == openvino ]]; then
-  # what crates/deploy/src/render/pool.rs sets for onnx-openvino artifacts
+  # what crates/deploy/src/render/pod.rs sets for onnx-openvino artifacts
   device_env=(-e ANYACCEL_DEVICE=openvino -e ORT_DYLIB_PATH=/opt/onnxruntime-openvino/lib/libonnxruntime.so)
 fi
 
