@@ -136,41 +136,9 @@ impl Inner {
             )
         });
         let work: u64 = batch.iter().map(|j| j.request.work()).sum();
-        match outcome {
+        let ends: Vec<End> = match outcome {
             Ok(Ok(out)) => {
                 self.telemetry.batch_finished(images, &out.timings);
-                for (job, outcome) in batch.iter().zip(out.outcomes) {
-                    match outcome {
-                        Outcome::Completed(imgs) => {
-                            let images_done = imgs.len();
-                            let result = JobResult {
-                                images: imgs,
-                                queue_time: started.duration_since(job.accepted),
-                                inference_time: elapsed,
-                                timings: out.timings.clone(),
-                                batch_images: images,
-                            };
-                            job.finish(JobStatus::Completed, Some(Arc::new(result)), None);
-                            self.telemetry
-                                .job_finished(JobStatus::Completed, images_done);
-                        }
-                        Outcome::Cancelled if job.past_deadline() && !job.cancel_requested() => {
-                            job.finish(
-                                JobStatus::Failed,
-                                None,
-                                Some(JobError::new(
-                                    ErrorCode::DeadlineExceeded,
-                                    "the request timed out while running",
-                                )),
-                            );
-                            self.telemetry.job_finished(JobStatus::Failed, 0);
-                        }
-                        Outcome::Cancelled => {
-                            job.finish(JobStatus::Cancelled, None, None);
-                            self.telemetry.job_finished(JobStatus::Cancelled, 0);
-                        }
-                    }
-                }
                 let mut st = self.lock();
                 // Smooth the rate so one odd batch does not swing Retry-After.
                 if out.timings.steps > 0 {
@@ -180,8 +148,33 @@ impl Inner {
                         None => sample,
                     });
                 }
+                drop(st);
+                batch
+                    .iter()
+                    .zip(out.outcomes)
+                    .map(|(job, outcome)| match outcome {
+                        Outcome::Completed(imgs) => End::Completed(JobResult {
+                            images: imgs,
+                            queue_time: started.duration_since(job.accepted),
+                            inference_time: elapsed,
+                            timings: out.timings.clone(),
+                            batch_images: images,
+                        }),
+                        Outcome::Cancelled if job.past_deadline() && !job.cancel_requested() => {
+                            End::Failed(JobError::new(
+                                ErrorCode::DeadlineExceeded,
+                                "the request timed out while running",
+                            ))
+                        }
+                        Outcome::Cancelled => End::Cancelled,
+                    })
+                    .collect()
             }
-            Ok(Err(e)) => self.fail_all(&batch, ErrorCode::of(&e), e.to_string()),
+            Ok(Err(e)) => {
+                let error = JobError::new(ErrorCode::of(&e), e.to_string());
+                tracing::error!(code = %error.code, message = %error.message, "batch failed");
+                batch.iter().map(|_| End::Failed(error.clone())).collect()
+            }
             Err(panic) => {
                 let what = panic_message(panic.as_ref());
                 // Locks and buffers the panic unwound through (ONNX Runtime's
@@ -191,34 +184,47 @@ impl Inner {
                 tracing::error!(panic = %what, "the pipeline panicked; reporting not ready");
                 self.telemetry.pipeline_panicked();
                 self.lock().broken = Some(format!("the pipeline panicked: {what}"));
-                self.fail_all(
-                    &batch,
+                let error = JobError::new(
                     ErrorCode::Internal,
-                    "the pipeline panicked; see server logs".into(),
-                )
+                    "the pipeline panicked; see server logs",
+                );
+                batch.iter().map(|_| End::Failed(error.clone())).collect()
             }
-        }
+        };
+        // Ends are published under the lock, so a retained result is held
+        // (and a released one let go) before any client sees it finished.
         let mut st = self.lock();
         st.running.clear();
         st.running_work = 0;
-        for j in &batch {
-            st.finished(j, self.telemetry.as_ref());
+        for (job, end) in batch.iter().zip(ends) {
+            let (status, images) = match end {
+                End::Completed(result) => {
+                    let n = result.images.len();
+                    job.finish(JobStatus::Completed, Some(Arc::new(result)), None);
+                    (JobStatus::Completed, n)
+                }
+                End::Failed(error) => {
+                    job.finish(JobStatus::Failed, None, Some(error));
+                    (JobStatus::Failed, 0)
+                }
+                End::Cancelled => {
+                    job.finish(JobStatus::Cancelled, None, None);
+                    (JobStatus::Cancelled, 0)
+                }
+            };
+            self.telemetry.job_finished(status, images);
+            st.finished(job, self.telemetry.as_ref());
         }
         drop(st);
         self.wake.notify_all();
     }
+}
 
-    fn fail_all(&self, batch: &[Arc<Job>], code: ErrorCode, message: String) {
-        tracing::error!(%code, %message, "batch failed");
-        for j in batch {
-            j.finish(
-                JobStatus::Failed,
-                None,
-                Some(JobError::new(code, message.clone())),
-            );
-            self.telemetry.job_finished(JobStatus::Failed, 0);
-        }
-    }
+/// How one job of a batch ended.
+enum End {
+    Completed(JobResult),
+    Failed(JobError),
+    Cancelled,
 }
 
 struct BatchObserver<'a> {

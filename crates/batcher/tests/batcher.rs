@@ -217,6 +217,22 @@ fn retained() -> SubmitOptions {
     }
 }
 
+impl Rig {
+    fn submit(&self, prompt: &str, n: u32, steps: u32) -> Arc<Job> {
+        self.batcher
+            .submit(request(self, prompt, n, steps), retained())
+            .expect("admitted")
+    }
+
+    /// Shuts the gate, then returns a job parked at its first step and one queued behind it.
+    async fn running_and_queued(&self, steps: u32) -> (Arc<Job>, Arc<Job>) {
+        self.fake.gate.set(Some(0));
+        let running = self.submit("a", 1, steps);
+        until_waiting(&self.fake).await;
+        (running, self.submit("b", 1, steps))
+    }
+}
+
 /// Waits until a denoiser step is parked at the shut gate.
 async fn until_waiting(fake: &Fake) {
     while !fake.waiting.load(Ordering::SeqCst) {
@@ -234,28 +250,13 @@ async fn compatible_jobs_share_a_batch_up_to_the_image_limit() {
     let r = rig(config());
     r.fake.gate.set(Some(0));
     // The first job runs alone (the worker takes it at once) and holds the gate.
-    let first = r
-        .batcher
-        .submit(request(&r, "a", 1, 2), retained())
-        .unwrap();
+    let first = r.submit("a", 1, 2);
     until_waiting(&r.fake).await;
     // Queued behind it: three one-image jobs and a two-image one at the same
     // steps, and one at other steps, which cannot join them.
-    let same: Vec<_> = (0..3)
-        .map(|i| {
-            r.batcher
-                .submit(request(&r, &format!("b{i}"), 1, 2), retained())
-                .unwrap()
-        })
-        .collect();
-    let pair = r
-        .batcher
-        .submit(request(&r, "pair", 2, 2), retained())
-        .unwrap();
-    let other = r
-        .batcher
-        .submit(request(&r, "c", 1, 3), retained())
-        .unwrap();
+    let same: Vec<_> = (0..3).map(|i| r.submit(&format!("b{i}"), 1, 2)).collect();
+    let pair = r.submit("pair", 2, 2);
+    let other = r.submit("c", 1, 3);
     r.fake.gate.set(None);
     for j in same.iter().chain([&first, &pair, &other]) {
         assert_eq!(status(j).await, JobStatus::Completed);
@@ -275,17 +276,10 @@ async fn admission_refuses_past_the_queue_bounds() {
         ..config()
     });
     r.fake.gate.set(Some(0));
-    let running = r
-        .batcher
-        .submit(request(&r, "a", 1, 2), retained())
-        .unwrap();
+    let running = r.submit("a", 1, 2);
     until_waiting(&r.fake).await;
-    r.batcher
-        .submit(request(&r, "b", 1, 2), retained())
-        .unwrap();
-    r.batcher
-        .submit(request(&r, "c", 1, 2), retained())
-        .unwrap();
+    r.submit("b", 1, 2);
+    r.submit("c", 1, 2);
     let refused = r.batcher.submit(request(&r, "d", 1, 2), retained());
     assert!(
         matches!(refused, Err(AdmissionError::QueueFull { queued: 2, retry_after_secs }) if retry_after_secs >= 1),
@@ -308,16 +302,7 @@ async fn admission_refuses_past_the_queue_bounds() {
 #[tokio::test]
 async fn cancelling_a_queued_job_ends_it_at_once_and_a_running_one_at_its_next_step() {
     let r = rig(config());
-    r.fake.gate.set(Some(0));
-    let running = r
-        .batcher
-        .submit(request(&r, "a", 1, 5), retained())
-        .unwrap();
-    until_waiting(&r.fake).await;
-    let queued = r
-        .batcher
-        .submit(request(&r, "b", 1, 5), retained())
-        .unwrap();
+    let (running, queued) = r.running_and_queued(5).await;
     assert!(r.batcher.cancel(&queued));
     assert_eq!(queued.state().status, JobStatus::Cancelled);
     assert!(r.batcher.cancel(&running));
@@ -334,10 +319,7 @@ async fn a_job_past_its_deadline_fails_with_deadline_exceeded() {
         request_timeout: Duration::ZERO,
         ..config()
     });
-    let job = r
-        .batcher
-        .submit(request(&r, "a", 1, 2), retained())
-        .unwrap();
+    let job = r.submit("a", 1, 2);
     let done = job.finished().await;
     assert_eq!(done.status, JobStatus::Failed);
     assert_eq!(done.error.unwrap().code, ErrorCode::DeadlineExceeded);
@@ -405,10 +387,7 @@ async fn retained_results_stay_within_the_memory_budget_oldest_out_first() {
     });
     let mut jobs = Vec::new();
     for i in 0..3 {
-        let j = r
-            .batcher
-            .submit(request(&r, &format!("p{i}"), 1, 1), retained())
-            .unwrap();
+        let j = r.submit(&format!("p{i}"), 1, 1);
         assert_eq!(status(&j).await, JobStatus::Completed);
         jobs.push(j);
     }
@@ -431,10 +410,7 @@ async fn results_expire_after_the_ttl() {
         result_ttl: Duration::ZERO,
         ..config()
     });
-    let j = r
-        .batcher
-        .submit(request(&r, "a", 1, 1), retained())
-        .unwrap();
+    let j = r.submit("a", 1, 1);
     assert_eq!(status(&j).await, JobStatus::Completed);
     assert!(matches!(r.batcher.get(&j.id), Lookup::Gone));
     let f = r.batcher.keep_file(vec![1, 2, 3], OutputFormat::Jpeg);
@@ -446,10 +422,7 @@ async fn results_expire_after_the_ttl() {
 async fn an_unavailable_device_fails_the_batch_with_a_typed_code() {
     let r = rig(config());
     *r.fake.fault.lock().unwrap() = Fault::Unavailable;
-    let j = r
-        .batcher
-        .submit(request(&r, "a", 1, 2), retained())
-        .unwrap();
+    let j = r.submit("a", 1, 2);
     let done = j.finished().await;
     assert_eq!(done.status, JobStatus::Failed);
     assert_eq!(done.error.unwrap().code, ErrorCode::ExecutorUnavailable);
@@ -461,10 +434,7 @@ async fn a_panic_fails_the_batch_and_marks_the_batcher_broken() {
     let r = rig(config());
     assert!(r.batcher.broken().is_none());
     *r.fake.fault.lock().unwrap() = Fault::Panic;
-    let j = r
-        .batcher
-        .submit(request(&r, "a", 1, 2), retained())
-        .unwrap();
+    let j = r.submit("a", 1, 2);
     let done = j.finished().await;
     assert_eq!(done.error.unwrap().code, ErrorCode::Internal);
     let why = r.batcher.broken().expect("broken after a panic");
@@ -474,16 +444,7 @@ async fn a_panic_fails_the_batch_and_marks_the_batcher_broken() {
 #[tokio::test]
 async fn drain_finishes_running_work_and_refuses_new() {
     let r = rig(config());
-    r.fake.gate.set(Some(0));
-    let running = r
-        .batcher
-        .submit(request(&r, "a", 1, 2), retained())
-        .unwrap();
-    until_waiting(&r.fake).await;
-    let queued = r
-        .batcher
-        .submit(request(&r, "b", 1, 2), retained())
-        .unwrap();
+    let (running, queued) = r.running_and_queued(2).await;
     r.batcher.begin_drain();
     assert!(matches!(
         r.batcher.submit(request(&r, "c", 1, 2), retained()),
@@ -503,16 +464,7 @@ async fn drain_finishes_running_work_and_refuses_new() {
 #[tokio::test]
 async fn drain_past_its_deadline_fails_what_is_left_as_shutting_down() {
     let r = rig(config());
-    r.fake.gate.set(Some(0));
-    let running = r
-        .batcher
-        .submit(request(&r, "a", 1, 2), retained())
-        .unwrap();
-    until_waiting(&r.fake).await;
-    let queued = r
-        .batcher
-        .submit(request(&r, "b", 1, 2), retained())
-        .unwrap();
+    let (running, queued) = r.running_and_queued(2).await;
     assert!(!r.batcher.drain(Duration::ZERO));
     for j in [&running, &queued] {
         let s = j.state();

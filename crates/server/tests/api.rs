@@ -481,12 +481,7 @@ fn synchronous_results_are_released_and_retained_ones_are_counted() {
     let stats = s.state.batcher().stats();
     assert_eq!(stats.results_held, 2);
     assert!(stats.result_bytes > 0);
-    let metrics = TestServer::agent()
-        .get(&s.url("/metrics"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = s.metrics();
     let held = metrics
         .lines()
         .find(|l| l.starts_with("anyaccel_result_memory_bytes{"))

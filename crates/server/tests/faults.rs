@@ -382,12 +382,7 @@ fn a_panic_in_the_executor_turns_readiness_off() {
     let reason = ready["reason"].as_str().unwrap();
     assert!(reason.contains("panics on purpose"), "{reason}");
     assert_eq!(s.get("/health/live").0, 200, "alive, so logs can be read");
-    let metrics = TestServer::agent()
-        .get(&s.url("/metrics"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = s.metrics();
     assert!(
         metrics
             .lines()

@@ -100,6 +100,16 @@ impl TestServer {
         format!("{}{path}", self.base)
     }
 
+    /// The Prometheus exposition text.
+    pub fn metrics(&self) -> String {
+        Self::agent()
+            .get(&self.url("/metrics"))
+            .call()
+            .expect("metrics")
+            .into_string()
+            .expect("metrics text")
+    }
+
     pub fn agent() -> ureq::Agent {
         ureq::AgentBuilder::new()
             .timeout(Duration::from_secs(120))
