@@ -9,12 +9,13 @@
 //! preparation and uses an existing interpreter as is (e.g. the Neuron DLAMI's).
 //! This is what the compile Job of a deployment runs.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use anyaccel_pipeline::CompileTarget;
 use anyhow::{Context, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 /// The export script and the pinned environments, embedded so the binary
 /// works outside the repository (in a container, a Kubernetes Job).
@@ -26,66 +27,61 @@ const REQ_NEURON: &str = include_str!("../../../python/requirements-neuron.txt")
 /// Written into a prepared venv: the requirement texts it was installed from.
 const STAMP: &str = ".anyaccel-compile-env";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Target {
-    /// ONNX, fp32: the CPU artifact (any batch and size), UNet fused for the CPU kernels.
-    #[value(name = "onnx-fp32")]
-    OnnxFp32,
-    /// onnx-fp32 with int8 UNet MatMul weights: faster on CPUs, slightly different images.
-    #[value(name = "onnx-int8")]
-    OnnxInt8,
-    /// ONNX, fp32, as exported: for `--device openvino` (x86_64 CPUs).
-    #[value(name = "onnx-openvino")]
-    OnnxOpenVino,
-    /// ONNX, fp16: the CUDA artifact; exported on a CUDA GPU.
-    #[value(name = "onnx-fp16")]
-    OnnxFp16,
-    /// optimum-neuron compiled components for inf2/trn1 (static batch and size).
-    #[value(name = "neuron")]
-    Neuron,
+/// `--target`: the names are [`CompileTarget`]'s; the help of each is here.
+fn target_parser() -> impl TypedValueParser<Value = CompileTarget> {
+    PossibleValuesParser::new(
+        CompileTarget::ALL.map(|t| PossibleValue::new(t.as_str()).help(target_help(t))),
+    )
+    .map(|name| CompileTarget::parse(&name).expect("a listed target name"))
 }
 
-impl Target {
-    fn as_str(self) -> &'static str {
-        match self {
-            Target::OnnxFp32 => "onnx-fp32",
-            Target::OnnxInt8 => "onnx-int8",
-            Target::OnnxOpenVino => "onnx-openvino",
-            Target::OnnxFp16 => "onnx-fp16",
-            Target::Neuron => "neuron",
+fn target_help(target: CompileTarget) -> &'static str {
+    match target {
+        CompileTarget::OnnxFp32 => {
+            "ONNX, fp32: the CPU artifact (any batch and size), UNet fused for the CPU kernels"
         }
-    }
-
-    /// Name of the prepared environment (the ONNX targets share one).
-    fn env_name(self) -> &'static str {
-        match self {
-            Target::OnnxFp32 | Target::OnnxInt8 | Target::OnnxOpenVino | Target::OnnxFp16 => "onnx",
-            Target::Neuron => "neuron",
+        CompileTarget::OnnxInt8 => {
+            "onnx-fp32 with int8 UNet MatMul weights: faster on CPUs, slightly different images"
         }
-    }
-
-    /// Requirement files (name, text); the first is the one to install.
-    fn requirements(self) -> Vec<(&'static str, &'static str)> {
-        match self {
-            Target::OnnxFp32 | Target::OnnxInt8 | Target::OnnxOpenVino | Target::OnnxFp16 => vec![
-                ("requirements-export-onnx.txt", REQ_EXPORT_ONNX),
-                ("requirements-cpu.txt", REQ_CPU),
-            ],
-            Target::Neuron => vec![("requirements-neuron.txt", REQ_NEURON)],
+        CompileTarget::OnnxOpenVino => {
+            "ONNX, fp32, as exported: for `--device openvino` (x86_64 CPUs)"
         }
-    }
-
-    /// The ONNX locks pin every package and must skip dependency resolution
-    /// (see python/requirements-cpu.txt); the Neuron file resolves normally.
-    fn no_deps(self) -> bool {
-        self != Target::Neuron
+        CompileTarget::OnnxFp16 => "ONNX, fp16: the CUDA artifact; exported on a CUDA GPU",
+        CompileTarget::Neuron => {
+            "optimum-neuron compiled components for inf2/trn1 (static batch and size)"
+        }
     }
 }
 
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// Name of the prepared environment (the ONNX targets share one).
+fn env_name(target: CompileTarget) -> &'static str {
+    match target {
+        CompileTarget::OnnxFp32
+        | CompileTarget::OnnxInt8
+        | CompileTarget::OnnxOpenVino
+        | CompileTarget::OnnxFp16 => "onnx",
+        CompileTarget::Neuron => "neuron",
     }
+}
+
+/// Requirement files (name, text); the first is the one to install.
+fn requirements(target: CompileTarget) -> Vec<(&'static str, &'static str)> {
+    match target {
+        CompileTarget::OnnxFp32
+        | CompileTarget::OnnxInt8
+        | CompileTarget::OnnxOpenVino
+        | CompileTarget::OnnxFp16 => vec![
+            ("requirements-export-onnx.txt", REQ_EXPORT_ONNX),
+            ("requirements-cpu.txt", REQ_CPU),
+        ],
+        CompileTarget::Neuron => vec![("requirements-neuron.txt", REQ_NEURON)],
+    }
+}
+
+/// The ONNX locks pin every package and must skip dependency resolution
+/// (see python/requirements-cpu.txt); the Neuron file resolves normally.
+fn no_deps(target: CompileTarget) -> bool {
+    target != CompileTarget::Neuron
 }
 
 #[derive(Args, Debug, Clone)]
@@ -98,8 +94,8 @@ pub struct CompileArgs {
     pub revision: Option<String>,
     /// onnx-fp32 (CPU), onnx-int8 (CPU, quantized), onnx-openvino (CPU through OpenVINO),
     /// onnx-fp16 (CUDA; exported on a GPU) or neuron (inf2/trn1).
-    #[arg(long)]
-    pub target: Target,
+    #[arg(long, value_parser = target_parser())]
+    pub target: CompileTarget,
     /// Output folder; must be absent or empty unless --force.
     #[arg(long)]
     pub out: PathBuf,
@@ -154,13 +150,13 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
 
 /// Checks the arguments before any environment work.
 fn validate(args: &CompileArgs) -> anyhow::Result<()> {
-    if args.target != Target::Neuron && (args.batch_size.is_some() || args.size.is_some()) {
+    if args.target != CompileTarget::Neuron && (args.batch_size.is_some() || args.size.is_some()) {
         bail!(
             "--batch-size and --size apply to --target neuron; {} exports take any batch and size",
             args.target
         );
     }
-    if args.no_optimize && args.target != Target::OnnxFp32 {
+    if args.no_optimize && args.target != CompileTarget::OnnxFp32 {
         bail!(
             "--no-optimize applies to --target onnx-fp32 ({} is built from the optimized graph or has its own passes)",
             args.target
@@ -261,21 +257,21 @@ fn export_command(python: &Path, script: &Path, args: &CompileArgs) -> Command {
     cmd
 }
 
-fn default_venv(target: Target) -> anyhow::Result<PathBuf> {
+fn default_venv(target: CompileTarget) -> anyhow::Result<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .context("neither XDG_CACHE_HOME nor HOME is set; pass --venv")?;
     Ok(base
         .join("anyaccel")
-        .join(format!("compile-venv-{}", target.env_name())))
+        .join(format!("compile-venv-{}", env_name(target))))
 }
 
 /// Creates `venv` if needed and installs the target's pinned requirements
 /// unless the stamp says they already are; returns its interpreter.
-fn prepare_venv(venv: &Path, target: Target, base_python: &Path) -> anyhow::Result<PathBuf> {
+fn prepare_venv(venv: &Path, target: CompileTarget, base_python: &Path) -> anyhow::Result<PathBuf> {
     let python = venv.join("bin/python");
-    let reqs = target.requirements();
+    let reqs = requirements(target);
     let stamp_text: String = reqs
         .iter()
         .map(|(name, text)| format!("== {name}\n{text}"))
@@ -305,7 +301,7 @@ fn prepare_venv(venv: &Path, target: Target, base_python: &Path) -> anyhow::Resu
     }
     let mut pip = Command::new(&python);
     pip.args(["-m", "pip", "install", "--disable-pip-version-check"]);
-    if target.no_deps() {
+    if no_deps(target) {
         pip.arg("--no-deps");
     }
     pip.arg("-r").arg(dir.join(reqs[0].0));
@@ -357,7 +353,7 @@ mod tests {
             "me/sd-neuron",
         ])
         .unwrap();
-        assert_eq!(a.target, Target::Neuron);
+        assert_eq!(a.target, CompileTarget::Neuron);
         assert_eq!(a.size, Some((512, 768)));
         assert_eq!(a.batch_size, Some(2));
         assert_eq!(a.push.as_deref(), Some("me/sd-neuron"));

@@ -10,6 +10,7 @@ use anyaccel_pipeline::images::{self, OutputFormat};
 use anyaccel_pipeline::memory::{self, MemoryBudget};
 use anyaccel_pipeline::{Defaults, GenerationParams, Limits, MicroParams, Model, Pipeline};
 use anyhow::{Context, bail};
+use clap::builder::PossibleValue;
 use clap::{Args, ValueEnum};
 
 /// Which executor runs the model components.
@@ -21,14 +22,77 @@ pub enum ExecutorKind {
     Remote,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+/// `--device`: every executor's choices. The names are the executors' own
+/// ([`DeviceRequest`], [`SidecarDevice`], which build on `DeviceKind`'s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Auto,
     Cpu,
     Cuda,
-    /// The CPU through OpenVINO (needs scripts/fetch-onnxruntime.sh openvino).
+    /// The CPU through OpenVINO (ONNX executor only).
     Openvino,
+    /// Remote executor only.
     Neuron,
+}
+
+impl Device {
+    const ALL: [Device; 5] = [
+        Device::Auto,
+        Device::Cpu,
+        Device::Cuda,
+        Device::Openvino,
+        Device::Neuron,
+    ];
+
+    /// What the ONNX executor is asked for, or why it cannot run this device.
+    fn onnx(self) -> Result<DeviceRequest, &'static str> {
+        match self {
+            Device::Auto => Ok(DeviceRequest::Auto),
+            Device::Cpu => Ok(DeviceRequest::Cpu),
+            Device::Cuda => Ok(DeviceRequest::Cuda),
+            Device::Openvino => Ok(DeviceRequest::OpenVino),
+            Device::Neuron => {
+                Err("--device neuron needs --executor remote (Neuron runs in the Python sidecar)")
+            }
+        }
+    }
+
+    /// What the sidecar is asked for, or why it cannot run this device.
+    fn sidecar(self) -> Result<SidecarDevice, &'static str> {
+        match self {
+            Device::Auto => Ok(SidecarDevice::Auto),
+            Device::Cpu => Ok(SidecarDevice::Cpu),
+            Device::Cuda => Ok(SidecarDevice::Cuda),
+            Device::Neuron => Ok(SidecarDevice::Neuron),
+            Device::Openvino => {
+                Err("--device openvino needs --executor onnx (OpenVINO runs inside ONNX Runtime)")
+            }
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match (self.onnx(), self.sidecar()) {
+            (Ok(d), _) => d.as_str(),
+            (_, Ok(d)) => d.as_str(),
+            (Err(why), Err(_)) => unreachable!("no executor runs it: {why}"),
+        }
+    }
+}
+
+impl ValueEnum for Device {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        let value = PossibleValue::new(self.name());
+        Some(match self {
+            Device::Openvino => {
+                value.help("The CPU through OpenVINO (needs scripts/fetch-onnxruntime.sh openvino)")
+            }
+            _ => value,
+        })
+    }
 }
 
 /// OpenVINO's arithmetic on the CPU.
@@ -196,15 +260,7 @@ impl ModelArgs {
         let limits = plan.limits;
         let executor: Arc<dyn Executor> = match self.executor {
             ExecutorKind::Onnx => {
-                let device = match self.device {
-                    Device::Auto => DeviceRequest::Auto,
-                    Device::Cpu => DeviceRequest::Cpu,
-                    Device::Cuda => DeviceRequest::Cuda,
-                    Device::Openvino => DeviceRequest::OpenVino,
-                    Device::Neuron => bail!(
-                        "--device neuron needs --executor remote (Neuron runs in the Python sidecar)"
-                    ),
-                };
+                let device = self.device.onnx().map_err(anyhow::Error::msg)?;
                 let config = OnnxConfig {
                     device,
                     intra_threads: self.threads,
@@ -227,15 +283,7 @@ impl ModelArgs {
             ExecutorKind::Remote => {
                 let mut config =
                     RemoteConfig::new(&self.python, model.info.root.display().to_string());
-                config.device = match self.device {
-                    Device::Auto => SidecarDevice::Auto,
-                    Device::Cpu => SidecarDevice::Cpu,
-                    Device::Cuda => SidecarDevice::Cuda,
-                    Device::Neuron => SidecarDevice::Neuron,
-                    Device::Openvino => bail!(
-                        "--device openvino needs --executor onnx (OpenVINO runs inside ONNX Runtime)"
-                    ),
-                };
+                config.device = self.device.sidecar().map_err(anyhow::Error::msg)?;
                 config.threads = self.threads;
                 // From a checkout, the sidecar package is the repo's python/ folder.
                 let local = PathBuf::from("python");
@@ -383,4 +431,36 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         "done"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_choices_are_the_executors_names() {
+        let names: Vec<&str> = Device::ALL.iter().map(|d| d.name()).collect();
+        assert_eq!(names, ["auto", "cpu", "cuda", "openvino", "neuron"]);
+        for d in Device::ALL {
+            // Where both executors take a device, they spell it the same.
+            if let (Ok(onnx), Ok(sidecar)) = (d.onnx(), d.sidecar()) {
+                assert_eq!(onnx.as_str(), sidecar.as_str());
+            }
+            assert_eq!(Device::from_str(d.name(), false), Ok(d));
+        }
+    }
+
+    #[test]
+    fn deployments_set_devices_the_server_takes() {
+        use anyaccel_deploy::{AcceleratorKind, CompileTarget};
+        for accel in AcceleratorKind::ALL {
+            for target in CompileTarget::ALL.into_iter().filter(|&t| accel.can_run(t)) {
+                let device = accel.server_device(target);
+                assert!(
+                    Device::from_str(device, false).is_ok(),
+                    "{accel} serving {target}: ANYACCEL_DEVICE={device}"
+                );
+            }
+        }
+    }
 }

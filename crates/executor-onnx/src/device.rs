@@ -2,10 +2,11 @@
 //! are both present, OpenVINO when the loaded ONNX Runtime is the OpenVINO
 //! build, else ONNX Runtime's own CPU kernels.
 
+use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
-use anyaccel_executor::DeviceKind;
+use anyaccel_executor::{DeviceKind, list_choices};
 
 use crate::runtime;
 
@@ -21,18 +22,44 @@ pub enum DeviceRequest {
     OpenVino,
 }
 
+impl DeviceRequest {
+    /// Every request, in the order choices are listed.
+    pub const ALL: [DeviceRequest; 4] = [
+        DeviceRequest::Auto,
+        DeviceRequest::Cpu,
+        DeviceRequest::Cuda,
+        DeviceRequest::OpenVino,
+    ];
+
+    /// The `--device` spelling: a [`DeviceKind`]'s name, or `auto` / `openvino`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceRequest::Auto => "auto",
+            DeviceRequest::Cpu => DeviceKind::Cpu.as_str(),
+            DeviceRequest::Cuda => DeviceKind::Cuda.as_str(),
+            DeviceRequest::OpenVino => "openvino",
+        }
+    }
+}
+
+impl fmt::Display for DeviceRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl FromStr for DeviceRequest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda),
-            "openvino" => Ok(Self::OpenVino),
-            other => Err(format!(
-                "unknown device `{other}`; expected auto, cpu, cuda or openvino"
-            )),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown device `{s}`; expected {}",
+                    list_choices(Self::ALL.map(Self::as_str))
+                )
+            })
     }
 }
 
@@ -285,7 +312,13 @@ mod tests {
         assert_eq!("openvino".parse(), Ok(DeviceRequest::OpenVino));
         assert_eq!("cpu".parse(), Ok(DeviceRequest::Cpu));
         let err = "tpu".parse::<DeviceRequest>().unwrap_err();
-        assert!(err.contains("auto, cpu, cuda or openvino"), "{err}");
+        assert_eq!(
+            err,
+            "unknown device `tpu`; expected auto, cpu, cuda or openvino"
+        );
+        for d in DeviceRequest::ALL {
+            assert_eq!(d.as_str().parse(), Ok(d));
+        }
         assert_eq!("bf16".parse(), Ok(CpuPrecision::Bf16));
         assert_eq!("f32".parse(), Ok(CpuPrecision::F32));
         let err = "fp8".parse::<CpuPrecision>().unwrap_err();

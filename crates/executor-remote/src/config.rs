@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use anyaccel_executor::{DeviceKind, list_choices};
+
 /// Where the sidecar runs its model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SidecarDevice {
@@ -17,13 +19,27 @@ pub enum SidecarDevice {
 }
 
 impl SidecarDevice {
-    pub fn as_str(self) -> &'static str {
+    /// Every choice, in the order they are listed.
+    pub const ALL: [SidecarDevice; 4] = [
+        SidecarDevice::Auto,
+        SidecarDevice::Cpu,
+        SidecarDevice::Cuda,
+        SidecarDevice::Neuron,
+    ];
+
+    /// The device this pins the sidecar to; `None` for detection.
+    pub fn kind(self) -> Option<DeviceKind> {
         match self {
-            SidecarDevice::Auto => "auto",
-            SidecarDevice::Cpu => "cpu",
-            SidecarDevice::Cuda => "cuda",
-            SidecarDevice::Neuron => "neuron",
+            SidecarDevice::Auto => None,
+            SidecarDevice::Cpu => Some(DeviceKind::Cpu),
+            SidecarDevice::Cuda => Some(DeviceKind::Cuda),
+            SidecarDevice::Neuron => Some(DeviceKind::Neuron),
         }
+    }
+
+    /// The sidecar's `--device` spelling: the [`DeviceKind`]'s name, or `auto`.
+    pub fn as_str(self) -> &'static str {
+        self.kind().map_or("auto", DeviceKind::as_str)
     }
 }
 
@@ -36,15 +52,15 @@ impl fmt::Display for SidecarDevice {
 impl FromStr for SidecarDevice {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda),
-            "neuron" => Ok(Self::Neuron),
-            other => Err(format!(
-                "unknown sidecar device `{other}`; expected auto, cpu, cuda or neuron"
-            )),
-        }
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown sidecar device `{s}`; expected {}",
+                    list_choices(Self::ALL.map(Self::as_str))
+                )
+            })
     }
 }
 
@@ -151,6 +167,12 @@ mod tests {
     #[test]
     fn devices_parse() {
         assert_eq!("neuron".parse::<SidecarDevice>(), Ok(SidecarDevice::Neuron));
-        assert!("tpu".parse::<SidecarDevice>().is_err());
+        assert_eq!(
+            "tpu".parse::<SidecarDevice>().unwrap_err(),
+            "unknown sidecar device `tpu`; expected auto, cpu, cuda or neuron"
+        );
+        for d in SidecarDevice::ALL {
+            assert_eq!(d.as_str().parse(), Ok(d));
+        }
     }
 }

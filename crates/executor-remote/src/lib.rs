@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use anyaccel_executor::{
     Capabilities, Component, Conditioning, DenoiseSession, DeviceKind, Dtype, Executor,
     ExecutorError, HiddenLayer, Shapes, Tensor, TextEncoding, TimestepInput, TokenIds,
+    UnknownDevice,
 };
 use tokio::sync::oneshot;
 
@@ -680,16 +681,10 @@ struct Converted {
 }
 
 fn convert_capabilities(c: &proto::CapabilitiesResponse) -> Result<Converted, RemoteError> {
-    let device = match c.device.as_str() {
-        "cpu" => DeviceKind::Cpu,
-        "cuda" => DeviceKind::Cuda,
-        "neuron" => DeviceKind::Neuron,
-        other => {
-            return Err(RemoteError::Capabilities(format!(
-                "unknown device `{other}`"
-            )));
-        }
-    };
+    let device: DeviceKind = c
+        .device
+        .parse()
+        .map_err(|e: UnknownDevice| RemoteError::Capabilities(e.to_string()))?;
     let dtype = match c.dtype.as_str() {
         "fp32" => Dtype::F32,
         "fp16" => Dtype::F16,
@@ -922,7 +917,11 @@ mod tests {
         assert!(convert_capabilities(&c).is_err());
         let mut c = caps();
         c.device = "tpu".into();
-        assert!(convert_capabilities(&c).is_err());
+        let err = convert_capabilities(&c).err().expect("unknown device");
+        assert_eq!(
+            err.to_string(),
+            "the sidecar did not report its capabilities: unknown device `tpu`"
+        );
     }
 
     #[test]

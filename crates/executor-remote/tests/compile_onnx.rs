@@ -12,15 +12,16 @@ mod common;
 #[allow(dead_code)]
 mod compile;
 
+use anyaccel_pipeline::CompileTarget;
 use common::*;
-use compile::{CompileArgs, Target};
+use compile::CompileArgs;
 use serde_json::Value;
 
 fn args(out: &std::path::Path) -> CompileArgs {
-    args_for(out, Target::OnnxFp32)
+    args_for(out, CompileTarget::OnnxFp32)
 }
 
-fn args_for(out: &std::path::Path, target: Target) -> CompileArgs {
+fn args_for(out: &std::path::Path, target: CompileTarget) -> CompileArgs {
     CompileArgs {
         model: tiny_diffusers().display().to_string(),
         revision: None,
@@ -147,7 +148,7 @@ fn onnx_int8_artifact_is_served_and_stays_close_to_fp32() {
     let out =
         std::env::temp_dir().join(format!("anyaccel-compile-int8-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    compile::run(args_for(&out, Target::OnnxInt8)).expect("compile succeeds");
+    compile::run(args_for(&out, CompileTarget::OnnxInt8)).expect("compile succeeds");
     let manifest: Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("anyaccel-manifest.json")).expect("manifest written"),
     )
@@ -190,7 +191,7 @@ fn onnx_openvino_artifact_keeps_the_graph_as_exported() {
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&out);
-    compile::run(args_for(&out, Target::OnnxOpenVino)).expect("compile succeeds");
+    compile::run(args_for(&out, CompileTarget::OnnxOpenVino)).expect("compile succeeds");
     let manifest: Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("anyaccel-manifest.json")).expect("manifest written"),
     )

@@ -13,6 +13,7 @@
 //! `proto/anyaccel/sidecar/v1/sidecar.proto`.
 
 use std::fmt;
+use std::str::FromStr;
 
 use serde::Serialize;
 
@@ -88,21 +89,64 @@ impl fmt::Display for Component {
 }
 
 /// The family of device an executor drives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+///
+/// Its names (`cpu`, `cuda`, `neuron`) are defined here once: `--device`, the
+/// sidecar's capabilities, `/health` and the metrics' `accelerator` label all
+/// spell a device this way, and the executors' device requests build on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeviceKind {
     Cpu,
     Cuda,
     Neuron,
 }
 
-impl fmt::Display for DeviceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl DeviceKind {
+    /// Every kind, in the order choices are listed.
+    pub const ALL: [DeviceKind; 3] = [DeviceKind::Cpu, DeviceKind::Cuda, DeviceKind::Neuron];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
             DeviceKind::Cpu => "cpu",
             DeviceKind::Cuda => "cuda",
             DeviceKind::Neuron => "neuron",
-        })
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a [`DeviceKind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown device `{0}`")]
+pub struct UnknownDevice(pub String);
+
+impl FromStr for DeviceKind {
+    type Err = UnknownDevice;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownDevice(s.to_string()))
+    }
+}
+
+impl Serialize for DeviceKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Choices as messages list them: `a, b or c`.
+pub fn list_choices<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
     }
 }
 
@@ -446,6 +490,31 @@ mod tests {
             assert_eq!(Component::from_folder(c.folder()), Some(c));
         }
         assert_eq!(Component::from_folder("safety_checker"), None);
+    }
+
+    #[test]
+    fn device_names_round_trip() {
+        let names: Vec<String> = DeviceKind::ALL.iter().map(|k| k.to_string()).collect();
+        assert_eq!(names, ["cpu", "cuda", "neuron"]);
+        for k in DeviceKind::ALL {
+            assert_eq!(k.as_str().parse(), Ok(k));
+        }
+        assert_eq!(
+            "tpu".parse::<DeviceKind>().unwrap_err().to_string(),
+            "unknown device `tpu`"
+        );
+        assert!("CPU".parse::<DeviceKind>().is_err());
+    }
+
+    #[test]
+    fn choices_are_listed_with_or() {
+        assert_eq!(list_choices([]), "");
+        assert_eq!(list_choices(["cpu"]), "cpu");
+        assert_eq!(list_choices(["cpu", "cuda"]), "cpu or cuda");
+        assert_eq!(
+            list_choices(DeviceKind::ALL.map(DeviceKind::as_str)),
+            "cpu, cuda or neuron"
+        );
     }
 
     #[test]

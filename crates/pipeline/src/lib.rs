@@ -12,6 +12,7 @@ pub mod noise;
 mod pipeline;
 pub mod request;
 pub mod scheduler;
+mod target;
 pub mod tokenizer;
 
 pub use family::{Guidance, ModelFamily, UnsupportedPipeline};
@@ -24,3 +25,4 @@ pub use request::{
     MicroParams, ValidationError,
 };
 pub use scheduler::SchedulerKind;
+pub use target::CompileTarget;

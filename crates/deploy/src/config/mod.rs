@@ -27,6 +27,9 @@ pub use defaults::{DEFAULT_AMI_ALIAS, DEFAULT_NEURON_PLUGIN_IMAGE, DEFAULT_NVIDI
 pub(crate) use syntax::quantity_bytes;
 pub use validate::{MAX_POOLS, MAX_WEIGHT};
 
+/// An artifact's `target`: what `anyaccel compile --target` built it for.
+pub use anyaccel_pipeline::CompileTarget;
+
 /// The kinds of hardware a pool runs on. Each maps to one image flavour, one
 /// CPU architecture and (for accelerators) one Kubernetes extended resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -117,42 +120,6 @@ impl AcceleratorKind {
 impl fmt::Display for AcceleratorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// `anyaccel compile --target`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CompileTarget {
-    OnnxFp32,
-    /// CPU only: ONNX Runtime's dynamic int8 MatMul has no CUDA kernel.
-    OnnxInt8,
-    /// x86_64 CPUs through OpenVINO (bf16 where the CPU has it).
-    OnnxOpenVino,
-    OnnxFp16,
-    Neuron,
-}
-
-impl CompileTarget {
-    const ALL: [CompileTarget; 5] = [
-        CompileTarget::OnnxFp32,
-        CompileTarget::OnnxInt8,
-        CompileTarget::OnnxOpenVino,
-        CompileTarget::OnnxFp16,
-        CompileTarget::Neuron,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CompileTarget::OnnxFp32 => "onnx-fp32",
-            CompileTarget::OnnxInt8 => "onnx-int8",
-            CompileTarget::OnnxOpenVino => "onnx-openvino",
-            CompileTarget::OnnxFp16 => "onnx-fp16",
-            CompileTarget::Neuron => "neuron",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
