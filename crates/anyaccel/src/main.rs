@@ -26,7 +26,7 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Serve the OpenAI, native jobs and A1111 APIs over HTTP.
     Serve(serve::ServeArgs),
-    /// Export a model for one target (onnx-fp32, onnx-int8, onnx-fp16, neuron) with its manifest.
+    /// Export a model for one target (onnx-fp32, onnx-int8, onnx-openvino, onnx-fp16, neuron) with its manifest.
     Compile(compile::CompileArgs),
     /// Kubernetes manifests for a fleet of accelerator pools.
     #[command(subcommand)]
