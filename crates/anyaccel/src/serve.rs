@@ -203,3 +203,26 @@ fn default_result_memory() -> u64 {
         .unwrap_or(BatcherConfig::default().result_memory)
         .clamp(64 * MIB, 16 * 1024 * MIB)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args, Command};
+
+    use super::ServeArgs;
+
+    /// A Deployment configures `serve` through its environment: no flag may lack a variable.
+    #[test]
+    fn every_serve_flag_has_an_env_var() {
+        let cmd = ServeArgs::augment_args(Command::new("serve"));
+        let missing: Vec<&str> = cmd
+            .get_arguments()
+            .filter(|a| a.get_long().is_some() && a.get_env().is_none())
+            .filter_map(|a| a.get_long())
+            .collect();
+        assert!(
+            cmd.get_arguments().count() > 20,
+            "the model flags are included"
+        );
+        assert!(missing.is_empty(), "flags without an env var: {missing:?}");
+    }
+}

@@ -131,7 +131,8 @@ impl From<JobError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        // Refusals while draining are expected by the thousand; real failures are not.
+        if self.status.is_server_error() && self.code != "draining" {
             tracing::warn!(code = self.code, message = %self.message, "request failed");
         }
         let body = ErrorBody {
