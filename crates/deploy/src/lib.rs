@@ -20,6 +20,7 @@
 pub mod config;
 pub mod crd;
 mod error;
+pub mod fleet;
 pub mod keda;
 mod output;
 mod render;

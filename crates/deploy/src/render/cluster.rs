@@ -27,7 +27,8 @@ use super::{
     node_selector, pool_labels, pool_object_name, pool_tolerations, restricted_container_security,
     restricted_pod_security,
 };
-use crate::config::{AcceleratorKind, ClusterConfig, IngressMode, quantity_bytes};
+use crate::config::{AcceleratorKind, ClusterConfig, IngressMode, Pool, quantity_bytes};
+use crate::fleet::{action_annotation, forward_action};
 use crate::error::DeployError;
 
 pub const COMPILE_SERVICE_ACCOUNT: &str = "anyaccel-compile";
@@ -322,30 +323,21 @@ pub fn device_plugins(
 
 /// The ALB forward action that splits traffic across the pools' Services.
 pub fn weighted_forward_action(cfg: &ClusterConfig) -> serde_json::Value {
-    let groups: Vec<serde_json::Value> = cfg
+    let targets: Vec<(String, u16)> = cfg
         .pools()
         .iter()
-        .map(|p| {
-            let weight = match cfg.ingress().mode() {
-                IngressMode::CostWeighted => p.weight(),
-                IngressMode::Even => 1,
-            };
-            json!({
-                "serviceName": pool_object_name(p),
-                "servicePort": "http",
-                "weight": weight,
-            })
-        })
+        .map(|p| (pool_object_name(p), base_weight(cfg, p)))
         .collect();
-    json!({
-        "type": "forward",
-        "forwardConfig": {
-            "targetGroups": groups,
-            // No stickiness: each image request is independent, and
-            // stickiness would defeat the weights.
-            "targetGroupStickinessConfig": {"enabled": false},
-        },
-    })
+    forward_action(targets.iter().map(|(s, w)| (s.as_str(), *w)))
+}
+
+/// A pool's weight while every pool can grow: its own (from the plan or the
+/// config) in cost mode, 1 in even mode.
+pub fn base_weight(cfg: &ClusterConfig, pool: &Pool) -> u16 {
+    match cfg.ingress().mode() {
+        IngressMode::CostWeighted => pool.weight(),
+        IngressMode::Even => 1,
+    }
 }
 
 pub fn ingress(cfg: &ClusterConfig) -> Result<Ingress, DeployError> {
@@ -372,7 +364,7 @@ pub fn ingress(cfg: &ClusterConfig) -> Result<Ingress, DeployError> {
             ),
         ),
         (
-            format!("alb.ingress.kubernetes.io/actions.{WEIGHTED_ACTION}"),
+            action_annotation(WEIGHTED_ACTION),
             to_json(&weighted_forward_action(cfg))?,
         ),
         // /metrics is for Prometheus inside the cluster, not for clients.
