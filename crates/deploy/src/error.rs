@@ -17,6 +17,29 @@ pub enum DeployError {
     #[error("invalid cluster config:\n{}", bullet_list(.problems))]
     Invalid { problems: Vec<String> },
 
+    /// The plan is of another format version than this build reads.
+    #[error("{origin}: plan format_version {found}, but this build reads {expected}; re-run `anyaccel plan` with this release")]
+    PlanVersion {
+        origin: String,
+        found: String,
+        expected: u32,
+    },
+
+    /// The plan parsed but its numbers cannot be applied as they are.
+    #[error("invalid plan {origin}:\n{}", bullet_list(.problems))]
+    InvalidPlan {
+        origin: String,
+        problems: Vec<String>,
+    },
+
+    /// The cluster config and the plan disagree; each problem names both.
+    #[error("{config} and {plan} disagree:\n{}", bullet_list(.problems))]
+    PlanMismatch {
+        config: String,
+        plan: String,
+        problems: Vec<String>,
+    },
+
     /// A rendered object failed a check the cluster would also make (KEDA's
     /// scaler metadata parsing, name lengths). Means a renderer bug or a
     /// config the validation missed; nothing is printed in that case.
@@ -40,7 +63,9 @@ impl DeployError {
     /// The individual config problems, empty for other kinds of error.
     pub fn problems(&self) -> &[String] {
         match self {
-            DeployError::Invalid { problems } => problems,
+            DeployError::Invalid { problems }
+            | DeployError::InvalidPlan { problems, .. }
+            | DeployError::PlanMismatch { problems, .. } => problems,
             _ => &[],
         }
     }

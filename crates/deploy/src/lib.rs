@@ -22,6 +22,7 @@ pub mod crd;
 mod error;
 pub mod fleet;
 pub mod keda;
+pub mod plan;
 mod output;
 mod render;
 pub mod yaml;
@@ -33,13 +34,14 @@ pub use config::{
     IngressMode, IngressScheme, InstanceSelector, Pool, PrometheusSignal, ScalingTrigger,
 };
 pub use error::DeployError;
+pub use plan::Plan;
 pub use keda::{
     CLOUDWATCH_BACKLOG_METRIC, CLOUDWATCH_DIMENSION_ACCELERATOR, CLOUDWATCH_DIMENSION_MODEL,
     CLOUDWATCH_DIMENSION_POOL, CLOUDWATCH_NAMESPACE,
 };
 pub use output::{file_name, to_yaml_stream, write_dir, write_yaml};
 pub use render::{
-    GRACE_MARGIN_SECS, PATH_LIVE, PATH_METRICS, PATH_READY, POOL_LABEL, PRESTOP_SLEEP_SECS,
+    GRACE_MARGIN_SECS, PATH_LIVE, PLAN_DATE_ANNOTATION, PLAN_SHA256_ANNOTATION, PATH_METRICS, PATH_READY, POOL_LABEL, PRESTOP_SLEEP_SECS,
     RenderedObject, SERVER_PATHS, SERVER_PORT, SERVICE_PORT, node_pool_name, pool_object_name,
     render,
 };
@@ -50,6 +52,10 @@ pub struct RenderArgs {
     /// Cluster description (TOML); see deploy/examples/.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
+    /// A plan from `anyaccel plan` (plan.toml): its ingress weights, NodePool
+    /// weights, KEDA targets, replica bounds and SLO fill the pools' keys.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
     /// Write one file per object and a kustomization.yaml into DIR instead
     /// of printing one YAML stream.
     #[arg(long, value_name = "DIR")]
@@ -59,7 +65,10 @@ pub struct RenderArgs {
 /// Renders `args.config` to stdout or to `args.out`. Nothing is printed or
 /// written unless the whole config is valid and every object renders.
 pub fn run(args: &RenderArgs) -> Result<(), DeployError> {
-    let cfg = ClusterConfig::from_path(&args.config)?;
+    let cfg = match &args.plan {
+        None => ClusterConfig::from_path(&args.config)?,
+        Some(plan) => ClusterConfig::from_path_with_plan(&args.config, &Plan::from_path(plan)?)?,
+    };
     let objects = render(&cfg)?;
     match &args.out {
         None => write_yaml(&objects, std::io::stdout().lock()),

@@ -43,10 +43,22 @@ fn env_of<'a>(c: &'a Value, name: &str) -> Option<&'a str> {
         .and_then(|e| e["value"].as_str())
 }
 
-/// Deployments and compile Jobs: every pod this fleet runs on pool nodes.
+/// The pools' server Deployments (not the fleet controller's).
+fn servers(objs: &[RenderedObject]) -> Vec<&RenderedObject> {
+    objs.iter()
+        .filter(|o| o.kind() == "Deployment" && !is_controller(o))
+        .collect()
+}
+
+fn is_controller(o: &RenderedObject) -> bool {
+    o.value()["metadata"]["labels"]["app.kubernetes.io/component"] == "fleet-controller"
+}
+
+/// Server Deployments and compile Jobs: every pod this fleet runs on pool
+/// nodes.
 fn workloads(objs: &[RenderedObject]) -> Vec<&RenderedObject> {
     objs.iter()
-        .filter(|o| o.kind() == "Deployment" || o.kind() == "Job")
+        .filter(|o| (o.kind() == "Deployment" && !is_controller(o)) || o.kind() == "Job")
         .collect()
 }
 
@@ -70,7 +82,7 @@ fn requirement_values<'a>(np: &'a RenderedObject, key: &str) -> Option<Vec<&'a s
 #[test]
 fn probes_point_at_paths_the_server_serves() {
     for (name, objs) in all_fleets() {
-        for d in of_kind(&objs, "Deployment") {
+        for d in servers(&objs) {
             for c in containers(d) {
                 for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
                     let p = &c[probe];
@@ -128,7 +140,7 @@ fn probes_point_at_paths_the_server_serves() {
 #[test]
 fn grace_period_exceeds_prestop_plus_drain() {
     for (name, objs) in all_fleets() {
-        for d in of_kind(&objs, "Deployment") {
+        for d in servers(&objs) {
             let grace = pod_spec(d)["terminationGracePeriodSeconds"]
                 .as_i64()
                 .expect("grace period");
@@ -332,7 +344,7 @@ fn weights_are_in_range_and_a_cost_weighted_ingress_covers_every_pool() {
             groups.len(),
             "{name}: a Service listed twice"
         );
-        let deployments = of_kind(&objs, "Deployment").len();
+        let deployments = servers(&objs).len();
         assert_eq!(services.len(), deployments, "{name}: one Service per pool");
         for g in groups {
             let w = g["weight"].as_u64().expect("weight");
@@ -403,7 +415,7 @@ fn cost_weighted_weights_are_the_configured_ones_and_even_splits_evenly() {
 #[test]
 fn every_pool_is_autoscaled_on_the_published_metric() {
     for (name, objs) in all_fleets() {
-        for d in of_kind(&objs, "Deployment") {
+        for d in servers(&objs) {
             assert!(
                 d.value()["spec"]["replicas"].is_null(),
                 "{name}: replicas would fight the HPA"

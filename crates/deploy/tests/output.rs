@@ -100,6 +100,7 @@ fn run_renders_a_config_file_into_a_folder() {
     let dir = temp_dir("run");
     let args = RenderArgs {
         config: support::repo_root().join("deploy/examples/cpu-prometheus.toml"),
+        plan: None,
         out: Some(dir.clone()),
     };
     run(&args).expect("run");
@@ -114,6 +115,7 @@ fn run_renders_a_config_file_into_a_folder() {
     let out = bad.join("out");
     let e = run(&RenderArgs {
         config: cfg,
+        plan: None,
         out: Some(out.clone()),
     })
     .expect_err("invalid");

@@ -17,6 +17,7 @@ pub(super) struct RawConfig {
     /// Default trigger for every pool without its own `[pools.scaling]`.
     pub(super) scaling: Option<RawScaling>,
     pub(super) device_plugins: Option<RawDevicePlugins>,
+    pub(super) fleet: Option<RawFleet>,
     #[serde(default)]
     pub(super) artifacts: Vec<RawArtifact>,
     #[serde(default)]
@@ -72,6 +73,13 @@ pub(super) struct RawDevicePlugins {
     pub(super) render: Option<bool>,
     pub(super) nvidia_image: Option<String>,
     pub(super) neuron_image: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub(super) controller: Option<bool>,
+    pub(super) hold_down_secs: Option<i64>,
 }
 
 #[derive(Deserialize)]

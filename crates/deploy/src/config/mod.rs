@@ -14,6 +14,7 @@ mod defaults;
 mod input;
 mod syntax;
 mod validate;
+mod with_plan;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -22,6 +23,8 @@ use std::path::Path;
 use anyaccel_pipeline::ModelFamily;
 
 use crate::error::DeployError;
+use crate::fleet::PlanStamp;
+use crate::plan::Plan;
 
 pub use defaults::{DEFAULT_AMI_ALIAS, DEFAULT_NEURON_PLUGIN_IMAGE, DEFAULT_NVIDIA_PLUGIN_IMAGE};
 pub(crate) use syntax::quantity_bytes;
@@ -458,6 +461,29 @@ pub struct ClusterConfig {
     device_plugins: DevicePlugins,
     artifacts: Vec<Artifact>,
     pools: Vec<Pool>,
+    fleet: FleetController,
+    /// Indexes into `pools`, first fallback first.
+    fallback_order: Vec<usize>,
+    plan: Option<PlanStamp>,
+}
+
+/// The `anyaccel fleet` controller (`[fleet]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetController {
+    enabled: bool,
+    hold_down_secs: u32,
+}
+
+impl FleetController {
+    /// Rendered when more than one pool shares the ALB, unless turned off.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+    /// Quiet time before a pool that could not get capacity gets its planned
+    /// weight back.
+    pub fn hold_down_secs(&self) -> u32 {
+        self.hold_down_secs
+    }
 }
 
 impl ClusterConfig {
@@ -466,19 +492,54 @@ impl ClusterConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&text, &path.display().to_string(), None)
+    }
+
+    /// Reads `path` with the plan's weights, KEDA targets, replica bounds and
+    /// SLO filling the pools' keys; a key the config sets differently, or a
+    /// pool on one side only, is an error naming both files.
+    pub fn from_path_with_plan(path: &Path, plan: &Plan) -> Result<Self, DeployError> {
+        let text = std::fs::read_to_string(path).map_err(|source| DeployError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string(), Some(plan))
     }
 
     pub fn from_toml_str(text: &str) -> Result<Self, DeployError> {
-        Self::parse(text, "cluster config")
+        Self::parse(text, "cluster config", None)
     }
 
-    fn parse(text: &str, origin: &str) -> Result<Self, DeployError> {
-        let raw: input::RawConfig = toml::from_str(text).map_err(|e| DeployError::Parse {
+    pub fn from_toml_str_with_plan(text: &str, plan: &Plan) -> Result<Self, DeployError> {
+        Self::parse(text, "cluster config", Some(plan))
+    }
+
+    fn parse(text: &str, origin: &str, plan: Option<&Plan>) -> Result<Self, DeployError> {
+        let mut raw: input::RawConfig = toml::from_str(text).map_err(|e| DeployError::Parse {
             origin: origin.to_string(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        validate::validate(raw)
+        let Some(plan) = plan else {
+            return validate::validate(raw);
+        };
+        let problems = with_plan::apply(&mut raw, plan, origin);
+        if !problems.is_empty() {
+            return Err(DeployError::PlanMismatch {
+                config: origin.to_string(),
+                plan: plan.origin().to_string(),
+                problems,
+            });
+        }
+        let mut cfg = validate::validate(raw)?;
+        cfg.fallback_order = plan
+            .file()
+            .plan
+            .fallback_order
+            .iter()
+            .filter_map(|name| cfg.pools.iter().position(|p| &p.name == name))
+            .collect();
+        cfg.plan = Some(plan.stamp().clone());
+        Ok(cfg)
     }
 
     /// EKS cluster name: Karpenter discovers subnets and security groups by
@@ -523,6 +584,18 @@ impl ClusterConfig {
     }
     pub fn artifact_of(&self, pool: &Pool) -> &Artifact {
         &self.artifacts[pool.artifact]
+    }
+    pub fn fleet(&self) -> &FleetController {
+        &self.fleet
+    }
+    /// Pools in fallback order: the plan's when rendered with one, else the
+    /// order of the config (list the cheapest first).
+    pub fn pools_in_fallback_order(&self) -> impl Iterator<Item = &Pool> {
+        self.fallback_order.iter().map(|&i| &self.pools[i])
+    }
+    /// The plan this config was read with.
+    pub fn plan(&self) -> Option<&PlanStamp> {
+        self.plan.as_ref()
     }
     /// Whether any pool runs on this kind (decides the device plugins).
     pub fn uses(&self, kind: AcceleratorKind) -> bool {

@@ -1,6 +1,7 @@
 //! Turns a validated [`ClusterConfig`] into Kubernetes objects.
 
 mod cluster;
+mod controller;
 mod nodes;
 mod pod;
 mod pool;
@@ -46,6 +47,10 @@ pub const GRACE_MARGIN_SECS: u32 = 15;
 pub const RUN_AS_USER: i64 = 10001;
 /// Label on every object of a pool, and the taint key on its nodes.
 pub const POOL_LABEL: &str = "anyaccel.io/pool";
+/// On every object rendered with `--plan`: which plan (SHA-256 of the file)
+/// and when it was made.
+pub const PLAN_SHA256_ANNOTATION: &str = "anyaccel.io/plan-sha256";
+pub const PLAN_DATE_ANNOTATION: &str = "anyaccel.io/plan-generated-at";
 pub const ACCELERATOR_LABEL: &str = "anyaccel.io/accelerator";
 const NAME_LABEL: &str = "app.kubernetes.io/name";
 const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
@@ -119,6 +124,18 @@ impl RenderedObject {
             None => format!("{}/{}", self.kind, self.name),
         }
     }
+    /// Adds `key: value` to the object's own annotations.
+    fn annotate(&mut self, key: &str, value: &str) {
+        if let Some(meta) = self.value.get_mut("metadata").and_then(Value::as_object_mut) {
+            let annotations = meta
+                .entry("annotations")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(a) = annotations.as_object_mut() {
+                a.insert(key.into(), Value::String(value.into()));
+            }
+        }
+    }
+
     pub fn to_yaml(&self) -> String {
         crate::yaml::to_yaml(&self.value)
     }
@@ -146,7 +163,16 @@ pub fn render(cfg: &ClusterConfig) -> Result<Vec<RenderedObject>, DeployError> {
         pool::autoscaling(cfg, p, &mut out)?;
     }
     out.push(RenderedObject::from_typed(&cluster::ingress(cfg)?)?);
+    if cfg.fleet().enabled() {
+        controller::controller(cfg, &mut out)?;
+    }
     cluster::compile_jobs(cfg, &mut out)?;
+    if let Some(plan) = cfg.plan() {
+        for o in &mut out {
+            o.annotate(PLAN_SHA256_ANNOTATION, &plan.sha256);
+            o.annotate(PLAN_DATE_ANNOTATION, &plan.generated_at);
+        }
+    }
     check_unique(&out)?;
     Ok(out)
 }

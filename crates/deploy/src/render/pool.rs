@@ -49,7 +49,7 @@ pub fn grace_period_secs(pool: &Pool) -> u32 {
 /// turns the pool's startup budget into attempts.
 const STARTUP_PERIOD_SECS: i32 = 10;
 
-fn http_probe(path: &str, period: i32, timeout: i32, failures: i32) -> Probe {
+pub(super) fn http_probe(path: &str, period: i32, timeout: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),

@@ -12,14 +12,14 @@ use anyaccel_pipeline::ModelFamily;
 use crate::config::defaults::{
     DEFAULT_AMI_ALIAS, DEFAULT_NEURON_PLUGIN_IMAGE, DEFAULT_NVIDIA_PLUGIN_IMAGE,
 };
-use crate::config::input::{RawConfig, RawIngress};
+use crate::config::input::{RawConfig, RawFleet, RawIngress};
 use crate::config::syntax::{
     is_arn, is_dns_label, is_dns_subdomain, is_hostname, is_image_repository, is_image_tag,
     is_model_location,
 };
 use crate::config::{
-    AcceleratorKind, Artifact, ClusterConfig, CompileTarget, DevicePlugins, IngressConfig,
-    IngressMode, IngressScheme,
+    AcceleratorKind, Artifact, ClusterConfig, CompileTarget, DevicePlugins, FleetController,
+    IngressConfig, IngressMode, IngressScheme,
 };
 use crate::error::DeployError;
 use pool::validate_pool;
@@ -302,6 +302,8 @@ pub(super) fn validate(raw: RawConfig) -> Result<ClusterConfig, DeployError> {
         }
     }
 
+    let fleet = validate_fleet(raw.fleet.unwrap_or_default(), pools.len(), &mut p);
+
     if !p.0.is_empty() {
         return Err(DeployError::Invalid { problems: p.0 });
     }
@@ -317,8 +319,29 @@ pub(super) fn validate(raw: RawConfig) -> Result<ClusterConfig, DeployError> {
         ingress,
         device_plugins,
         artifacts,
+        fallback_order: (0..pools.len()).collect(),
         pools,
+        fleet,
+        plan: None,
     })
+}
+
+/// Default quiet time before a pool short of capacity gets its weight back:
+/// longer than Karpenter's launch retries, short next to a traffic day.
+const DEFAULT_HOLD_DOWN_SECS: i64 = 600;
+
+fn validate_fleet(raw: RawFleet, pools: usize, p: &mut Problems) -> FleetController {
+    let hold = raw.hold_down_secs.unwrap_or(DEFAULT_HOLD_DOWN_SECS);
+    if !(30..=86_400).contains(&hold) {
+        p.add(format!(
+            "fleet.hold_down_secs ({hold}) must be within 30..=86400"
+        ));
+    }
+    FleetController {
+        // One pool has no one to hand traffic to.
+        enabled: raw.controller.unwrap_or(true) && pools > 1,
+        hold_down_secs: hold.clamp(30, 86_400) as u32,
+    }
 }
 
 fn validate_ingress(raw: RawIngress, p: &mut Problems) -> IngressConfig {
