@@ -9,6 +9,7 @@
 # pinned CRDs in deploy/crds/, CEL rules included.
 #
 #   scripts/deploy/validate.sh            # uses/creates .venv in the repo
+#   scripts/deploy/validate.sh DIR...     # folders already rendered with --out
 #   K8S_VERSIONS="1.34.0" scripts/deploy/validate.sh
 #
 # Idempotent: the venv and the validator are installed once; later runs
@@ -37,7 +38,9 @@ fi
 kv="$venv/bin/kubernetes-validate"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
-(cd "$root" && cargo build --quiet -p anyaccel-deploy --example render)
+if [[ $# -eq 0 ]]; then
+  (cd "$root" && cargo build --quiet -p anyaccel-deploy --example render)
+fi
 render="$CARGO_TARGET_DIR/debug/examples/render"
 
 work="$(mktemp -d)"
@@ -45,10 +48,23 @@ trap 'rm -rf "$work"' EXIT
 
 passed=0
 failed=0
+rendered=("$@")
+if [[ ${#rendered[@]} -eq 0 ]]; then
 for cfg in "$root"/deploy/examples/*.toml; do
+  [[ "$cfg" == *.plan.toml ]] && continue
   name="$(basename "$cfg" .toml)"
   out="$work/$name"
-  "$render" --config "$cfg" --out "$out" 2>/dev/null
+  # NAME.plan.toml next to NAME.toml: that example is rendered with its plan.
+  plan=()
+  if [[ -f "${cfg%.toml}.plan.toml" ]]; then
+    plan=(--plan "${cfg%.toml}.plan.toml")
+  fi
+  "$render" --config "$cfg" "${plan[@]}" --out "$out" 2>/dev/null
+  rendered+=("$out")
+done
+fi
+for out in "${rendered[@]}"; do
+  name="$(basename "$out")"
   builtin=()
   for f in "$out"/[0-9]*.yaml; do
     api="$(sed -n 's/^apiVersion: //p' "$f" | head -n1)"

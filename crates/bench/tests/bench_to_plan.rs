@@ -109,8 +109,8 @@ fn bench_results_feed_plan() {
         assert!((x.cost_per_1000_images - c).abs() < 1e-12);
     }
     assert!(p.pools[0].cost_per_1000_images <= p.pools[1].cost_per_1000_images);
-    assert_eq!(p.pools[0].nodepool_weight, 100);
-    assert_eq!(p.pools[1].nodepool_weight, 90);
+    assert_eq!(p.pools[0].node_pool_weight, 100);
+    assert_eq!(p.pools[1].node_pool_weight, 90);
     assert!(o.config_path.is_some());
     assert!(out.join("plan.md").exists());
 

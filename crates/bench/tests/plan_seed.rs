@@ -84,7 +84,7 @@ fn seed_table_weights_and_keda_targets() {
         "--weights",
         "inverse-cost",
     ]);
-    let nodepool: Vec<u32> = p.pools.iter().map(|x| x.nodepool_weight).collect();
+    let nodepool: Vec<u32> = p.pools.iter().map(|x| x.node_pool_weight).collect();
     assert_eq!(nodepool, [100, 90, 80, 70, 60]);
     // Traffic in proportion to 1 / cost per image, summing to 1000. (The
     // seed tuned 40/20/15/10/15 by hand, which sends g5-eager, its most
@@ -95,8 +95,8 @@ fn seed_table_weights_and_keda_targets() {
     // KEDA: 80% of capacity; backlog 0.8 x the latency at capacity.
     let inf2 = &p.pools[0];
     assert!(close(inf2.target_images_per_s, 105.0 / 60.0 * 0.8, 1e-12));
-    assert!(close(inf2.keda_target_backlog_seconds, 0.536, 1e-12));
-    assert!(close(p.pools[1].keda_target_backlog_seconds, 0.408, 1e-12));
+    assert!(close(inf2.target_backlog_secs, 0.536, 1e-12));
+    assert!(close(p.pools[1].target_backlog_secs, 0.408, 1e-12));
     let fallback: Vec<usize> = p.pools.iter().map(|x| x.fallback_rank).collect();
     assert_eq!(fallback, [1, 2, 3, 4, 5]);
     // Capacity mode: the seed's adjusted throughput, min(mean, own).
@@ -152,7 +152,7 @@ fn the_seeds_own_slo_excludes_the_slow_units() {
         "{}",
         p.excluded[0].reason
     );
-    let nodepool: Vec<u32> = p.pools.iter().map(|x| x.nodepool_weight).collect();
+    let nodepool: Vec<u32> = p.pools.iter().map(|x| x.node_pool_weight).collect();
     assert_eq!(nodepool, [100, 90, 80]);
     assert!(p.markdown().contains("Pools that do not meet the SLO"));
 }
@@ -317,7 +317,7 @@ fn the_throughput_unit_changes_costs_but_not_ordering_or_weights() {
     assert_eq!(names(&per_s), names(&per_min));
     for (s, m) in per_s.pools.iter().zip(&per_min.pools) {
         assert_eq!(s.weight, m.weight);
-        assert_eq!(s.nodepool_weight, m.nodepool_weight);
+        assert_eq!(s.node_pool_weight, m.node_pool_weight);
         assert!(close(
             s.cost_per_1000_images * 60.0,
             m.cost_per_1000_images,
@@ -352,9 +352,9 @@ fn the_fragment_has_the_documented_schema_and_ranges() {
         let name = t["name"].as_str().unwrap();
         let w = t["weight"].as_integer().unwrap();
         assert!((1..=999).contains(&w), "{name}: weight {w}");
-        let nw = t["nodepool_weight"].as_integer().unwrap();
-        assert!((1..=100).contains(&nw), "{name}: nodepool_weight {nw}");
-        let backlog = t["keda_target_backlog_seconds"].as_float().unwrap();
+        let nw = t["node_pool_weight"].as_integer().unwrap();
+        assert!((1..=100).contains(&nw), "{name}: node_pool_weight {nw}");
+        let backlog = t["target_backlog_secs"].as_float().unwrap();
         assert!(backlog > 0.0 && backlog < 1.0, "{name}: below the SLO");
         let max = t["max_replicas"].as_integer().unwrap();
         assert!((1..=1000).contains(&max), "{name}: max_replicas {max}");

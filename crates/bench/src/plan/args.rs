@@ -44,7 +44,7 @@ impl WeightMode {
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "plan",
-    about = "From bench results per pool and instance prices: cost per 1,000 images at the SLO, the cheapest mix for a demand, Karpenter and ingress weights, KEDA targets; a TOML fragment for `anyaccel deploy render` and a Markdown report"
+    about = "From bench results per pool and instance prices: cost per 1,000 images at the SLO, the cheapest mix for a demand, Karpenter and ingress weights, KEDA targets; plan.toml for `anyaccel deploy render --plan` and a Markdown report"
 )]
 pub struct PlanArgs {
     /// Result files from `anyaccel bench` (tagged with --pool and
@@ -85,7 +85,7 @@ pub struct PlanArgs {
     /// overrides the prices file's max_nodes.
     #[arg(long = "max-replicas", value_parser = parse_pool_cap)]
     pub max_replicas: Vec<(String, u32)>,
-    /// Output folder: plan.toml (the fragment) and plan.md (the report).
+    /// Output folder: plan.toml (for `deploy render --plan`) and plan.md (the report).
     #[arg(long, default_value = "plan-out")]
     pub out: PathBuf,
     /// Do not print the report to stdout.

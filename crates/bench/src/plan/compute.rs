@@ -13,7 +13,7 @@ use crate::stats::{LevelPoint, breaking_point};
 /// Karpenter NodePool weights by rank: the cheapest gets 100, each next
 /// step down by 10 (or less with more than 10 pools), at least 1; equal
 /// costs share a weight. `costs` must be sorted ascending.
-pub fn nodepool_weights(costs: &[f64]) -> Vec<u32> {
+pub fn node_pool_weights(costs: &[f64]) -> Vec<u32> {
     let n = costs.len();
     let step = if n > 10 {
         (99 / (n as u32 - 1)).max(1)
@@ -203,8 +203,8 @@ pub fn compute(inp: &PlanInputs) -> Result<Plan, BenchError> {
             cost_per_1000_images: replica_hour / (capacity * 3600.0) * 1000.0,
             cost_per_1000_images_at_target: replica_hour / (target * 3600.0) * 1000.0,
             target_images_per_s: target,
-            keda_target_backlog_seconds: (1.0 - inp.headroom) * mean,
-            nodepool_weight: 0,
+            target_backlog_secs: (1.0 - inp.headroom) * mean,
+            node_pool_weight: 0,
             weight: 0,
             fallback_rank: 0,
             planned_replicas: 0,
@@ -304,8 +304,8 @@ pub fn compute(inp: &PlanInputs) -> Result<Plan, BenchError> {
 
     // Karpenter weights and the fallback order follow cost.
     let costs: Vec<f64> = feasible.iter().map(|p| p.cost_per_1000_images).collect();
-    for (p, w) in feasible.iter_mut().zip(nodepool_weights(&costs)) {
-        p.nodepool_weight = w;
+    for (p, w) in feasible.iter_mut().zip(node_pool_weights(&costs)) {
+        p.node_pool_weight = w;
     }
     for (i, p) in feasible.iter_mut().enumerate() {
         p.fallback_rank = i + 1;
@@ -382,7 +382,7 @@ pub fn compute(inp: &PlanInputs) -> Result<Plan, BenchError> {
     }
     if feasible.len() > 5 {
         notes.push(format!(
-            "{} pools are feasible; an ALB forward action takes at most 5 target groups, so render the cheapest 5 (the fragment lists all, cheapest first)",
+            "{} pools are feasible; an ALB forward action takes at most 5 target groups, and `deploy render --plan` renders every planned pool: re-plan with the results of the 5 you deploy (the cheapest come first)",
             feasible.len()
         ));
     }
@@ -397,11 +397,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nodepool_weights_follow_rank_and_share_ties() {
-        assert_eq!(nodepool_weights(&[1.0, 2.0, 3.0]), vec![100, 90, 80]);
-        assert_eq!(nodepool_weights(&[1.0, 1.0, 3.0]), vec![100, 100, 80]);
+    fn node_pool_weights_follow_rank_and_share_ties() {
+        assert_eq!(node_pool_weights(&[1.0, 2.0, 3.0]), vec![100, 90, 80]);
+        assert_eq!(node_pool_weights(&[1.0, 1.0, 3.0]), vec![100, 100, 80]);
         let many: Vec<f64> = (0..12).map(f64::from).collect();
-        let w = nodepool_weights(&many);
+        let w = node_pool_weights(&many);
         assert_eq!(w[0], 100);
         assert_eq!(w[11], 100 - 11 * 9);
         assert!(w.windows(2).all(|x| x[0] > x[1]));

@@ -1,6 +1,6 @@
 //! `anyaccel plan`: from measured capacity and prices to cost per image,
 //! the cheapest mix of pools, and the weights and autoscaling targets meant
-//! for `anyaccel deploy render` (which does not read plans yet).
+//! by `anyaccel deploy render --plan`.
 //!
 //! Split along the way a plan is made: `args` (the command line), `input`
 //! (prices, capacity tables and bench results, read and checked), `compute`
@@ -16,8 +16,7 @@ mod report;
 mod solve;
 
 pub use args::{CapacityType, PlanArgs, WeightMode};
-pub use compute::{compute, nodepool_weights, proportional_weights};
-pub use fragment::{Fragment, FragmentPlan, FragmentPool};
+pub use compute::{compute, node_pool_weights, proportional_weights};
 pub use input::{
     CapacityTable, Demand, DemandProfile, InstancePrice, MeasuredLevel, PlanInputs, PoolInput,
     Prices, TableRow, ThroughputUnit, load_inputs, pool_from_result, pools_from_table,
@@ -29,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// Version of the capacity-table and config-fragment formats.
+/// Version of the capacity-table format (plan.toml's is
+/// `anyaccel_deploy::plan::PLAN_FILE_VERSION`).
 pub const PLAN_FORMAT_VERSION: u32 = 1;
 /// Sum of the ingress weights plan writes (ALB weights are relative).
 pub const WEIGHT_TOTAL: u32 = 1000;
@@ -64,9 +64,9 @@ pub struct PoolPlan {
     /// Per-replica throughput KEDA aims for.
     pub target_images_per_s: f64,
     /// Per-replica backlog KEDA aims for, seconds of work.
-    pub keda_target_backlog_seconds: f64,
+    pub target_backlog_secs: f64,
     /// Karpenter NodePool weight, 1..=100 (higher = preferred).
-    pub nodepool_weight: u32,
+    pub node_pool_weight: u32,
     /// Ingress weight for cost mode.
     pub weight: u32,
     /// 1 = first, in capacity mode's fallback order.

@@ -8,7 +8,7 @@ pub mod schema;
 
 use std::path::{Path, PathBuf};
 
-use anyaccel_deploy::{ClusterConfig, RenderedObject, render};
+use anyaccel_deploy::{ClusterConfig, Plan, RenderedObject, render};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -24,14 +24,27 @@ pub fn example_configs() -> Vec<PathBuf> {
         .expect("deploy/examples")
         .map(|e| e.expect("entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter(|p| !p.to_string_lossy().ends_with(".plan.toml"))
         .collect();
     v.sort();
     assert!(v.len() >= 2, "expected the example configs in {dir:?}");
     v
 }
 
+/// `NAME.plan.toml` next to `NAME.toml`: the plan that example is rendered
+/// with (`deploy render --plan`).
+pub fn example_plan(config: &Path) -> Option<PathBuf> {
+    let plan = config.with_extension("plan.toml");
+    plan.exists().then_some(plan)
+}
+
 pub fn render_example(path: &Path) -> Vec<RenderedObject> {
-    let cfg = ClusterConfig::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let cfg = match example_plan(path) {
+        None => ClusterConfig::from_path(path),
+        Some(plan) => Plan::from_path(&plan)
+            .and_then(|plan| ClusterConfig::from_path_with_plan(path, &plan)),
+    }
+    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     render(&cfg).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

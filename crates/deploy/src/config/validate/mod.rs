@@ -303,6 +303,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<ClusterConfig, DeployError> {
     }
 
     let fleet = validate_fleet(raw.fleet.unwrap_or_default(), pools.len(), &mut p);
+    if fleet.enabled && !image_tags.contains_key(&AcceleratorKind::CpuAmd64) {
+        p.add(
+            "image.tags.cpu-amd64 is required for the fleet controller, which runs the CPU image (or set [fleet] controller = false)",
+        );
+    }
 
     if !p.0.is_empty() {
         return Err(DeployError::Invalid { problems: p.0 });
