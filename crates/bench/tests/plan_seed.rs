@@ -3,7 +3,7 @@
 
 mod common;
 
-use anyaccel_bench::plan::{Fragment, Plan, PlanArgs, compute, load_inputs};
+use anyaccel_bench::plan::{Plan, PlanArgs, compute, load_inputs};
 use anyaccel_bench::{BenchError, plan, run_plan};
 use clap::Parser;
 use common::{fixtures, scratch};
@@ -326,39 +326,41 @@ fn the_throughput_unit_changes_costs_but_not_ordering_or_weights() {
     }
 }
 
-// `anyaccel deploy render` does not read plans yet (`deploy render --plan`
-// is a later issue); until it does, this checks the fragment against the
-// schema and ranges docs/bench.md gives, not against deploy.
+// The plan file is read by what deploys it: `deploy render --plan` checks
+// it (format, ranges, weights summing to 1000) and renders the seed's five
+// pools from it.
 #[test]
-fn the_fragment_has_the_documented_schema_and_ranges() {
+fn deploy_renders_the_plan_it_writes() {
     let out = scratch("fragment");
     let a = plan_args(&["--slo", "1.0", "--demand", "10"], &out);
     let o = plan(&a).unwrap();
     let path = o.config_path.unwrap();
-    let text = std::fs::read_to_string(&path).unwrap();
-    let f: Fragment = toml::from_str(&text).unwrap();
-    assert_eq!(f.format_version, 1);
-    assert_eq!(f.pools.len(), 5);
+    let planned = anyaccel_deploy::Plan::from_path(&path).expect("deploy reads the plan");
+    let f = planned.file();
+    assert_eq!(f.format_version, anyaccel_deploy::plan::PLAN_FILE_VERSION);
     assert_eq!(
         f.plan.fallback_order,
         ["inf2", "trn1", "g5-compiled", "g6", "g5-eager"]
     );
-    // Generic TOML view: every pool has the keys the documented schema
-    // requires, within its documented ranges.
-    let v: toml::Table = toml::from_str(&text).unwrap();
-    let pools = v["pools"].as_array().unwrap();
-    for p in pools {
-        let t = p.as_table().unwrap();
-        let name = t["name"].as_str().unwrap();
-        let w = t["weight"].as_integer().unwrap();
-        assert!((1..=999).contains(&w), "{name}: weight {w}");
-        let nw = t["node_pool_weight"].as_integer().unwrap();
-        assert!((1..=100).contains(&nw), "{name}: node_pool_weight {nw}");
-        let backlog = t["target_backlog_secs"].as_float().unwrap();
-        assert!(backlog > 0.0 && backlog < 1.0, "{name}: below the SLO");
-        let max = t["max_replicas"].as_integer().unwrap();
-        assert!((1..=1000).contains(&max), "{name}: max_replicas {max}");
+    assert_eq!(f.pools.iter().map(|p| p.weight).sum::<u32>(), 1000);
+
+    let config = fixtures().join("../deploy/examples/seed-planned.toml");
+    let cfg = anyaccel_deploy::ClusterConfig::from_path_with_plan(&config, &planned)
+        .expect("the seed's pools take the plan");
+    for p in cfg.pools() {
+        let want = planned.pool(p.name()).unwrap();
+        assert_eq!(u32::from(p.weight()), want.weight, "{}", p.name());
+        assert_eq!(p.max_replicas(), want.max_replicas, "{}", p.name());
+        assert_eq!(
+            p.node_pool_weight().map(u32::from),
+            Some(want.node_pool_weight)
+        );
     }
+    let objs = anyaccel_deploy::render(&cfg).expect("renders");
+    assert!(objs.iter().all(|o| {
+        o.value()["metadata"]["annotations"][anyaccel_deploy::PLAN_SHA256_ANNOTATION]
+            == planned.stamp().sha256.as_str()
+    }));
     let md = std::fs::read_to_string(out.join("plan.md")).unwrap();
     assert!(
         md.contains("| inf2 | inf2.xlarge | neuron | 0.7582 |"),
