@@ -6,8 +6,8 @@
 //! server's `/metrics`, and writes a JSON result, a Markdown table and PNG
 //! plots. `plan` turns results for several pools plus instance prices into
 //! cost per 1,000 images, the cheapest mix, Karpenter and ingress weights and
-//! per-replica KEDA targets, as a TOML fragment for `anyaccel deploy render`
-//! and a Markdown report. See docs/bench.md.
+//! per-replica KEDA targets, as `plan.toml` for `anyaccel deploy render
+//! --plan` and a Markdown report. See docs/bench.md.
 
 pub mod bench;
 pub mod client;
