@@ -10,6 +10,7 @@ pub mod memory;
 pub mod model;
 pub mod noise;
 mod pipeline;
+pub mod preview;
 pub mod request;
 pub mod scheduler;
 mod target;

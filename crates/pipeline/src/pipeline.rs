@@ -12,6 +12,7 @@ use image::RgbImage;
 
 use crate::family::{Guidance, ModelFamily};
 use crate::images;
+use crate::preview;
 use crate::memory::MemoryBudget;
 use crate::model::{Model, ModelInfo};
 use crate::noise::NoiseGenerator;
@@ -48,6 +49,21 @@ pub trait Observer: Sync {
     /// Checked before every denoising step; a cancelled request's images leave the batch.
     fn is_cancelled(&self, _request: usize) -> bool {
         false
+    }
+    /// Whether `request` wants a preview of its images after `step` of `total`.
+    fn wants_preview(&self, _request: usize, _step: usize, _total: usize) -> bool {
+        false
+    }
+    /// A preview of the `image`-th image of `request` after `step` of
+    /// `total`, at the request's size (see [`crate::preview`]).
+    fn on_preview(
+        &self,
+        _request: usize,
+        _image: usize,
+        _step: usize,
+        _total: usize,
+        _preview: RgbImage,
+    ) {
     }
 }
 
@@ -101,6 +117,8 @@ pub struct Pipeline {
 /// One image's state through the loop.
 struct Item {
     request: usize,
+    /// Which of its request's images this is.
+    index: usize,
     seed: u64,
     guidance: f32,
     /// Rows of the text-encoder output: (conditional, unconditional).
@@ -385,7 +403,7 @@ impl Pipeline {
                 }
                 None => None,
             };
-            for &seed in &req.seeds {
+            for (index, &seed) in req.seeds.iter().enumerate() {
                 let mut noise = NoiseGenerator::new(seed);
                 let latents = match &posterior {
                     None => {
@@ -415,6 +433,7 @@ impl Pipeline {
                 };
                 items.push(Item {
                     request: r,
+                    index,
                     seed,
                     guidance: req.guidance_scale,
                     cond: r * stride,
@@ -555,6 +574,13 @@ impl Pipeline {
                 } else {
                     out.item(j).to_vec()
                 };
+                let step = i - start + 1;
+                if observer.wants_preview(it.request, step, total) {
+                    let x0 = schedule.denoised(i, &eps, &it.latents);
+                    if let Some(img) = preview::latent_preview(family, &x0, latent_shape, w, h) {
+                        observer.on_preview(it.request, it.index, step, total, img);
+                    }
+                }
                 schedule.step(i, &eps, &mut it.latents, &mut it.state, &mut it.noise);
             }
             timings.steps += 1;

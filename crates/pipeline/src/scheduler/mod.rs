@@ -430,6 +430,38 @@ impl Schedule {
         }
     }
 
+    /// The model's estimate of the clean latents at step `i`, from its
+    /// output on `sample` (before [`Schedule::step`] moves it): what a
+    /// preview shows, since the noisy sample itself is mostly noise early on.
+    pub fn denoised(&self, i: usize, model_output: &[f32], sample: &[f32]) -> Vec<f32> {
+        let pairs = sample.iter().zip(model_output);
+        match self.kind {
+            SchedulerKind::Euler | SchedulerKind::EulerA => {
+                let sigma = self.sigmas[i];
+                pairs.map(|(&x, &e)| self.x0_from_sigma(sigma, x, e)).collect()
+            }
+            SchedulerKind::Ddim | SchedulerKind::Lcm => {
+                let a = self.alpha_at(self.timesteps[i] as i64);
+                pairs.map(|(&x, &e)| self.x0_eps_from_alpha(a, x, e).0).collect()
+            }
+            SchedulerKind::DpmPP2M | SchedulerKind::DpmPP2MKarras => {
+                let (alpha, sigma) = alpha_sigma(self.sigmas[i]);
+                pairs
+                    .map(|(&x, &e)| match self.prediction {
+                        Prediction::Epsilon => (x - sigma * e) / alpha,
+                        Prediction::VPrediction => alpha * x - sigma * e,
+                        Prediction::Sample => e,
+                    })
+                    .collect()
+            }
+            // Flow matching: x_t = (1 - s) x0 + s noise and v = noise - x0.
+            SchedulerKind::FlowMatchEuler => {
+                let s = self.sigmas[i];
+                pairs.map(|(&x, &v)| x - s * v).collect()
+            }
+        }
+    }
+
     /// Advances one image's latents `sample` from step `i` to `i + 1`.
     pub fn step(
         &self,
@@ -673,5 +705,54 @@ mod tests {
         assert_eq!(s.start_index(1.0), 0);
         assert_eq!(s.start_index(0.6), 4);
         assert_eq!(s.start_index(0.0), 10);
+    }
+
+    /// With a perfect model output the denoised estimate is the clean latent,
+    /// for every parametrisation the schedulers use.
+    #[test]
+    fn denoised_recovers_the_clean_latents_from_a_perfect_prediction() {
+        let x0 = [0.5f32, -1.25, 2.0, 0.0];
+        let eps = [1.0f32, -0.5, 0.25, -2.0];
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| (a - b).abs() < 1e-4);
+        let cfg = SchedulerConfig::default();
+        for kind in [
+            SchedulerKind::Euler,
+            SchedulerKind::EulerA,
+            SchedulerKind::DpmPP2M,
+            SchedulerKind::Ddim,
+            SchedulerKind::Lcm,
+        ] {
+            let s = Schedule::new(kind, &cfg, 10).unwrap();
+            let i = 3;
+            let sample: Vec<f32> = match kind {
+                SchedulerKind::Ddim | SchedulerKind::Lcm => {
+                    let a = s.alpha_at(s.timesteps[i] as i64);
+                    x0.iter()
+                        .zip(eps)
+                        .map(|(x, e)| a.sqrt() * x + (1.0 - a).sqrt() * e)
+                        .collect()
+                }
+                SchedulerKind::DpmPP2M => {
+                    let (alpha, sigma) = alpha_sigma(s.sigmas[i]);
+                    x0.iter().zip(eps).map(|(x, e)| alpha * x + sigma * e).collect()
+                }
+                _ => {
+                    let sigma = s.sigmas[i];
+                    x0.iter().zip(eps).map(|(x, e)| x + sigma * e).collect()
+                }
+            };
+            let got = s.denoised(i, &eps, &sample);
+            assert!(close(&got, &x0), "{kind:?}: {got:?}");
+            // Not the identity: the noisy sample itself is far from x0.
+            assert!(!close(&sample, &x0), "{kind:?}");
+        }
+        let mut flow_cfg = SchedulerConfig::default();
+        flow_cfg.flow.shift = 3.0;
+        let s = Schedule::new(SchedulerKind::FlowMatchEuler, &flow_cfg, 10).unwrap();
+        let sig = s.sigmas[2];
+        let noise = eps;
+        let sample: Vec<f32> = x0.iter().zip(noise).map(|(x, n)| (1.0 - sig) * x + sig * n).collect();
+        let v: Vec<f32> = x0.iter().zip(noise).map(|(x, n)| n - x).collect();
+        assert!(close(&s.denoised(2, &v, &sample), &x0));
     }
 }
