@@ -84,6 +84,14 @@ pub struct ServeArgs {
         env = "ANYACCEL_DRAIN_TIMEOUT_SECS"
     )]
     pub drain_timeout_secs: u64,
+    /// A1111 requests keep a preview every this many steps for
+    /// `/sdapi/v1/progress`'s `current_image` (0: none).
+    #[arg(
+        long,
+        default_value_t = ServerConfig::DEFAULT_A1111_PREVIEW_EVERY,
+        env = "ANYACCEL_A1111_PREVIEW_EVERY"
+    )]
+    pub a1111_preview_every: u32,
     #[arg(
         long,
         default_value_t = ServerConfig::DEFAULT_MAX_BODY_BYTES,
@@ -160,6 +168,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         public_url: args.public_url,
         sizes,
         drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        a1111_preview_every: args.a1111_preview_every,
         warmup: true,
         batcher: BatcherConfig {
             max_queue: args.max_queue,

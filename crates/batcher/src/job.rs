@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyaccel_pipeline::images::Encoding;
 use anyaccel_pipeline::{GeneratedImage, GenerationRequest, PipelineError, Timings};
+use image::RgbImage;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
@@ -111,6 +112,47 @@ pub struct JobState {
     pub total_steps: u32,
     pub result: Option<Arc<JobResult>>,
     pub error: Option<JobError>,
+    /// The latest preview while it runs (cleared when it ends).
+    pub preview: Option<Preview>,
+}
+
+/// A preview of one of a job's images while it forms.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    pub step: u32,
+    pub total: u32,
+    /// Which of the job's images.
+    pub image: usize,
+    pub pixels: Arc<RgbImage>,
+}
+
+/// Which steps of a job produce previews.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Previews {
+    #[default]
+    Off,
+    /// After every n-th step (the jobs API's `preview_every`).
+    Every(u32),
+    /// `k` previews spread evenly over the run (OpenAI's `partial_images`).
+    Spread(u32),
+}
+
+impl Previews {
+    /// Whether to preview after `step` of `total`. Never after the last
+    /// step: the finished image follows at once.
+    pub fn wants(self, step: u32, total: u32) -> bool {
+        if step == 0 || step >= total {
+            return false;
+        }
+        match self {
+            Previews::Off => false,
+            Previews::Every(n) => n > 0 && step % n == 0,
+            Previews::Spread(k) => (1..=k).any(|j| {
+                let at = (f64::from(total) * f64::from(j) / f64::from(k + 1)).round() as u32;
+                at.clamp(1, total - 1) == step
+            }),
+        }
+    }
 }
 
 /// How a job is submitted.
@@ -123,6 +165,7 @@ pub struct SubmitOptions {
     pub retained: bool,
     pub encoding: Encoding,
     pub request_id: Option<String>,
+    pub previews: Previews,
 }
 
 /// What SSE subscribers receive, in order.
@@ -132,6 +175,15 @@ pub enum JobEvent {
     Queued { position: usize, eta_seconds: f64 },
     Started { batch_images: usize },
     Step { step: u32, total: u32 },
+    /// A preview of image `image` after `step`; the pixels are encoded by
+    /// whoever sends the event on.
+    Preview {
+        step: u32,
+        total: u32,
+        image: usize,
+        #[serde(skip_serializing)]
+        pixels: Arc<RgbImage>,
+    },
     Completed,
     Failed { error: JobError },
     Cancelled,
@@ -144,6 +196,7 @@ pub struct Job {
     pub request_id: Option<String>,
     /// How its images are encoded when fetched (the jobs API).
     pub encoding: Encoding,
+    pub previews: Previews,
     /// Seconds since the Unix epoch when accepted.
     pub created_unix: u64,
     pub(crate) idempotency_key: Option<String>,
@@ -183,6 +236,7 @@ impl Job {
             total_steps: total,
             result: None,
             error: None,
+            preview: None,
         });
         let (events, _) = broadcast::channel(1024);
         Self {
@@ -190,6 +244,7 @@ impl Job {
             request,
             request_id: options.request_id,
             encoding: options.encoding,
+            previews: options.previews,
             idempotency_key: options.idempotency_key,
             retained: options.retained,
             span: tracing::Span::current(),
@@ -277,8 +332,30 @@ impl Job {
                 s.eta_seconds = None;
                 s.result = result;
                 s.error = error;
+                s.preview = None;
             },
             Some(event),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Previews;
+
+    fn steps(p: Previews, total: u32) -> Vec<u32> {
+        (1..=total).filter(|&s| p.wants(s, total)).collect()
+    }
+
+    #[test]
+    fn previews_fall_on_the_steps_asked_for_and_never_on_the_last() {
+        assert_eq!(steps(Previews::Every(5), 20), [5, 10, 15]);
+        assert_eq!(steps(Previews::Every(1), 4), [1, 2, 3]);
+        assert_eq!(steps(Previews::Spread(3), 20), [5, 10, 15]);
+        assert_eq!(steps(Previews::Spread(2), 30), [10, 20]);
+        // Fewer steps than previews: as many as fit before the end.
+        assert_eq!(steps(Previews::Spread(3), 2), [1]);
+        assert!(steps(Previews::Off, 20).is_empty());
+        assert!(steps(Previews::Every(0), 20).is_empty());
     }
 }

@@ -25,7 +25,8 @@ use anyaccel_pipeline::images::OutputFormat;
 use anyaccel_pipeline::{GenerationRequest, Pipeline, Timings};
 
 pub use job::{
-    ErrorCode, Job, JobError, JobEvent, JobId, JobResult, JobState, JobStatus, SubmitOptions,
+    ErrorCode, Job, JobError, JobEvent, JobId, JobResult, JobState, JobStatus, Preview, Previews,
+    SubmitOptions,
 };
 use retention::{Departure, Retention};
 
@@ -226,11 +227,18 @@ pub struct Batcher {
 pub struct Held {
     batcher: Batcher,
     job: Arc<Job>,
+    /// Subscribed before the job was queued, so no event is missed.
+    events: Option<tokio::sync::broadcast::Receiver<JobEvent>>,
 }
 
 impl Held {
     pub fn job(&self) -> &Arc<Job> {
         &self.job
+    }
+
+    /// Every event of the job from its start (once; later calls get `None`).
+    pub fn take_events(&mut self) -> Option<tokio::sync::broadcast::Receiver<JobEvent>> {
+        self.events.take()
     }
 }
 
@@ -300,6 +308,15 @@ impl Batcher {
         request: GenerationRequest,
         options: SubmitOptions,
     ) -> Result<Arc<Job>, AdmissionError> {
+        self.enqueue(request, options).map(|(job, _)| job)
+    }
+
+    /// Queues a job, subscribed to its events before anyone can run it.
+    fn enqueue(
+        &self,
+        request: GenerationRequest,
+        options: SubmitOptions,
+    ) -> Result<(Arc<Job>, tokio::sync::broadcast::Receiver<JobEvent>), AdmissionError> {
         let inner = &self.inner;
         let mut st = inner.lock();
         if let Some(job) = options
@@ -308,7 +325,7 @@ impl Batcher {
             .and_then(|key| st.idempotency.get(key))
             .and_then(|id| st.jobs.get(id))
         {
-            return Ok(job.clone());
+            return Ok((job.clone(), job.events()));
         }
         let retry = retry_after(&st);
         if st.draining || st.shutdown {
@@ -340,6 +357,7 @@ impl Batcher {
             options,
             inner.config.request_timeout,
         ));
+        let events = job.events();
         st.queued_work += work;
         st.queue.push_back(job.clone());
         st.jobs.insert(id.clone(), job.clone());
@@ -361,25 +379,28 @@ impl Batcher {
         drop(st);
         inner.wake.notify_all();
         tracing::debug!(job = %job.id, position, "accepted");
-        Ok(job)
+        Ok((job, events))
     }
 
-    /// Queues a synchronous caller's request; the job lives as long as the [`Held`].
+    /// Queues a synchronous caller's request; the job lives as long as the
+    /// [`Held`] (`options.retained` and the idempotency key do not apply).
     pub fn run(
         &self,
         request: GenerationRequest,
-        request_id: Option<String>,
+        options: SubmitOptions,
     ) -> Result<Held, AdmissionError> {
-        let job = self.submit(
+        let (job, events) = self.enqueue(
             request,
             SubmitOptions {
-                request_id,
-                ..SubmitOptions::default()
+                retained: false,
+                idempotency_key: None,
+                ..options
             },
         )?;
         Ok(Held {
             batcher: self.clone(),
             job,
+            events: Some(events),
         })
     }
 

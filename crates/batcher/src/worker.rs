@@ -6,8 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyaccel_pipeline::{GenerationRequest, Observer, Outcome};
+use image::RgbImage;
 
-use crate::{ErrorCode, Inner, Job, JobError, JobEvent, JobResult, JobStatus, publish_positions};
+use crate::{
+    ErrorCode, Inner, Job, JobError, JobEvent, JobResult, JobStatus, Preview, publish_positions,
+};
 
 impl Inner {
     pub(crate) fn run(self: Arc<Self>) {
@@ -249,6 +252,30 @@ impl Observer for BatchObserver<'_> {
         self.jobs
             .get(request)
             .is_some_and(|j| j.cancel_requested() || j.past_deadline())
+    }
+
+    fn wants_preview(&self, request: usize, step: usize, total: usize) -> bool {
+        self.jobs
+            .get(request)
+            .is_some_and(|j| j.previews.wants(step as u32, total as u32))
+    }
+
+    fn on_preview(&self, request: usize, image: usize, step: usize, total: usize, px: RgbImage) {
+        if let Some(j) = self.jobs.get(request) {
+            let preview = Preview {
+                step: step as u32,
+                total: total as u32,
+                image,
+                pixels: Arc::new(px),
+            };
+            let event = JobEvent::Preview {
+                step: preview.step,
+                total: preview.total,
+                image,
+                pixels: preview.pixels.clone(),
+            };
+            j.update(|s| s.preview = Some(preview), Some(event));
+        }
     }
 }
 

@@ -139,7 +139,8 @@ pub fn fit(img: RgbImage, width: u32, height: u32) -> RgbImage {
     }
 }
 
-/// Encodes an image; PNGs carry `parameters` as a tEXt chunk (A1111's convention).
+/// Encodes an image; PNGs carry `parameters` (unless empty) as a tEXt chunk
+/// (A1111's convention).
 /// `quality` (0–100) applies to JPEG; WebP output is lossless.
 pub fn encode(
     img: &RgbImage,
@@ -154,9 +155,11 @@ pub fn encode(
             let mut encoder = png::Encoder::new(&mut out, img.width(), img.height());
             encoder.set_color(png::ColorType::Rgb);
             encoder.set_depth(png::BitDepth::Eight);
-            encoder
-                .add_text_chunk("parameters".into(), parameters.into())
-                .map_err(|e| enc(&e))?;
+            if !parameters.is_empty() {
+                encoder
+                    .add_text_chunk("parameters".into(), parameters.into())
+                    .map_err(|e| enc(&e))?;
+            }
             let mut writer = encoder.write_header().map_err(|e| enc(&e))?;
             writer.write_image_data(img.as_raw()).map_err(|e| enc(&e))?;
             writer.finish().map_err(|e| enc(&e))?;

@@ -64,6 +64,7 @@ pub fn config(size: u32, max_batch: usize, delay: Duration) -> ServerConfig {
         },
         pool: "bench".into(),
         accelerator: "cpu".into(),
+        a1111_preview_every: ServerConfig::DEFAULT_A1111_PREVIEW_EVERY,
         cloudwatch: anyaccel_server::CloudWatchConfig::default(),
     }
 }

@@ -5,20 +5,20 @@
 
 use std::time::Instant;
 
-use anyaccel_batcher::JobStatus;
+use anyaccel_batcher::{JobStatus, Previews};
 use anyaccel_pipeline::images::OutputFormat;
 use anyaccel_pipeline::{GenerationParams, GenerationRequest, Pipeline};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::AppState;
 use crate::error::{ApiError, parse_json};
@@ -136,7 +136,11 @@ async fn run(state: AppState, body: A1111Body, img2img: bool) -> Result<Response
     let request = generate::validate(&state, params)
         .await
         .map_err(a1111_names)?;
-    let (held, result) = generate::run(&state, request).await?;
+    let previews = match state.config.a1111_preview_every {
+        0 => Previews::Off,
+        n => Previews::Every(n),
+    };
+    let (held, result) = generate::run(&state, request, previews).await?;
     let job = held.job();
     let encoded = generate::encode(&state, job, &result, OutputFormat::Png, None).await?;
     let info = state.pipeline().model();
@@ -260,11 +264,34 @@ pub struct ProgressResponse {
     pub textinfo: Option<String>,
 }
 
-/// Progress of the job now running.
-#[utoipa::path(get, path = "/sdapi/v1/progress", tag = "a1111", responses((status = 200, body = ProgressResponse)))]
-pub async fn progress(State(state): State<AppState>) -> Json<ProgressResponse> {
+#[derive(Deserialize, IntoParams)]
+pub struct ProgressQuery {
+    /// Leave `current_image` out (A1111's flag).
+    #[serde(default)]
+    pub skip_current_image: bool,
+}
+
+/// Progress of the job now running; `current_image` is a base64 PNG preview
+/// of its forming image (every `--a1111-preview-every` steps).
+#[utoipa::path(get, path = "/sdapi/v1/progress", tag = "a1111", params(ProgressQuery),
+    responses((status = 200, body = ProgressResponse)))]
+pub async fn progress(
+    State(state): State<AppState>,
+    Query(query): Query<ProgressQuery>,
+) -> Json<ProgressResponse> {
     let stats = state.batcher.stats();
     let current = state.batcher.current();
+    let preview = current
+        .as_ref()
+        .and_then(|j| j.state().preview)
+        .filter(|_| !query.skip_current_image);
+    let current_image = match preview {
+        Some(p) => generate::encode_preview(p.pixels, OutputFormat::Png, None)
+            .await
+            .ok()
+            .map(|bytes| generate::b64(&bytes)),
+        None => None,
+    };
     let (progress, eta, step, steps, job, interrupted) = match &current {
         Some(j) => {
             let s = j.state();
@@ -295,7 +322,7 @@ pub async fn progress(State(state): State<AppState>) -> Json<ProgressResponse> {
             interrupted,
             job,
         },
-        current_image: None,
+        current_image,
         textinfo: None,
     })
 }

@@ -129,21 +129,27 @@ impl From<JobError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        // Refusals while draining are expected by the thousand; real failures are not.
-        if self.status.is_server_error() && self.code != "draining" {
-            tracing::warn!(code = self.code, message = %self.message, "request failed");
-        }
-        let body = ErrorBody {
+impl ApiError {
+    /// The JSON envelope clients see (also sent as a streamed `error` event).
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message.clone(),
                 param: self.param.clone(),
                 kind: self.kind().to_string(),
             },
-        };
-        let mut resp = (self.status, Json(body)).into_response();
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        // Refusals while draining are expected by the thousand; real failures are not.
+        if self.status.is_server_error() && self.code != "draining" {
+            tracing::warn!(code = self.code, message = %self.message, "request failed");
+        }
+        let mut resp = (self.status, Json(self.body())).into_response();
         if let Some(v) = self
             .retry_after
             .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyaccel_batcher::{ErrorCode, Held, Job, JobError, JobResult, JobStatus};
+use anyaccel_batcher::{
+    ErrorCode, Held, Job, JobError, JobResult, JobStatus, Previews, SubmitOptions,
+};
 use anyaccel_pipeline::images::{self, OutputFormat};
 use anyaccel_pipeline::request::size_list;
 use anyaccel_pipeline::{GenerationParams, GenerationRequest};
@@ -191,11 +193,46 @@ pub async fn validate(
 pub async fn run(
     state: &AppState,
     request: GenerationRequest,
+    previews: Previews,
 ) -> Result<(Held, Arc<JobResult>), ApiError> {
-    let held = state.batcher.run(request, crate::trace::request_id())?;
-    let done = held.job().finished().await;
-    let result = outcome(done.status, done.result, done.error)?;
+    let held = hold(state, request, previews)?;
+    let result = finished(&held).await?;
     Ok((held, result))
+}
+
+/// Queues a synchronous caller's request (cancelled when the hold drops).
+pub fn hold(
+    state: &AppState,
+    request: GenerationRequest,
+    previews: Previews,
+) -> Result<Held, ApiError> {
+    Ok(state.batcher.run(
+        request,
+        SubmitOptions {
+            request_id: crate::trace::request_id(),
+            previews,
+            ..SubmitOptions::default()
+        },
+    )?)
+}
+
+/// Waits for a held job; its result, or the error it ended with.
+pub async fn finished(held: &Held) -> Result<Arc<JobResult>, ApiError> {
+    let done = held.job().finished().await;
+    outcome(done.status, done.result, done.error)
+}
+
+/// Encodes a preview (on a blocking thread); previews carry no A1111
+/// parameters, since they are not the image those parameters make.
+pub async fn encode_preview(
+    pixels: Arc<image::RgbImage>,
+    format: OutputFormat,
+    quality: Option<u8>,
+) -> Result<Vec<u8>, ApiError> {
+    tokio::task::spawn_blocking(move || images::encode(&pixels, format, quality, ""))
+        .await
+        .map_err(|e| ApiError::internal(format!("encoding task failed: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn outcome(

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use anyaccel_batcher::{
-    ErrorCode, Job, JobError, JobEvent, JobState, JobStatus, Lookup, SubmitOptions,
+    ErrorCode, Job, JobError, JobEvent, JobState, JobStatus, Lookup, Previews, SubmitOptions,
 };
 use anyaccel_pipeline::images::Encoding;
 use axum::Json;
@@ -64,6 +64,9 @@ pub struct JobBody {
     pub target_size: Option<String>,
     pub output_format: Option<ImageFormat>,
     pub output_compression: Option<u8>,
+    /// Add a `preview` event to the job's SSE stream every this many steps
+    /// (an approximation of the forming image, in `output_format`).
+    pub preview_every: Option<u32>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -185,6 +188,16 @@ pub async fn submit(
             "must be at most 256 characters",
         ));
     }
+    let previews = match body.preview_every {
+        None => Previews::Off,
+        Some(0) => {
+            return Err(ApiError::invalid(
+                "preview_every",
+                "must be at least 1 (steps between previews); leave it out for none",
+            ));
+        }
+        Some(n) => Previews::Every(n),
+    };
     let init_image = match &body.image {
         Some(data) => Some(generate::decode_base64_image(&state, data, "image")?),
         None => None,
@@ -216,6 +229,7 @@ pub async fn submit(
                 quality: body.output_compression,
             },
             request_id: crate::trace::request_id(),
+            previews,
         },
     )?;
     let v = view(&state, &job, job.state()).await?;
@@ -290,6 +304,7 @@ fn sse_event(e: &JobEvent) -> Event {
         JobEvent::Queued { .. } => "queued",
         JobEvent::Started { .. } => "started",
         JobEvent::Step { .. } => "step",
+        JobEvent::Preview { .. } => "preview",
         JobEvent::Completed => "completed",
         JobEvent::Failed { .. } => "failed",
         JobEvent::Cancelled => "cancelled",
@@ -335,6 +350,7 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let job = lookup(&state, &id)?;
+    let encoding = job.encoding;
     // Subscribe before reading the snapshot so nothing falls in between.
     let live = BroadcastStream::new(job.events());
     let now = job.state();
@@ -348,6 +364,46 @@ pub async fn events(
         let end = futures_util::stream::once(async move { catch_up(&job.finished().await) });
         Box::pin(first.chain(tail).chain(end))
     };
-    let stream = events.map(|e| Ok(sse_event(&e)));
+    let stream = events.then(move |e| async move { Ok(with_preview(e, encoding).await) });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A preview event carries its image, encoded as the job's results are.
+#[derive(Serialize)]
+struct PreviewData {
+    event: &'static str,
+    step: u32,
+    total: u32,
+    image: usize,
+    output_format: String,
+    b64_json: String,
+}
+
+async fn with_preview(e: JobEvent, encoding: Encoding) -> Event {
+    let JobEvent::Preview {
+        step,
+        total,
+        image,
+        pixels,
+    } = &e
+    else {
+        return sse_event(&e);
+    };
+    match generate::encode_preview(pixels.clone(), encoding.format, encoding.quality).await {
+        Ok(bytes) => Event::default()
+            .event("preview")
+            .json_data(PreviewData {
+                event: "preview",
+                step: *step,
+                total: *total,
+                image: *image,
+                output_format: encoding.format.extension().replace("jpg", "jpeg"),
+                b64_json: generate::b64(&bytes),
+            })
+            .unwrap_or_else(|_| sse_event(&e)),
+        Err(err) => {
+            tracing::warn!(error = ?err, "preview could not be encoded");
+            sse_event(&e)
+        }
+    }
 }

@@ -15,6 +15,7 @@ mod metrics;
 mod openai;
 mod playground;
 mod store;
+mod stream;
 mod trace;
 
 use std::net::SocketAddr;
@@ -63,9 +64,15 @@ pub struct ServerConfig {
     pub pool: String,
     pub accelerator: String,
     pub cloudwatch: CloudWatchConfig,
+    /// A1111 requests keep a preview every this many steps for
+    /// `/sdapi/v1/progress`'s `current_image`; 0 = none.
+    pub a1111_preview_every: u32,
 }
 
 impl ServerConfig {
+    /// A1111's own default shows a preview every 10 steps; 5 suits the
+    /// 20–30-step runs most clients send, at well under 1% of the run.
+    pub const DEFAULT_A1111_PREVIEW_EVERY: u32 = 5;
     pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
     pub const DEFAULT_MAX_INPUT_PIXELS: u64 = 4096 * 4096;
     /// Kubernetes' default grace period is 30 s; drain within it.

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use anyaccel_batcher::Previews;
 use anyaccel_pipeline::GenerationParams;
 use anyaccel_pipeline::images::OutputFormat;
 use axum::Json;
@@ -19,6 +20,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::error::{ApiError, parse_json};
 use crate::generate::{self, Fields, Provenance, TimingReport};
+use crate::stream;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -77,6 +79,10 @@ pub struct GenerationBody {
     pub user: Option<String>,
     pub background: Option<String>,
     pub moderation: Option<String>,
+    /// Answer `text/event-stream`: `partial_images` previews, then the image.
+    pub stream: Option<bool>,
+    /// Partial images to stream before the final one, 0–3 (with `stream`).
+    pub partial_images: Option<u32>,
     // Extensions.
     pub negative_prompt: Option<String>,
     pub steps: Option<u32>,
@@ -129,7 +135,7 @@ async fn respond(
 ) -> Result<Response, ApiError> {
     let started = Instant::now();
     let request = generate::validate(state, params).await?;
-    let (held, result) = generate::run(state, request).await?;
+    let (held, result) = generate::run(state, request, Previews::Off).await?;
     let job = held.job();
     let encoded = generate::encode(state, job, &result, output_format, compression).await?;
     let base = base_url(state, headers);
@@ -205,6 +211,9 @@ pub async fn generations(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body: GenerationBody = parse_json(&body_bytes(body)?)?;
+    let response_format = body.response_format.unwrap_or_default();
+    let streamed = stream::options(body.stream, body.partial_images, body.n, response_format)?;
+    let output_format: OutputFormat = body.output_format.map(Into::into).unwrap_or_default();
     let params = Fields {
         prompt: Some(body.prompt),
         negative_prompt: body.negative_prompt,
@@ -220,12 +229,23 @@ pub async fn generations(
         ..Fields::default()
     }
     .params(&state)?;
+    if let Some(partials) = streamed {
+        return stream::respond(
+            &state,
+            params,
+            stream::Kind::Generation,
+            partials,
+            output_format,
+            body.output_compression,
+        )
+        .await;
+    }
     respond(
         &state,
         &headers,
         params,
-        body.response_format.unwrap_or_default(),
-        body.output_format.map(Into::into).unwrap_or_default(),
+        response_format,
+        output_format,
         body.output_compression,
     )
     .await
@@ -245,6 +265,10 @@ pub struct EditForm {
     size: Option<String>,
     response_format: Option<String>,
     output_format: Option<String>,
+    /// `true`: answer `text/event-stream` (partial images, then the image).
+    stream: Option<bool>,
+    /// Partial images to stream before the final one, 0–3.
+    partial_images: Option<u32>,
     negative_prompt: Option<String>,
     steps: Option<u32>,
     guidance_scale: Option<f32>,
@@ -269,6 +293,8 @@ pub async fn edits(
     let mut response_format = ResponseFormat::default();
     let mut output_format = OutputFormat::default();
     let mut compression = None;
+    let mut streaming = None;
+    let mut partial_images = None;
     // SDKs send a JSON list as repeated `name[]` form fields.
     let mut crop_parts: Vec<u32> = Vec::new();
     let multipart_err = |e: axum::extract::multipart::MultipartError| {
@@ -306,6 +332,16 @@ pub async fn edits(
             "crop_top_left[]" => crop_parts.push(text.trim().parse().map_err(|_| {
                 ApiError::invalid("crop_top_left", format!("`{text}` is not a pixel offset"))
             })?),
+            "stream" => {
+                streaming = Some(match text.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(ApiError::invalid("stream", "must be true or false")),
+                })
+            }
+            "partial_images" => {
+                partial_images = Some(text.parse().map_err(|_| num("an integer 0-3"))?)
+            }
             "output_compression" => {
                 compression = Some(text.parse().map_err(|_| num("an integer 0-100"))?)
             }
@@ -337,8 +373,8 @@ pub async fn edits(
                 return Err(ApiError::invalid(
                     other.to_string(),
                     "unknown field; expected image, prompt, strength, n, size, response_format, output_format, \
-                     negative_prompt, steps, guidance_scale, seed, scheduler, original_size, \
-                     crop_top_left, target_size",
+                     output_compression, stream, partial_images, negative_prompt, steps, guidance_scale, \
+                     seed, scheduler, original_size, crop_top_left, target_size",
                 ));
             }
         }
@@ -356,7 +392,19 @@ pub async fn edits(
     if fields.init_image.is_none() {
         return Err(ApiError::invalid("image", "is required"));
     }
+    let streamed = stream::options(streaming, partial_images, fields.n, response_format)?;
     let params = fields.params(&state)?;
+    if let Some(partials) = streamed {
+        return stream::respond(
+            &state,
+            params,
+            stream::Kind::Edit,
+            partials,
+            output_format,
+            compression,
+        )
+        .await;
+    }
     respond(
         &state,
         &headers,

@@ -42,6 +42,7 @@ pub fn config() -> ServerConfig {
         },
         pool: "test".into(),
         accelerator: "cpu".into(),
+        a1111_preview_every: ServerConfig::DEFAULT_A1111_PREVIEW_EVERY,
         cloudwatch: anyaccel_server::CloudWatchConfig::default(),
     }
 }
