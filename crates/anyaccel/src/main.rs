@@ -35,6 +35,8 @@ enum Command {
     Bench(Box<anyaccel_bench::BenchArgs>),
     /// Turn bench results and prices into cost per image, pool weights and KEDA targets.
     Plan(Box<anyaccel_bench::PlanArgs>),
+    /// Steer the ALB's pool weights to the capacity each pool can get (runs in the cluster).
+    Fleet(Box<anyaccel_fleet::FleetArgs>),
 }
 
 #[derive(Subcommand)]
@@ -54,5 +56,6 @@ fn main() -> anyhow::Result<()> {
         Command::Deploy(DeployCommand::Render(args)) => Ok(anyaccel_deploy::run(&args)?),
         Command::Bench(args) => Ok(anyaccel_bench::run_bench(&args)?),
         Command::Plan(args) => Ok(anyaccel_bench::run_plan(&args)?),
+        Command::Fleet(args) => Ok(anyaccel_fleet::run(&args)?),
     }
 }

@@ -56,6 +56,25 @@ pub const RESULTS_EVICTED_TOTAL: &str = "anyaccel_results_evicted_total";
 /// Panics caught in the pipeline; after one the server reports not ready.
 pub const PIPELINE_PANICS_TOTAL: &str = "anyaccel_pipeline_panics_total";
 
+/// The `anyaccel fleet` controller's series: per pool (label
+/// [`labels::POOL`]), and its API errors by [`fleet::OPERATION`].
+pub mod fleet {
+    /// The weight the Ingress gives the pool now.
+    pub const WEIGHT: &str = "anyaccel_fleet_weight";
+    /// The spec's (the plan's) weight for the pool.
+    pub const PLANNED_WEIGHT: &str = "anyaccel_fleet_planned_weight";
+    /// 1 while the pool cannot get capacity (within its hold-down), else 0.
+    pub const POOL_CONSTRAINED: &str = "anyaccel_fleet_pool_constrained";
+    pub const READY_REPLICAS: &str = "anyaccel_fleet_ready_replicas";
+    pub const DESIRED_REPLICAS: &str = "anyaccel_fleet_desired_replicas";
+    /// Writes of the Ingress's weights.
+    pub const WEIGHT_UPDATES_TOTAL: &str = "anyaccel_fleet_weight_updates_total";
+    /// Failed Kubernetes API calls, by operation.
+    pub const API_ERRORS_TOTAL: &str = "anyaccel_fleet_api_errors_total";
+    /// Label of [`API_ERRORS_TOTAL`]: `watch_deployments`, `patch_ingress`, ...
+    pub const OPERATION: &str = "operation";
+}
+
 /// PromQL for the per-pool backlog KEDA's Prometheus scaler divides by the
 /// per-replica target: total seconds of queued work across the pool's pods.
 pub fn backlog_query(pool: &str) -> String {
