@@ -243,6 +243,32 @@ test('generate shows queue position, per-step progress, and images of the chosen
   assert.equal(saved.readUInt32BE(20), 128, 'PNG height');
 });
 
+test('the image is shown forming before the final image arrives', async () => {
+  await fill(page, { prompt: 'a harbour at night', size: '128x128', steps: 150, n: 1 });
+  const before = await galleryCount(page);
+  await page.click('#generate');
+  // A preview (every ~19 steps here) appears while the job runs, at the requested size.
+  await page.waitForFunction(() => {
+    const img = document.getElementById('live-image');
+    return !document.getElementById('live').hidden && img.complete && img.naturalWidth > 0;
+  }, null, { timeout: 120_000 });
+  const live = await page.evaluate(() => ({
+    w: document.getElementById('live-image').naturalWidth,
+    h: document.getElementById('live-image').naturalHeight,
+    alt: document.getElementById('live-image').alt,
+    caption: document.getElementById('live-caption').textContent,
+    done: document.getElementById('status').classList.contains('done'),
+  }));
+  assert.equal(live.done, false, 'the preview came before the result');
+  assert.equal(live.w, 128);
+  assert.equal(live.h, 128);
+  assert.match(live.caption, /^Forming: step \d+ of 150$/);
+  assert.match(live.alt, /preview after step \d+ of 150/);
+  await page.waitForSelector('#status.done', { timeout: 120_000 });
+  assert.equal(await page.evaluate(() => document.getElementById('live').hidden), true, 'the preview gives way to the result');
+  assert.equal(await galleryCount(page), before + 1);
+});
+
 // Mean absolute difference of two gallery images' RGBA bytes, drawn through a canvas.
 async function pixelDiff(a, b) {
   const pixels = (img) => img.evaluate((i) => {
