@@ -21,6 +21,28 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
+def progress_until_idle(base_url: str, api_key: str) -> int:
+    """Polls A1111's progress until nothing runs; the highest step seen."""
+    import json
+    import time
+    import urllib.request
+
+    highest = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(
+            f"{base_url}/sdapi/v1/progress?skip_current_image=true",
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+        with urllib.request.urlopen(req) as r:
+            p = json.load(r)
+        if p["state"]["job_count"] == 0:
+            return highest
+        highest = max(highest, p["state"]["sampling_step"])
+        time.sleep(0.005)
+    raise AssertionError("the run did not stop after the client left")
+
+
 def main() -> None:
     base_url, api_key, init_image = sys.argv[1:4]
     flags = sys.argv[4:]
@@ -56,6 +78,48 @@ def main() -> None:
         )
     assert len(edited.data) == 1
     assert png_size(base64.b64decode(edited.data[0].b64_json)) == (64, 64)
+
+    # Streaming: partial images in order, then the final image, all decodable
+    # at the requested size.
+    stream = client.images.generate(
+        prompt="a watercolor lighthouse",
+        size="64x64",
+        stream=True,
+        partial_images=2,
+        extra_body={"steps": 6, "seed": 99, **extra, **micro},
+    )
+    events = list(stream)
+    kinds = [e.type for e in events]
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"], kinds
+    assert [e.partial_image_index for e in events[:2]] == [0, 1], events
+    for e in events:
+        assert png_size(base64.b64decode(e.b64_json)) == (64, 64), e.type
+    assert events[-1].usage is not None
+    with open(init_image, "rb") as f:
+        stream = client.images.edit(
+            image=("init.png", f, "image/png"),
+            prompt="the same scene at night",
+            size="64x64",
+            stream=True,
+            partial_images=1,
+            extra_body={"strength": 0.8, "steps": 8, "seed": 7, **micro},
+        )
+        kinds = [e.type for e in stream]
+    assert kinds == ["image_edit.partial_image", "image_edit.completed"], kinds
+
+    # Hanging up mid-stream cancels the run: it never reaches its last step.
+    stream = client.images.generate(
+        prompt="slow",
+        size="128x128",
+        stream=True,
+        partial_images=3,
+        extra_body={"steps": 150, **extra, **micro},
+    )
+    first = next(iter(stream))
+    assert first.type == "image_generation.partial_image", first
+    stream.close()
+    highest = progress_until_idle(base_url, api_key)
+    assert highest < 150, f"the run went on to step {highest} after the client left"
 
     # An error surfaces as the SDK's typed exception with our message.
     try:
