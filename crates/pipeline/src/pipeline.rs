@@ -55,7 +55,8 @@ pub trait Observer: Sync {
         false
     }
     /// A preview of the `image`-th image of `request` after `step` of
-    /// `total`, at the request's size (see [`crate::preview`]).
+    /// `total`, at latent resolution (1/8 of the image's; upscale it with
+    /// [`crate::preview::upscale`]).
     fn on_preview(
         &self,
         _request: usize,
@@ -577,7 +578,10 @@ impl Pipeline {
                 let step = i - start + 1;
                 if observer.wants_preview(it.request, step, total) {
                     let x0 = schedule.denoised(i, &eps, &it.latents);
-                    if let Some(img) = preview::latent_preview(family, &x0, latent_shape, w, h) {
+                    // At latent resolution: the caller upscales it off this
+                    // thread (see `preview::upscale`), so the loop pays only for the map.
+                    let (lw, lh) = (latent_shape[2] as u32, latent_shape[1] as u32);
+                    if let Some(img) = preview::latent_preview(family, &x0, latent_shape, lw, lh) {
                         observer.on_preview(it.request, it.index, step, total, img);
                     }
                 }

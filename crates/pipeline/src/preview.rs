@@ -106,13 +106,18 @@ pub fn latent_preview(
         }
         px.0 = rgb.map(|v| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8);
     }
-    Some(if (w as u32, h as u32) == (width, height) {
-        small
+    Some(upscale(small, width, height))
+}
+
+/// Resizes a latent-resolution preview to the image's size. Bilinear: the
+/// latent grid is 8× coarser than the image, and smooth reads better than
+/// blocks.
+pub fn upscale(img: RgbImage, width: u32, height: u32) -> RgbImage {
+    if img.dimensions() == (width, height) {
+        img
     } else {
-        // Bilinear: the latent grid is 8× coarser than the image, and a
-        // smooth upscale reads better than blocks.
-        image::imageops::resize(&small, width, height, image::imageops::FilterType::Triangle)
-    })
+        image::imageops::resize(&img, width, height, image::imageops::FilterType::Triangle)
+    }
 }
 
 #[cfg(test)]

@@ -283,10 +283,10 @@ pub async fn progress(
     let current = state.batcher.current();
     let preview = current
         .as_ref()
-        .and_then(|j| j.state().preview)
+        .and_then(|j| Some((j.state().preview?, j.request.width(), j.request.height())))
         .filter(|_| !query.skip_current_image);
     let current_image = match preview {
-        Some(p) => generate::encode_preview(p.pixels, OutputFormat::Png, None)
+        Some((p, w, h)) => generate::encode_preview(p.pixels, (w, h), OutputFormat::Png, None)
             .await
             .ok()
             .map(|bytes| generate::b64(&bytes)),

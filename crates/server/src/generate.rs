@@ -226,10 +226,14 @@ pub async fn finished(held: &Held) -> Result<Arc<JobResult>, ApiError> {
 /// parameters, since they are not the image those parameters make.
 pub async fn encode_preview(
     pixels: Arc<image::RgbImage>,
+    size: (u32, u32),
     format: OutputFormat,
     quality: Option<u8>,
 ) -> Result<Vec<u8>, ApiError> {
-    tokio::task::spawn_blocking(move || images::encode(&pixels, format, quality, ""))
+    tokio::task::spawn_blocking(move || {
+        let img = anyaccel_pipeline::preview::upscale((*pixels).clone(), size.0, size.1);
+        images::encode(&img, format, quality, "")
+    })
         .await
         .map_err(|e| ApiError::internal(format!("encoding task failed: {e}")))?
         .map_err(|e| ApiError::internal(e.to_string()))

@@ -351,6 +351,7 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let job = lookup(&state, &id)?;
     let encoding = job.encoding;
+    let size = (job.request.width(), job.request.height());
     // Subscribe before reading the snapshot so nothing falls in between.
     let live = BroadcastStream::new(job.events());
     let now = job.state();
@@ -364,7 +365,7 @@ pub async fn events(
         let end = futures_util::stream::once(async move { catch_up(&job.finished().await) });
         Box::pin(first.chain(tail).chain(end))
     };
-    let stream = events.then(move |e| async move { Ok(with_preview(e, encoding).await) });
+    let stream = events.then(move |e| async move { Ok(with_preview(e, size, encoding).await) });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -379,7 +380,7 @@ struct PreviewData {
     b64_json: String,
 }
 
-async fn with_preview(e: JobEvent, encoding: Encoding) -> Event {
+async fn with_preview(e: JobEvent, size: (u32, u32), encoding: Encoding) -> Event {
     let JobEvent::Preview {
         step,
         total,
@@ -389,7 +390,7 @@ async fn with_preview(e: JobEvent, encoding: Encoding) -> Event {
     else {
         return sse_event(&e);
     };
-    match generate::encode_preview(pixels.clone(), encoding.format, encoding.quality).await {
+    match generate::encode_preview(pixels.clone(), size, encoding.format, encoding.quality).await {
         Ok(bytes) => Event::default()
             .event("preview")
             .json_data(PreviewData {
