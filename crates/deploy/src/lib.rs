@@ -30,7 +30,7 @@ pub mod yaml;
 use std::path::PathBuf;
 
 pub use config::{
-    AcceleratorKind, Artifact, CapacityType, CloudWatchPublish, ClusterConfig, CompileTarget,
+    AcceleratorKind, Artifact, C2paSigning, CapacityType, CloudWatchPublish, ClusterConfig, CompileTarget,
     IngressMode, IngressScheme, InstanceSelector, Pool, PrometheusSignal, ScalingTrigger,
 };
 pub use error::DeployError;

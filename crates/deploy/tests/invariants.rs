@@ -703,3 +703,50 @@ fn object_names_fit_kubernetes_limits() {
         }
     }
 }
+
+#[test]
+fn c2pa_signing_is_configured_on_every_server() {
+    let objs = support::seed();
+    for d in servers(&objs) {
+        let c = &containers(d)[0];
+        assert_eq!(env_of(c, "ANYACCEL_C2PA"), Some("on"));
+        assert_eq!(env_of(c, "ANYACCEL_C2PA_INCLUDE_PROMPT"), Some("false"));
+        let cert = env_of(c, "ANYACCEL_C2PA_CERT").expect("cert path");
+        let key = env_of(c, "ANYACCEL_C2PA_KEY").expect("key path");
+        let mount = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "c2pa")
+            .expect("the Secret is mounted");
+        let dir = str_of(&mount["mountPath"]);
+        assert_eq!(mount["readOnly"], true);
+        assert_eq!(cert, format!("{dir}/tls.crt"));
+        assert_eq!(key, format!("{dir}/tls.key"));
+        let vol = pod_spec(d)["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "c2pa")
+            .expect("volume");
+        assert_eq!(vol["secret"]["secretName"], "c2pa-signing");
+    }
+    // Without a Secret: signing stays on with a development certificate.
+    for d in servers(&support::cpu()) {
+        let c = &containers(d)[0];
+        assert_eq!(env_of(c, "ANYACCEL_C2PA"), Some("on"));
+        assert_eq!(env_of(c, "ANYACCEL_C2PA_CERT"), None);
+    }
+    let off = support::render_str(&format!("{}\n[c2pa]\nenabled = false\n", support::MINIMAL));
+    for d in servers(&off) {
+        assert_eq!(env_of(&containers(d)[0], "ANYACCEL_C2PA"), Some("off"));
+    }
+    let bad = anyaccel_deploy::ClusterConfig::from_toml_str(&format!(
+        "{}\n[c2pa]\nenabled = false\nsecret = \"Bad_Name\"\n",
+        support::MINIMAL
+    ))
+    .expect_err("bad c2pa");
+    let p = bad.problems();
+    assert!(p.iter().any(|m| m.contains("c2pa.secret \"Bad_Name\" is not a valid Secret name")), "{p:?}");
+    assert!(p.iter().any(|m| m.contains("c2pa.secret does nothing with c2pa.enabled = false")), "{p:?}");
+}

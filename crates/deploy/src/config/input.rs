@@ -18,6 +18,7 @@ pub(super) struct RawConfig {
     pub(super) scaling: Option<RawScaling>,
     pub(super) device_plugins: Option<RawDevicePlugins>,
     pub(super) fleet: Option<RawFleet>,
+    pub(super) c2pa: Option<RawC2pa>,
     #[serde(default)]
     pub(super) artifacts: Vec<RawArtifact>,
     #[serde(default)]
@@ -73,6 +74,14 @@ pub(super) struct RawDevicePlugins {
     pub(super) render: Option<bool>,
     pub(super) nvidia_image: Option<String>,
     pub(super) neuron_image: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawC2pa {
+    pub(super) enabled: Option<bool>,
+    pub(super) secret: Option<String>,
+    pub(super) include_prompt: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]

@@ -462,9 +462,25 @@ pub struct ClusterConfig {
     artifacts: Vec<Artifact>,
     pools: Vec<Pool>,
     fleet: FleetController,
+    c2pa: C2paSigning,
     /// Indexes into `pools`, first fallback first.
     fallback_order: Vec<usize>,
     plan: Option<PlanStamp>,
+}
+
+/// C2PA Content Credentials on the servers' images (`[c2pa]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum C2paSigning {
+    /// Images go out unsigned (`enabled = false`).
+    Off,
+    On {
+        /// A `kubernetes.io/tls` Secret (`tls.crt` chain, `tls.key`) the
+        /// servers sign with; without one each pod makes a development
+        /// certificate at start-up, which verifiers report as untrusted.
+        secret: Option<String>,
+        /// Record prompts and seeds in the manifests.
+        include_prompt: bool,
+    },
 }
 
 /// The `anyaccel fleet` controller (`[fleet]`).
@@ -587,6 +603,9 @@ impl ClusterConfig {
     }
     pub fn fleet(&self) -> &FleetController {
         &self.fleet
+    }
+    pub fn c2pa(&self) -> &C2paSigning {
+        &self.c2pa
     }
     /// Pools in fallback order: the plan's when rendered with one, else the
     /// order of the config (list the cheapest first).

@@ -12,8 +12,8 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec,
-    PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec, SleepAction,
-    TopologySpreadConstraint,
+    PodTemplateSpec, Probe, SecretVolumeSource, Service, ServicePort, ServiceSpec, SleepAction,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -26,7 +26,9 @@ use super::{
     node_selector, pool_labels, pool_object_name, pool_selector, pool_tolerations,
     restricted_container_security, restricted_pod_security,
 };
-use crate::config::{CloudWatchPublish, ClusterConfig, Pool, PrometheusSignal, ScalingTrigger};
+use crate::config::{
+    C2paSigning, CloudWatchPublish, ClusterConfig, Pool, PrometheusSignal, ScalingTrigger,
+};
 use crate::crd::{
     AdvancedConfig, AuthenticationKind, AuthenticationRef, Fallback, FallbackBehavior,
     HorizontalPodAutoscalerConfig, MetricTargetType, PodIdentity, ScaleTargetRef, ScaleTrigger,
@@ -38,6 +40,9 @@ use crate::keda::{
     CLOUDWATCH_DIMENSION_POOL, CLOUDWATCH_NAMESPACE, CloudWatchMetadata, CloudWatchMetric,
     PrometheusMetadata, ScalerType, check_trigger,
 };
+
+/// Where a pool's C2PA signing Secret is mounted.
+const C2PA_DIR: &str = "/etc/anyaccel/c2pa";
 
 /// `terminationGracePeriodSeconds`: preStop sleep, then the server's drain,
 /// then a margin; always longer than the drain timeout.
@@ -96,7 +101,42 @@ pub fn deployment(cfg: &ClusterConfig, pool: &Pool) -> Deployment {
         pool.drain_timeout_secs().to_string(),
     ));
     env.extend(cloudwatch_env(pool));
-    let (volumes, mounts) = scratch_volumes("2Gi", pool.model_cache_size());
+    let (mut volumes, mut mounts) = scratch_volumes("2Gi", pool.model_cache_size());
+    match cfg.c2pa() {
+        C2paSigning::Off => env.push(super::env("ANYACCEL_C2PA", "off")),
+        C2paSigning::On {
+            secret,
+            include_prompt,
+        } => {
+            env.push(super::env("ANYACCEL_C2PA", "on"));
+            env.push(super::env(
+                "ANYACCEL_C2PA_INCLUDE_PROMPT",
+                include_prompt.to_string(),
+            ));
+            if let Some(secret) = secret {
+                env.push(super::env(
+                    "ANYACCEL_C2PA_CERT",
+                    format!("{C2PA_DIR}/tls.crt"),
+                ));
+                env.push(super::env("ANYACCEL_C2PA_KEY", format!("{C2PA_DIR}/tls.key")));
+                volumes.push(Volume {
+                    name: "c2pa".into(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(secret.clone()),
+                        default_mode: Some(0o440),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+                mounts.push(VolumeMount {
+                    name: "c2pa".into(),
+                    mount_path: C2PA_DIR.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
+            }
+        }
+    }
 
     let startup_failures = pool
         .startup_timeout_secs()

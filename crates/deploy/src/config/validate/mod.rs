@@ -12,13 +12,14 @@ use anyaccel_pipeline::ModelFamily;
 use crate::config::defaults::{
     DEFAULT_AMI_ALIAS, DEFAULT_NEURON_PLUGIN_IMAGE, DEFAULT_NVIDIA_PLUGIN_IMAGE,
 };
-use crate::config::input::{RawConfig, RawFleet, RawIngress};
+use crate::config::input::{RawC2pa, RawConfig, RawFleet, RawIngress};
 use crate::config::syntax::{
     is_arn, is_dns_label, is_dns_subdomain, is_hostname, is_image_repository, is_image_tag,
     is_model_location,
 };
 use crate::config::{
-    AcceleratorKind, Artifact, ClusterConfig, CompileTarget, DevicePlugins, FleetController,
+    AcceleratorKind, Artifact, C2paSigning, ClusterConfig, CompileTarget, DevicePlugins,
+    FleetController,
     IngressConfig, IngressMode, IngressScheme,
 };
 use crate::error::DeployError;
@@ -303,6 +304,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<ClusterConfig, DeployError> {
     }
 
     let fleet = validate_fleet(raw.fleet.unwrap_or_default(), pools.len(), &mut p);
+    let c2pa = validate_c2pa(raw.c2pa.unwrap_or_default(), &mut p);
     if fleet.enabled && !image_tags.contains_key(&AcceleratorKind::CpuAmd64) {
         p.add(
             "image.tags.cpu-amd64 is required for the fleet controller, which runs the CPU image (or set [fleet] controller = false)",
@@ -327,8 +329,32 @@ pub(super) fn validate(raw: RawConfig) -> Result<ClusterConfig, DeployError> {
         fallback_order: (0..pools.len()).collect(),
         pools,
         fleet,
+        c2pa,
         plan: None,
     })
+}
+
+fn validate_c2pa(raw: RawC2pa, p: &mut Problems) -> C2paSigning {
+    if let Some(s) = &raw.secret
+        && !is_dns_subdomain(s)
+    {
+        p.add(format!("c2pa.secret {s:?} is not a valid Secret name"));
+    }
+    if raw.enabled == Some(false) {
+        for (key, set) in [
+            ("secret", raw.secret.is_some()),
+            ("include_prompt", raw.include_prompt.is_some()),
+        ] {
+            if set {
+                p.add(format!("c2pa.{key} does nothing with c2pa.enabled = false"));
+            }
+        }
+        return C2paSigning::Off;
+    }
+    C2paSigning::On {
+        secret: raw.secret,
+        include_prompt: raw.include_prompt.unwrap_or(false),
+    }
 }
 
 /// Default quiet time before a pool short of capacity gets its weight back:
