@@ -304,6 +304,8 @@ impl ModelArgs {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub c2pa: anyaccel_provenance::C2paArgs,
     #[arg(long)]
     pub prompt: String,
     #[arg(long)]
@@ -367,6 +369,7 @@ pub fn parse_size(s: &str) -> Result<(u32, u32), String> {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
+    let signer = anyaccel_provenance::Signer::from_args(&args.c2pa)?;
     let limits = Limits {
         max_images: args.n.max(Limits::default().max_images),
         ..Limits::default()
@@ -418,7 +421,11 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     for (i, img) in images.iter().enumerate() {
         let text = anyaccel_server::infotext(&pipeline, &request, img.seed);
-        let bytes = images::encode(&img.image, args.format, None, &text)?;
+        let mut bytes = images::encode(&img.image, args.format, None, &text)?;
+        if let Some(s) = &signer {
+            bytes =
+                anyaccel_server::sign_image(s, &bytes, args.format, &pipeline, &request, img.seed)?;
+        }
         let path = args
             .out
             .join(format!("{i:03}-{}.{}", img.seed, args.format.extension()));

@@ -16,6 +16,8 @@ use crate::generate::{LoadPlan, ModelArgs, parse_bytes, parse_size};
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub c2pa: anyaccel_provenance::C2paArgs,
     #[arg(long, default_value = "0.0.0.0", env = "ANYACCEL_HOST")]
     pub host: String,
     #[arg(long, default_value_t = 8080, env = "ANYACCEL_PORT")]
@@ -132,6 +134,15 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Before the model loads: a bad certificate or key fails in a second.
+    let signer = anyaccel_provenance::Signer::from_args(&args.c2pa)?;
+    match &signer {
+        Some(s) if s.is_development() => tracing::warn!(
+            "signing images with a development C2PA certificate; verifiers report it as untrusted (set --c2pa-cert and --c2pa-key)"
+        ),
+        Some(s) => tracing::info!(c2pa = %s.describe(), "signing images with C2PA"),
+        None => tracing::info!("C2PA signing is off"),
+    }
     let limits = Limits {
         max_images: args.max_images,
         max_steps: args.max_steps,
@@ -198,7 +209,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ttl_secs = config.batcher.result_ttl.as_secs(),
         "result memory budget"
     );
-    let state = AppState::new(pipeline, config)?;
+    let state = AppState::new(pipeline, config)?.with_signer(signer);
     runtime.block_on(anyaccel_server::serve(state))?;
     tracing::info!("bye");
     Ok(())

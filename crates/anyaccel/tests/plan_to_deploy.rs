@@ -243,12 +243,18 @@ fn bench_plan_render_validate() {
             custom += 1;
         }
     }
-    assert!(custom >= 6, "ScaledObjects, NodePools and EC2NodeClasses: {custom}");
+    assert!(
+        custom >= 6,
+        "ScaledObjects, NodePools and EC2NodeClasses: {custom}"
+    );
     let status = Command::new(repo().join("scripts/deploy/validate.sh"))
         .arg(&rendered)
         .current_dir(repo())
         .status()
         .expect("validate.sh runs");
-    assert!(status.success(), "kubernetes-validate rejected the rendered fleet");
+    assert!(
+        status.success(),
+        "kubernetes-validate rejected the rendered fleet"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

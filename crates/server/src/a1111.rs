@@ -11,8 +11,8 @@ use anyaccel_pipeline::{GenerationParams, GenerationRequest, Pipeline};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -283,10 +283,10 @@ pub async fn progress(
     let current = state.batcher.current();
     let preview = current
         .as_ref()
-        .and_then(|j| Some((j.state().preview?, j.request.width(), j.request.height())))
+        .and_then(|j| Some((j, j.state().preview?)))
         .filter(|_| !query.skip_current_image);
     let current_image = match preview {
-        Some((p, w, h)) => generate::encode_preview(p.pixels, (w, h), OutputFormat::Png, None)
+        Some((j, p)) => generate::encode_preview(&state, j, p.pixels, OutputFormat::Png, None)
             .await
             .ok()
             .map(|bytes| generate::b64(&bytes)),

@@ -10,7 +10,8 @@ use anyaccel_batcher::{
 };
 use anyaccel_pipeline::images::{self, OutputFormat};
 use anyaccel_pipeline::request::size_list;
-use anyaccel_pipeline::{GenerationParams, GenerationRequest};
+use anyaccel_pipeline::{GenerationParams, GenerationRequest, Pipeline};
+use anyaccel_provenance::{ImageFacts, ImageFormat as ProvenanceFormat, ProvenanceError, Signer};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use base64::Engine;
 use serde::Serialize;
@@ -224,19 +225,67 @@ pub async fn finished(held: &Held) -> Result<Arc<JobResult>, ApiError> {
 
 /// Encodes a preview (on a blocking thread); previews carry no A1111
 /// parameters, since they are not the image those parameters make.
+/// Previews are signed too: every image that leaves the server says what made it.
 pub async fn encode_preview(
+    state: &AppState,
+    job: &Arc<Job>,
     pixels: Arc<image::RgbImage>,
-    size: (u32, u32),
     format: OutputFormat,
     quality: Option<u8>,
 ) -> Result<Vec<u8>, ApiError> {
+    let (pipeline, signer, job) = (state.pipeline().clone(), state.signer.clone(), job.clone());
     tokio::task::spawn_blocking(move || {
-        let img = anyaccel_pipeline::preview::upscale((*pixels).clone(), size.0, size.1);
-        images::encode(&img, format, quality, "")
+        let r = &job.request;
+        let img = anyaccel_pipeline::preview::upscale((*pixels).clone(), r.width(), r.height());
+        let bytes = images::encode(&img, format, quality, "")
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let seed = r.seeds().first().copied().unwrap_or_default();
+        sign(signer.as_deref(), bytes, format, &pipeline, r, seed)
     })
-        .await
-        .map_err(|e| ApiError::internal(format!("encoding task failed: {e}")))?
-        .map_err(|e| ApiError::internal(e.to_string()))
+    .await
+    .map_err(|e| ApiError::internal(format!("encoding task failed: {e}")))?
+}
+
+/// Signs an encoded image with a C2PA manifest naming the model (and, if the
+/// operator allowed it, the prompt and seed); the `generate` CLI uses it too.
+pub fn sign_image(
+    signer: &Signer,
+    bytes: &[u8],
+    format: OutputFormat,
+    pipeline: &Pipeline,
+    request: &GenerationRequest,
+    seed: u64,
+) -> Result<Vec<u8>, ProvenanceError> {
+    let m = pipeline.model();
+    let facts = ImageFacts {
+        software_version: env!("CARGO_PKG_VERSION").to_string(),
+        model_id: m.id.clone(),
+        model_hash: m.hash.clone(),
+        prompt: Some(request.prompt().to_string()),
+        negative_prompt: Some(request.negative_prompt().to_string()).filter(|s| !s.is_empty()),
+        seed: Some(seed),
+    };
+    let format = match format {
+        OutputFormat::Png => ProvenanceFormat::Png,
+        OutputFormat::Jpeg => ProvenanceFormat::Jpeg,
+        OutputFormat::Webp => ProvenanceFormat::Webp,
+    };
+    signer.sign(bytes, format, &facts)
+}
+
+fn sign(
+    signer: Option<&Signer>,
+    bytes: Vec<u8>,
+    format: OutputFormat,
+    pipeline: &Pipeline,
+    request: &GenerationRequest,
+    seed: u64,
+) -> Result<Vec<u8>, ApiError> {
+    match signer {
+        None => Ok(bytes),
+        Some(s) => sign_image(s, &bytes, format, pipeline, request, seed)
+            .map_err(|e| ApiError::internal(e.to_string())),
+    }
 }
 
 fn outcome(
@@ -273,6 +322,7 @@ pub async fn encode(
     quality: Option<u8>,
 ) -> Result<Vec<Encoded>, ApiError> {
     let pipeline = state.pipeline().clone();
+    let signer = state.signer.clone();
     let job = job.clone();
     let result = result.clone();
     let started = Instant::now();
@@ -282,17 +332,26 @@ pub async fn encode(
             .iter()
             .map(|img| {
                 let infotext = crate::a1111::infotext(&pipeline, &job.request, img.seed);
-                images::encode(&img.image, format, quality, &infotext).map(|bytes| Encoded {
+                let bytes = images::encode(&img.image, format, quality, &infotext)
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let bytes = sign(
+                    signer.as_deref(),
+                    bytes,
+                    format,
+                    &pipeline,
+                    &job.request,
+                    img.seed,
+                )?;
+                Ok(Encoded {
                     seed: img.seed,
                     bytes,
                     infotext,
                 })
             })
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Vec<_>, ApiError>>()
     })
     .await
-    .map_err(|e| ApiError::internal(format!("encoding task failed: {e}")))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .map_err(|e| ApiError::internal(format!("encoding task failed: {e}")))??;
     state.metrics.observe_image_encode(started.elapsed());
     Ok(out)
 }

@@ -100,6 +100,11 @@ pub struct InfoMemory {
 
 #[derive(Serialize, ToSchema)]
 pub struct Info {
+    /// C2PA signing: `enabled`, and with it the algorithm, certificate
+    /// subject, issuer, expiry, whether it is a development certificate, and
+    /// whether prompts are recorded.
+    #[schema(value_type = Object)]
+    pub c2pa: serde_json::Value,
     pub model: String,
     pub model_hash: String,
     /// The model family: `sd` (SD 1.x/2.x), `sdxl`, `sd3` or `flux`.
@@ -172,6 +177,10 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
         })
         .collect();
     Json(Info {
+        c2pa: match &state.signer {
+            Some(s) => s.describe(),
+            None => anyaccel_provenance::Signer::describe_disabled(),
+        },
         model: m.id.clone(),
         model_hash: m.hash.clone(),
         family: m.family.name().to_string(),

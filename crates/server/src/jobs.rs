@@ -351,7 +351,7 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let job = lookup(&state, &id)?;
     let encoding = job.encoding;
-    let size = (job.request.width(), job.request.height());
+    let (state2, job2) = (state.clone(), job.clone());
     // Subscribe before reading the snapshot so nothing falls in between.
     let live = BroadcastStream::new(job.events());
     let now = job.state();
@@ -365,7 +365,10 @@ pub async fn events(
         let end = futures_util::stream::once(async move { catch_up(&job.finished().await) });
         Box::pin(first.chain(tail).chain(end))
     };
-    let stream = events.then(move |e| async move { Ok(with_preview(e, size, encoding).await) });
+    let stream = events.then(move |e| {
+        let (state, job) = (state2.clone(), job2.clone());
+        async move { Ok(with_preview(&state, &job, e, encoding).await) }
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -380,7 +383,7 @@ struct PreviewData {
     b64_json: String,
 }
 
-async fn with_preview(e: JobEvent, size: (u32, u32), encoding: Encoding) -> Event {
+async fn with_preview(state: &AppState, job: &Arc<Job>, e: JobEvent, encoding: Encoding) -> Event {
     let JobEvent::Preview {
         step,
         total,
@@ -390,7 +393,15 @@ async fn with_preview(e: JobEvent, size: (u32, u32), encoding: Encoding) -> Even
     else {
         return sse_event(&e);
     };
-    match generate::encode_preview(pixels.clone(), size, encoding.format, encoding.quality).await {
+    match generate::encode_preview(
+        state,
+        job,
+        pixels.clone(),
+        encoding.format,
+        encoding.quality,
+    )
+    .await
+    {
         Ok(bytes) => Event::default()
             .event("preview")
             .json_data(PreviewData {

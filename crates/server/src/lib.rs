@@ -35,8 +35,10 @@ use subtle::ConstantTimeEq;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use a1111::infotext;
+use anyaccel_provenance::Signer;
 pub use cloudwatch::{CloudWatchConfig, CloudWatchMode};
 pub use error::ApiError;
+pub use generate::sign_image;
 pub use metrics::Metrics;
 
 /// Everything `serve` needs besides the pipeline.
@@ -86,6 +88,8 @@ pub struct AppState {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config: Arc<ServerConfig>,
     warmed: Arc<AtomicBool>,
+    /// Signs every returned image (C2PA); `None` = unsigned.
+    pub(crate) signer: Option<Arc<Signer>>,
 }
 
 impl AppState {
@@ -99,7 +103,14 @@ impl AppState {
             metrics,
             config: Arc::new(config),
             warmed: Arc::new(AtomicBool::new(false)),
+            signer: None,
         })
+    }
+
+    /// Signs every image this server returns with `signer`'s C2PA manifests.
+    pub fn with_signer(mut self, signer: Option<Signer>) -> Self {
+        self.signer = signer.map(Arc::new);
+        self
     }
 
     pub(crate) fn pipeline(&self) -> &Arc<Pipeline> {

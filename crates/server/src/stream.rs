@@ -251,8 +251,9 @@ pub async fn respond(
         format,
         compression,
     };
-    let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> =
-        Box::pin(stream::unfold(Some(first), |s| async move { s?.next().await }));
+    let events: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> = Box::pin(
+        stream::unfold(Some(first), |s| async move { s?.next().await }),
+    );
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())

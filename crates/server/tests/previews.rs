@@ -300,7 +300,10 @@ fn openai_streams_partial_images_then_the_image() {
 
     // partial_images 0: just the image.
     let events = read_sse(
-        stream_generation(&s, json!({"prompt": "x", "steps": 3, "size": "64x64", "stream": true})),
+        stream_generation(
+            &s,
+            json!({"prompt": "x", "steps": 3, "size": "64x64", "stream": true}),
+        ),
         |_, _| true,
     );
     assert_eq!(events.len(), 1);
@@ -338,9 +341,18 @@ fn streaming_options_that_cannot_work_are_refused() {
     let s = start(config());
     for (body, param) in [
         (json!({"prompt": "x", "stream": true, "n": 2}), "n"),
-        (json!({"prompt": "x", "stream": true, "partial_images": 4}), "partial_images"),
-        (json!({"prompt": "x", "partial_images": 2}), "partial_images"),
-        (json!({"prompt": "x", "stream": true, "response_format": "url"}), "response_format"),
+        (
+            json!({"prompt": "x", "stream": true, "partial_images": 4}),
+            "partial_images",
+        ),
+        (
+            json!({"prompt": "x", "partial_images": 2}),
+            "partial_images",
+        ),
+        (
+            json!({"prompt": "x", "stream": true, "response_format": "url"}),
+            "response_format",
+        ),
     ] {
         let (status, _, err) = s.post_json("/v1/images/generations", &body);
         assert_eq!(status, 400, "{body}: {err}");
