@@ -172,9 +172,17 @@ pub struct SubmitOptions {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum JobEvent {
-    Queued { position: usize, eta_seconds: f64 },
-    Started { batch_images: usize },
-    Step { step: u32, total: u32 },
+    Queued {
+        position: usize,
+        eta_seconds: f64,
+    },
+    Started {
+        batch_images: usize,
+    },
+    Step {
+        step: u32,
+        total: u32,
+    },
     /// A preview of image `image` after `step`; the pixels are encoded by
     /// whoever sends the event on.
     Preview {
@@ -185,7 +193,9 @@ pub enum JobEvent {
         pixels: Arc<RgbImage>,
     },
     Completed,
-    Failed { error: JobError },
+    Failed {
+        error: JobError,
+    },
     Cancelled,
 }
 

@@ -353,7 +353,10 @@ async fn idempotency_keys_return_the_same_job_until_it_is_forgotten() {
 #[tokio::test]
 async fn a_synchronous_result_is_released_with_its_hold() {
     let r = rig(config());
-    let held = r.batcher.run(request(&r, "a", 2, 2), SubmitOptions::default()).unwrap();
+    let held = r
+        .batcher
+        .run(request(&r, "a", 2, 2), SubmitOptions::default())
+        .unwrap();
     let job = held.job().clone();
     assert_eq!(status(&job).await, JobStatus::Completed);
     assert!(matches!(r.batcher.get(&job.id), Lookup::Found(_)));
@@ -368,7 +371,10 @@ async fn a_synchronous_result_is_released_with_its_hold() {
 async fn dropping_a_hold_cancels_its_running_job() {
     let r = rig(config());
     r.fake.gate.set(Some(0));
-    let held = r.batcher.run(request(&r, "a", 1, 5), SubmitOptions::default()).unwrap();
+    let held = r
+        .batcher
+        .run(request(&r, "a", 1, 5), SubmitOptions::default())
+        .unwrap();
     let job = held.job().clone();
     until_waiting(&r.fake).await;
     drop(held);

@@ -18,7 +18,9 @@ pub enum DeployError {
     Invalid { problems: Vec<String> },
 
     /// The plan is of another format version than this build reads.
-    #[error("{origin}: plan format_version {found}, but this build reads {expected}; re-run `anyaccel plan` with this release")]
+    #[error(
+        "{origin}: plan format_version {found}, but this build reads {expected}; re-run `anyaccel plan` with this release"
+    )]
     PlanVersion {
         origin: String,
         found: String,

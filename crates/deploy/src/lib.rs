@@ -22,28 +22,29 @@ pub mod crd;
 mod error;
 pub mod fleet;
 pub mod keda;
-pub mod plan;
 mod output;
+pub mod plan;
 mod render;
 pub mod yaml;
 
 use std::path::PathBuf;
 
 pub use config::{
-    AcceleratorKind, Artifact, C2paSigning, CapacityType, CloudWatchPublish, ClusterConfig, CompileTarget,
-    IngressMode, IngressScheme, InstanceSelector, Pool, PrometheusSignal, ScalingTrigger,
+    AcceleratorKind, Artifact, C2paSigning, CapacityType, CloudWatchPublish, ClusterConfig,
+    CompileTarget, IngressMode, IngressScheme, InstanceSelector, Pool, PrometheusSignal,
+    ScalingTrigger,
 };
 pub use error::DeployError;
-pub use plan::Plan;
 pub use keda::{
     CLOUDWATCH_BACKLOG_METRIC, CLOUDWATCH_DIMENSION_ACCELERATOR, CLOUDWATCH_DIMENSION_MODEL,
     CLOUDWATCH_DIMENSION_POOL, CLOUDWATCH_NAMESPACE,
 };
 pub use output::{file_name, to_yaml_stream, write_dir, write_yaml};
+pub use plan::Plan;
 pub use render::{
-    GRACE_MARGIN_SECS, PATH_LIVE, PLAN_DATE_ANNOTATION, PLAN_SHA256_ANNOTATION, PATH_METRICS, PATH_READY, POOL_LABEL, PRESTOP_SLEEP_SECS,
-    RenderedObject, SERVER_PATHS, SERVER_PORT, SERVICE_PORT, node_pool_name, pool_object_name,
-    render,
+    GRACE_MARGIN_SECS, PATH_LIVE, PATH_METRICS, PATH_READY, PLAN_DATE_ANNOTATION,
+    PLAN_SHA256_ANNOTATION, POOL_LABEL, PRESTOP_SLEEP_SECS, RenderedObject, SERVER_PATHS,
+    SERVER_PORT, SERVICE_PORT, node_pool_name, pool_object_name, render,
 };
 
 /// `anyaccel deploy render`.

@@ -97,7 +97,10 @@ impl Plan {
         // The version first, so a plan from another release says so rather
         // than failing on a renamed key.
         let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
-        match table.get("format_version").and_then(toml::Value::as_integer) {
+        match table
+            .get("format_version")
+            .and_then(toml::Value::as_integer)
+        {
             Some(v) if v == i64::from(PLAN_FILE_VERSION) => {}
             found => {
                 return Err(DeployError::PlanVersion {

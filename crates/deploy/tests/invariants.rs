@@ -747,6 +747,14 @@ fn c2pa_signing_is_configured_on_every_server() {
     ))
     .expect_err("bad c2pa");
     let p = bad.problems();
-    assert!(p.iter().any(|m| m.contains("c2pa.secret \"Bad_Name\" is not a valid Secret name")), "{p:?}");
-    assert!(p.iter().any(|m| m.contains("c2pa.secret does nothing with c2pa.enabled = false")), "{p:?}");
+    assert!(
+        p.iter()
+            .any(|m| m.contains("c2pa.secret \"Bad_Name\" is not a valid Secret name")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m.contains("c2pa.secret does nothing with c2pa.enabled = false")),
+        "{p:?}"
+    );
 }

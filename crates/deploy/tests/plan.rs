@@ -151,7 +151,10 @@ fn the_seed_plan_sets_weights_targets_and_bounds_of_every_pool() {
     let order: Vec<&str> = spec.pools.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(order, plan.file().plan.fallback_order);
     for p in &spec.pools {
-        assert_eq!(u32::from(p.weight), plan.pool(&p.name).expect("planned").weight);
+        assert_eq!(
+            u32::from(p.weight),
+            plan.pool(&p.name).expect("planned").weight
+        );
     }
     assert_eq!(spec.plan.as_ref(), Some(plan.stamp()));
 }
@@ -159,8 +162,8 @@ fn the_seed_plan_sets_weights_targets_and_bounds_of_every_pool() {
 #[test]
 fn the_plan_hash_changes_with_the_file() {
     let a = plan_str(TWO_POOLS).expect("plan");
-    let b = plan_str(&TWO_POOLS.replace("2026-12-01T10:00:00Z", "2026-12-02T10:00:00Z"))
-        .expect("plan");
+    let b =
+        plan_str(&TWO_POOLS.replace("2026-12-01T10:00:00Z", "2026-12-02T10:00:00Z")).expect("plan");
     assert_ne!(a.stamp().sha256, b.stamp().sha256);
     assert_eq!(b.stamp().generated_at, "2026-12-02T10:00:00Z");
 }
@@ -194,15 +197,21 @@ fn a_config_value_that_contradicts_the_plan_names_both_files() {
     let e = with_plan(&config, TWO_POOLS).expect_err("contradiction");
     let problems = e.problems().to_vec();
     let text = err_text(e);
-    assert!(text.contains("cluster config and plan.toml disagree"), "{text}");
+    assert!(
+        text.contains("cluster config and plan.toml disagree"),
+        "{text}"
+    );
     for (key, ours, theirs) in [
         ("weight", "500", "700"),
         ("target_backlog_secs", "3", "4"),
         ("latency_slo_secs", "8", "10"),
     ] {
         assert!(
-            problems.iter().any(|p| p.contains(&format!("pools[1] (\"gpu\").{key} = {ours} in cluster config"))
-                && p.contains(&format!("plan.toml gives \"gpu\" {key} = {theirs}"))),
+            problems
+                .iter()
+                .any(|p| p.contains(&format!(
+                    "pools[1] (\"gpu\").{key} = {ours} in cluster config"
+                )) && p.contains(&format!("plan.toml gives \"gpu\" {key} = {theirs}"))),
             "{key}: {problems:#?}"
         );
     }
@@ -214,12 +223,16 @@ fn a_plan_for_other_pools_is_refused_naming_both_sides() {
     let e = with_plan(&minimal_for_plan(), &plan).expect_err("other pools");
     let p = e.problems().to_vec();
     assert!(
-        p.iter().any(|m| m.contains("pools[1] (\"gpu\") in cluster config is not in plan.toml")
-            && m.contains("[\"inf2\", \"cpu\"]")),
+        p.iter().any(
+            |m| m.contains("pools[1] (\"gpu\") in cluster config is not in plan.toml")
+                && m.contains("[\"inf2\", \"cpu\"]")
+        ),
         "{p:#?}"
     );
     assert!(
-        p.iter().any(|m| m.contains("plan.toml plans pool \"inf2\", which cluster config does not define")),
+        p.iter()
+            .any(|m| m
+                .contains("plan.toml plans pool \"inf2\", which cluster config does not define")),
         "{p:#?}"
     );
 }
@@ -230,7 +243,10 @@ fn a_plan_of_another_format_version_says_which() {
     let e = plan_str(&old).expect_err("old format");
     assert!(matches!(e, DeployError::PlanVersion { .. }), "{e}");
     let text = err_text(e);
-    assert!(text.contains("format_version 1") && text.contains("reads 2"), "{text}");
+    assert!(
+        text.contains("format_version 1") && text.contains("reads 2"),
+        "{text}"
+    );
 
     let none = TWO_POOLS.replace("format_version = 2\n", "");
     assert!(err_text(plan_str(&none).expect_err("no version")).contains("format_version none"));
@@ -240,13 +256,40 @@ fn a_plan_of_another_format_version_says_which() {
 fn weights_must_be_what_the_alb_takes_and_sum_as_plans_do() {
     for (edit, want) in [
         (("weight = 700", "weight = 690"), "the weights sum to 990"),
-        (("weight = 700", "weight = 0"), "weight (0) must be within 1..=999"),
-        (("weight = 300", "weight = 1300"), "weight (1300) must be within 1..=999"),
-        (("node_pool_weight = 90", "node_pool_weight = 0"), "node_pool_weight (0)"),
-        (("max_replicas = 12", "max_replicas = 0"), "max_replicas (0)"),
-        (("target_backlog_secs = 6.0", "target_backlog_secs = 11.0"), "must be below plan.latency_slo_secs"),
-        (("fallback_order = [\"gpu\", \"cpu\"]", "fallback_order = [\"gpu\"]"), "plan.fallback_order"),
-        (("capacity_type = \"on-demand\"", "capacity_type = \"reserved\""), "plan.capacity_type"),
+        (
+            ("weight = 700", "weight = 0"),
+            "weight (0) must be within 1..=999",
+        ),
+        (
+            ("weight = 300", "weight = 1300"),
+            "weight (1300) must be within 1..=999",
+        ),
+        (
+            ("node_pool_weight = 90", "node_pool_weight = 0"),
+            "node_pool_weight (0)",
+        ),
+        (
+            ("max_replicas = 12", "max_replicas = 0"),
+            "max_replicas (0)",
+        ),
+        (
+            ("target_backlog_secs = 6.0", "target_backlog_secs = 11.0"),
+            "must be below plan.latency_slo_secs",
+        ),
+        (
+            (
+                "fallback_order = [\"gpu\", \"cpu\"]",
+                "fallback_order = [\"gpu\"]",
+            ),
+            "plan.fallback_order",
+        ),
+        (
+            (
+                "capacity_type = \"on-demand\"",
+                "capacity_type = \"reserved\"",
+            ),
+            "plan.capacity_type",
+        ),
     ] {
         let text = TWO_POOLS.replace(edit.0, edit.1);
         assert_ne!(text, TWO_POOLS, "edit {edit:?} applies");
@@ -276,7 +319,10 @@ fn settings_the_plan_cannot_honour_are_contradictions() {
             "the plan was priced for on-demand capacity",
         ),
         (
-            ("instance_families = [\"g5\"]", "instance_families = [\"g6\"]"),
+            (
+                "instance_families = [\"g5\"]",
+                "instance_families = [\"g6\"]",
+            ),
             "but the plan measured g5.xlarge",
         ),
         (
@@ -302,12 +348,19 @@ fn settings_the_plan_cannot_honour_are_contradictions() {
 fn without_a_plan_nothing_is_stamped_and_the_config_order_is_the_fallback() {
     let cfg = ClusterConfig::from_toml_str(MINIMAL).expect("minimal");
     let objs = render(&cfg).expect("render");
-    assert!(objs.iter().all(|o| o.value()["metadata"]["annotations"][PLAN_SHA256_ANNOTATION].is_null()));
+    assert!(
+        objs.iter()
+            .all(|o| o.value()["metadata"]["annotations"][PLAN_SHA256_ANNOTATION].is_null())
+    );
     let cm = find(&objs, "ConfigMap", "anyaccel-fleet");
     let spec = FleetSpec::from_json(cm.value()["data"][FLEET_SPEC_KEY].as_str().expect("spec"))
         .expect("spec");
     assert_eq!(spec.plan, None);
-    let order: Vec<(&str, u16)> = spec.pools.iter().map(|p| (p.name.as_str(), p.weight)).collect();
+    let order: Vec<(&str, u16)> = spec
+        .pools
+        .iter()
+        .map(|p| (p.name.as_str(), p.weight))
+        .collect();
     assert_eq!(order, [("cpu", 10), ("gpu", 90)]);
 }
 
@@ -324,7 +377,12 @@ fn the_controller_gets_the_least_rbac_it_needs() {
                 (
                     s(&r["apiGroups"][0]),
                     s(&r["resources"][0]),
-                    r["verbs"].as_array().expect("verbs").iter().map(s).collect(),
+                    r["verbs"]
+                        .as_array()
+                        .expect("verbs")
+                        .iter()
+                        .map(s)
+                        .collect(),
                 )
             })
             .collect()
@@ -338,18 +396,41 @@ fn the_controller_gets_the_least_rbac_it_needs() {
     assert_eq!(
         rules("Role", "anyaccel-fleet"),
         [
-            ("apps".into(), "deployments".into(), v(&["get", "list", "watch"])),
-            ("keda.sh".into(), "scaledobjects".into(), v(&["get", "list", "watch"])),
-            ("networking.k8s.io".into(), "ingresses".into(), v(&["get", "patch"])),
-            ("".into(), "events".into(), v(&["get", "list", "watch", "create", "patch"])),
+            (
+                "apps".into(),
+                "deployments".into(),
+                v(&["get", "list", "watch"])
+            ),
+            (
+                "keda.sh".into(),
+                "scaledobjects".into(),
+                v(&["get", "list", "watch"])
+            ),
+            (
+                "networking.k8s.io".into(),
+                "ingresses".into(),
+                v(&["get", "patch"])
+            ),
+            (
+                "".into(),
+                "events".into(),
+                v(&["get", "list", "watch", "create", "patch"])
+            ),
         ]
     );
     // The one object it writes is named.
     let role = find(&objs, "Role", "anyaccel-fleet");
-    assert_eq!(role.value()["rules"][2]["resourceNames"], serde_json::json!(["anyaccel"]));
+    assert_eq!(
+        role.value()["rules"][2]["resourceNames"],
+        serde_json::json!(["anyaccel"])
+    );
     assert_eq!(
         rules("ClusterRole", "anyaccel-fleet-anyaccel"),
-        [("karpenter.sh".into(), "nodeclaims".into(), v(&["get", "list", "watch"]))]
+        [(
+            "karpenter.sh".into(),
+            "nodeclaims".into(),
+            v(&["get", "list", "watch"])
+        )]
     );
     let events = find(&objs, "Role", "anyaccel-fleet-anyaccel");
     assert_eq!(events.namespace(), Some("default"));
@@ -358,7 +439,10 @@ fn the_controller_gets_the_least_rbac_it_needs() {
         [("".into(), "events".into(), v(&["list", "watch"]))]
     );
     // No wildcard anywhere, and no Secrets.
-    for o in objs.iter().filter(|o| o.name().starts_with("anyaccel-fleet")) {
+    for o in objs
+        .iter()
+        .filter(|o| o.name().starts_with("anyaccel-fleet"))
+    {
         let text = o.value().to_string();
         assert!(!text.contains("\"*\""), "{}: wildcard", o.id());
         assert!(!text.contains("secrets"), "{}: secrets", o.id());
@@ -369,7 +453,11 @@ fn the_controller_gets_the_least_rbac_it_needs() {
     assert_eq!(pod["serviceAccountName"], "anyaccel-fleet");
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["containers"][0]["args"][0], "fleet");
-    assert_eq!(d.value()["spec"]["replicas"], 1, "one writer of the annotation");
+    assert_eq!(
+        d.value()["spec"]["replicas"],
+        1,
+        "one writer of the annotation"
+    );
 }
 
 #[test]
@@ -390,7 +478,12 @@ fn one_pool_or_controller_off_renders_no_controller() {
 
     let no_cpu_tag = MINIMAL.replace("cpu-amd64 = \"1.0\"\n", "");
     let e = ClusterConfig::from_toml_str(&no_cpu_tag).expect_err("controller needs an image");
-    assert!(e.problems().iter().any(|p| p.contains("image.tags.cpu-amd64 is required for the fleet controller")), "{e}");
+    assert!(
+        e.problems()
+            .iter()
+            .any(|p| p.contains("image.tags.cpu-amd64 is required for the fleet controller")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -30,9 +30,11 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn main() {
-    let schedule = Schedule::new(SchedulerKind::Euler, &SchedulerConfig::default(), 20)
-        .expect("schedule");
-    println!("| model, image | in the loop (ms) | upscale + PNG (ms) | share at preview_every 5, CPU step 4.25 s | share, GPU step 9 ms |");
+    let schedule =
+        Schedule::new(SchedulerKind::Euler, &SchedulerConfig::default(), 20).expect("schedule");
+    println!(
+        "| model, image | in the loop (ms) | upscale + PNG (ms) | share at preview_every 5, CPU step 4.25 s | share, GPU step 9 ms |"
+    );
     println!("|---|---:|---:|---:|---:|");
     for (name, family, channels, size) in [
         ("SD 1.5, 512x512", ModelFamily::StableDiffusion, 4, 512u32),
@@ -52,8 +54,8 @@ fn main() {
             let x0 = schedule.denoised(5, &eps, &latents);
             latent_preview(family, &x0, shape, side as u32, side as u32)
         });
-        let small = latent_preview(family, &latents, shape, side as u32, side as u32)
-            .expect("preview");
+        let small =
+            latent_preview(family, &latents, shape, side as u32, side as u32).expect("preview");
         let sent = time(20, || {
             let big = upscale(small.clone(), size, size);
             images::encode(&big, OutputFormat::Png, None, "").expect("encode")

@@ -12,10 +12,10 @@ use image::RgbImage;
 
 use crate::family::{Guidance, ModelFamily};
 use crate::images;
-use crate::preview;
 use crate::memory::MemoryBudget;
 use crate::model::{Model, ModelInfo};
 use crate::noise::NoiseGenerator;
+use crate::preview;
 use crate::request::{
     self, Defaults, GenerationParams, GenerationRequest, Limits, MicroConditioning, ValidationError,
 };

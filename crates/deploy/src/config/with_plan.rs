@@ -37,7 +37,9 @@ pub(super) fn apply(raw: &mut RawConfig, plan: &Plan, config: &str) -> Vec<Strin
                 ));
             }
         };
-        fill_int(&mut rp.weight, pp.weight, |o| key("weight", o, pp.weight.to_string()));
+        fill_int(&mut rp.weight, pp.weight, |o| {
+            key("weight", o, pp.weight.to_string())
+        });
         fill_int(&mut rp.node_pool_weight, pp.node_pool_weight, |o| {
             key("node_pool_weight", o, pp.node_pool_weight.to_string())
         });
@@ -74,7 +76,11 @@ pub(super) fn apply(raw: &mut RawConfig, plan: &Plan, config: &str) -> Vec<Strin
     }
 
     for pp in &plan.file().pools {
-        if !raw.pools.iter().any(|rp| rp.name.as_deref() == Some(&pp.name)) {
+        if !raw
+            .pools
+            .iter()
+            .any(|rp| rp.name.as_deref() == Some(&pp.name))
+        {
             let ours: Vec<&str> = raw.pools.iter().filter_map(|p| p.name.as_deref()).collect();
             out.push(format!(
                 "{planned} plans pool {:?}, which {config} does not define (its pools: {ours:?}); add it, or re-plan without it",

@@ -28,8 +28,8 @@ use super::{
     restricted_pod_security,
 };
 use crate::config::{AcceleratorKind, ClusterConfig, IngressMode, Pool, quantity_bytes};
-use crate::fleet::{action_annotation, forward_action};
 use crate::error::DeployError;
+use crate::fleet::{action_annotation, forward_action};
 
 pub const COMPILE_SERVICE_ACCOUNT: &str = "anyaccel-compile";
 pub const INGRESS_NAME: &str = "anyaccel";

@@ -22,8 +22,8 @@ use super::{
 };
 use crate::config::{AcceleratorKind, ClusterConfig};
 use crate::error::DeployError;
-use crate::plan::sha256_hex;
 use crate::fleet::{FLEET_SPEC_KEY, FLEET_SPEC_VERSION, FleetPool, FleetSpec};
+use crate::plan::sha256_hex;
 
 pub const CONTROLLER_NAME: &str = "anyaccel-fleet";
 /// Where the controller serves `/metrics` and `/health/ready`.
@@ -186,7 +186,11 @@ fn deployment(cfg: &ClusterConfig, spec_json: &str) -> Deployment {
     let mut pod_labels = common_labels(COMPONENT);
     pod_labels.extend(selector.clone());
     Deployment {
-        metadata: meta(CONTROLLER_NAME, Some(cfg.namespace()), common_labels(COMPONENT)),
+        metadata: meta(
+            CONTROLLER_NAME,
+            Some(cfg.namespace()),
+            common_labels(COMPONENT),
+        ),
         spec: Some(DeploymentSpec {
             // One writer of the annotation; a second replica would only race.
             replicas: Some(1),
@@ -203,7 +207,10 @@ fn deployment(cfg: &ClusterConfig, spec_json: &str) -> Deployment {
                     labels: Some(pod_labels),
                     annotations: Some(BTreeMap::from([
                         // The spec is read at start-up: a new one rolls the pod.
-                        (SPEC_HASH_ANNOTATION.into(), sha256_hex(spec_json.as_bytes())),
+                        (
+                            SPEC_HASH_ANNOTATION.into(),
+                            sha256_hex(spec_json.as_bytes()),
+                        ),
                         ("prometheus.io/scrape".into(), "true".into()),
                         ("prometheus.io/port".into(), CONTROLLER_PORT.to_string()),
                         ("prometheus.io/path".into(), PATH_METRICS.into()),

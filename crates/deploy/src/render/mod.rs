@@ -126,7 +126,11 @@ impl RenderedObject {
     }
     /// Adds `key: value` to the object's own annotations.
     fn annotate(&mut self, key: &str, value: &str) {
-        if let Some(meta) = self.value.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(meta) = self
+            .value
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+        {
             let annotations = meta
                 .entry("annotations")
                 .or_insert_with(|| Value::Object(Default::default()));

@@ -118,7 +118,10 @@ pub fn deployment(cfg: &ClusterConfig, pool: &Pool) -> Deployment {
                     "ANYACCEL_C2PA_CERT",
                     format!("{C2PA_DIR}/tls.crt"),
                 ));
-                env.push(super::env("ANYACCEL_C2PA_KEY", format!("{C2PA_DIR}/tls.key")));
+                env.push(super::env(
+                    "ANYACCEL_C2PA_KEY",
+                    format!("{C2PA_DIR}/tls.key"),
+                ));
                 volumes.push(Volume {
                     name: "c2pa".into(),
                     secret: Some(SecretVolumeSource {

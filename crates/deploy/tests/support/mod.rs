@@ -41,8 +41,9 @@ pub fn example_plan(config: &Path) -> Option<PathBuf> {
 pub fn render_example(path: &Path) -> Vec<RenderedObject> {
     let cfg = match example_plan(path) {
         None => ClusterConfig::from_path(path),
-        Some(plan) => Plan::from_path(&plan)
-            .and_then(|plan| ClusterConfig::from_path_with_plan(path, &plan)),
+        Some(plan) => {
+            Plan::from_path(&plan).and_then(|plan| ClusterConfig::from_path_with_plan(path, &plan))
+        }
     }
     .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     render(&cfg).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -438,11 +438,15 @@ impl Schedule {
         match self.kind {
             SchedulerKind::Euler | SchedulerKind::EulerA => {
                 let sigma = self.sigmas[i];
-                pairs.map(|(&x, &e)| self.x0_from_sigma(sigma, x, e)).collect()
+                pairs
+                    .map(|(&x, &e)| self.x0_from_sigma(sigma, x, e))
+                    .collect()
             }
             SchedulerKind::Ddim | SchedulerKind::Lcm => {
                 let a = self.alpha_at(self.timesteps[i] as i64);
-                pairs.map(|(&x, &e)| self.x0_eps_from_alpha(a, x, e).0).collect()
+                pairs
+                    .map(|(&x, &e)| self.x0_eps_from_alpha(a, x, e).0)
+                    .collect()
             }
             SchedulerKind::DpmPP2M | SchedulerKind::DpmPP2MKarras => {
                 let (alpha, sigma) = alpha_sigma(self.sigmas[i]);
@@ -734,7 +738,10 @@ mod tests {
                 }
                 SchedulerKind::DpmPP2M => {
                     let (alpha, sigma) = alpha_sigma(s.sigmas[i]);
-                    x0.iter().zip(eps).map(|(x, e)| alpha * x + sigma * e).collect()
+                    x0.iter()
+                        .zip(eps)
+                        .map(|(x, e)| alpha * x + sigma * e)
+                        .collect()
                 }
                 _ => {
                     let sigma = s.sigmas[i];
@@ -751,7 +758,11 @@ mod tests {
         let s = Schedule::new(SchedulerKind::FlowMatchEuler, &flow_cfg, 10).unwrap();
         let sig = s.sigmas[2];
         let noise = eps;
-        let sample: Vec<f32> = x0.iter().zip(noise).map(|(x, n)| (1.0 - sig) * x + sig * n).collect();
+        let sample: Vec<f32> = x0
+            .iter()
+            .zip(noise)
+            .map(|(x, n)| (1.0 - sig) * x + sig * n)
+            .collect();
         let v: Vec<f32> = x0.iter().zip(noise).map(|(x, n)| n - x).collect();
         assert!(close(&s.denoised(2, &v, &sample), &x0));
     }

@@ -19,8 +19,7 @@ use crate::config::syntax::{
 };
 use crate::config::{
     AcceleratorKind, Artifact, C2paSigning, ClusterConfig, CompileTarget, DevicePlugins,
-    FleetController,
-    IngressConfig, IngressMode, IngressScheme,
+    FleetController, IngressConfig, IngressMode, IngressScheme,
 };
 use crate::error::DeployError;
 use pool::validate_pool;
