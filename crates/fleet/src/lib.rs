@@ -173,6 +173,8 @@ impl Controller {
             }
             None => kube::Config::infer().await.map_err(FleetError::Config)?,
         };
+        // Err only if a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::try_from(config).map_err(FleetError::Client)?;
         let listener =
             TcpListener::bind(args.listen)
