@@ -134,6 +134,12 @@ pub struct ModelArgs {
     /// or .cache/onnxruntime-openvino/lib with --device openvino).
     #[arg(long, env = "ANYACCEL_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
+    /// A tiny VAE decoder (TAESD-style ONNX: `latent_sample` in, `sample` in
+    /// [-1, 1] out) for previews, as its model.onnx or the folder holding it
+    /// (with a config.json giving scaling_factor, else 1). Default: the model
+    /// folder's preview_decoder/ if it has one, else the latent-to-RGB map.
+    #[arg(long, env = "ANYACCEL_PREVIEW_DECODER", value_name = "PATH")]
+    pub preview_decoder: Option<PathBuf>,
     /// OpenVINO's arithmetic (--device openvino): bf16 roughly halves the UNet's
     /// time on AVX512_BF16 CPUs and moves pixels slightly.
     #[arg(
@@ -266,6 +272,7 @@ impl ModelArgs {
                     intra_threads: self.threads,
                     inter_threads: self.inter_threads,
                     library: self.ort_lib.clone(),
+                    preview_decoder: self.preview_decoder.clone(),
                     optimization: self.optimization,
                     cpu_precision: match self.cpu_precision {
                         Precision::Auto => CpuPrecision::Auto,
@@ -281,6 +288,11 @@ impl ModelArgs {
                 )?)
             }
             ExecutorKind::Remote => {
+                if self.preview_decoder.is_some() {
+                    anyhow::bail!(
+                        "--preview-decoder needs --executor onnx; the sidecar previews with the latent-to-RGB map"
+                    );
+                }
                 let mut config =
                     RemoteConfig::new(&self.python, model.info.root.display().to_string());
                 config.device = self.device.sidecar().map_err(anyhow::Error::msg)?;

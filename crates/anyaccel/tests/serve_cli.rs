@@ -106,3 +106,54 @@ fn sigterm_finishes_running_work_refuses_new_work_and_exits_zero() {
     };
     assert!(code.success(), "exit status {code}");
 }
+
+#[test]
+fn a_preview_decoder_makes_full_size_partial_images() {
+    // The tiny model's VAE decoder stands in for a TAESD (same interface).
+    let s = serve(&[
+        "--preview-decoder",
+        "fixtures/models/tiny-sd15/vae_decoder",
+        "--c2pa",
+        "off",
+    ]);
+    let info: Value = ureq::get(&format!("{}/info", s.base))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(info["preview"], "decoder");
+    let stream = ureq::post(&format!("{}/v1/images/generations", s.base))
+        .send_json(json!({"prompt": "a fox", "size": "64x64", "steps": 4, "seed": 2,
+                          "stream": true, "partial_images": 2}))
+        .unwrap()
+        .into_string()
+        .unwrap();
+    let partials: Vec<Value> = stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|e| e["type"] == "image_generation.partial_image")
+        .collect();
+    assert_eq!(partials.len(), 2, "{stream}");
+    for p in partials {
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(p["b64_json"].as_str().unwrap())
+            .unwrap();
+        let img = anyaccel_pipeline::images::decode(&png, 1 << 20).unwrap();
+        assert_eq!(img.dimensions(), (64, 64));
+    }
+}
+
+#[test]
+fn a_preview_decoder_needs_the_onnx_executor() {
+    let o = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
+        .args(["serve", "--model", "fixtures/models/tiny-sd15", "--executor", "remote"])
+        .args(["--preview-decoder", "fixtures/models/tiny-sd15/vae_decoder"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--preview-decoder needs --executor onnx"), "{err}");
+}

@@ -76,6 +76,7 @@ impl Fake {
                 shapes: Shapes::Dynamic,
                 memory_bytes: None,
                 vae_encoder: true,
+                preview_decoder: false,
                 timestep: TimestepInput::PerSample,
             },
             gate: Gate {

@@ -50,6 +50,10 @@ pub struct OnnxConfig {
     pub prepacking: bool,
     /// OpenVINO's arithmetic (`--device openvino` only).
     pub cpu_precision: CpuPrecision,
+    /// A tiny VAE decoder (TAESD-style) for previews: its `model.onnx`, or the
+    /// folder holding it. `None` uses the model folder's `preview_decoder/`
+    /// when there is one.
+    pub preview_decoder: Option<PathBuf>,
 }
 
 impl Default for OnnxConfig {
@@ -64,6 +68,7 @@ impl Default for OnnxConfig {
             memory_pattern: false,
             prepacking: true,
             cpu_precision: CpuPrecision::Auto,
+            preview_decoder: None,
         }
     }
 }
@@ -117,6 +122,15 @@ pub struct OnnxExecutor {
     denoiser: ComponentSession,
     vae_decoder: ComponentSession,
     vae_encoder: Option<ComponentSession>,
+    preview_decoder: Option<PreviewDecoder>,
+}
+
+/// A tiny decoder with a VAE decoder's interface (`latent_sample` in,
+/// `sample` in `[-1, 1]` out) and the latent scaling of its `config.json`.
+struct PreviewDecoder {
+    session: ComponentSession,
+    scaling_factor: f32,
+    shift_factor: f32,
 }
 
 impl OnnxExecutor {
@@ -179,6 +193,16 @@ impl OnnxExecutor {
         };
         let denoiser = denoiser.ok_or_else(|| missing(Component::Unet))?;
         let vae_decoder = vae_decoder.ok_or_else(|| missing(Component::VaeDecoder))?;
+        let preview_decoder = match &config.preview_decoder {
+            Some(path) => Some(PreviewDecoder::open(path, &device, config)?),
+            None => {
+                let dir = model_dir.join("preview_decoder");
+                match dir.join("model.onnx").is_file() {
+                    true => Some(PreviewDecoder::open(&dir, &device, config)?),
+                    false => None,
+                }
+            }
+        };
         let capabilities = Capabilities {
             executor: "onnx",
             device: device.kind(),
@@ -187,6 +211,7 @@ impl OnnxExecutor {
             shapes: Shapes::Dynamic,
             memory_bytes: device.memory_bytes,
             vae_encoder: vae_encoder.is_some(),
+            preview_decoder: preview_decoder.is_some(),
             timestep: denoiser.timestep_input(),
         };
         tracing::info!(
@@ -194,6 +219,7 @@ impl OnnxExecutor {
             device_name = %capabilities.device_name,
             dtype = %capabilities.dtype,
             img2img = capabilities.vae_encoder,
+            preview_decoder = capabilities.preview_decoder,
             timestep = ?capabilities.timestep,
             "onnx executor ready"
         );
@@ -203,6 +229,43 @@ impl OnnxExecutor {
             denoiser,
             vae_decoder,
             vae_encoder,
+            preview_decoder,
+        })
+    }
+}
+
+impl PreviewDecoder {
+    fn open(path: &Path, device: &device::Device, config: &OnnxConfig) -> Result<Self, OnnxError> {
+        let (file, dir) = match path.is_dir() {
+            true => (path.join("model.onnx"), path.to_path_buf()),
+            false => (path.to_path_buf(), path.parent().unwrap_or(Path::new(".")).to_path_buf()),
+        };
+        if !file.is_file() {
+            return Err(OnnxError::Load {
+                path: file,
+                message: "no such preview decoder (give its model.onnx or the folder holding it)"
+                    .into(),
+            });
+        }
+        // TAESD's decoders work on the denoiser's latents as they are (factor 1);
+        // a decoder exported with a diffusers config says otherwise.
+        let factor = |key: &str| -> Result<Option<f32>, OnnxError> {
+            let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
+                return Ok(None);
+            };
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| OnnxError::Load {
+                    path: dir.join("config.json"),
+                    message: e.to_string(),
+                })?;
+            Ok(json.get(key).and_then(serde_json::Value::as_f64).map(|v| v as f32))
+        };
+        let session = ComponentSession::open(Component::VaeDecoder, &file, device, config)?;
+        tracing::info!(path = %file.display(), "preview decoder loaded");
+        Ok(Self {
+            session,
+            scaling_factor: factor("scaling_factor")?.unwrap_or(1.0),
+            shift_factor: factor("shift_factor")?.unwrap_or(0.0),
         })
     }
 }
@@ -213,6 +276,7 @@ impl OnnxExecutor {
             .values()
             .chain([&self.denoiser, &self.vae_decoder])
             .chain(self.vae_encoder.as_ref())
+            .chain(self.preview_decoder.as_ref().map(|p| &p.session))
     }
 }
 
@@ -256,6 +320,22 @@ impl Executor for OnnxExecutor {
 
     fn vae_decode(&self, latents: &Tensor) -> Result<Tensor, ExecutorError> {
         self.vae_decoder.single(latents)
+    }
+
+    fn preview_decode(&self, latents: &Tensor) -> Result<Tensor, ExecutorError> {
+        let Some(p) = &self.preview_decoder else {
+            return Err(ExecutorError::Missing {
+                component: Component::VaeDecoder,
+                reason: "no preview decoder is loaded".into(),
+            });
+        };
+        let data = latents
+            .data()
+            .iter()
+            .map(|v| v / p.scaling_factor + p.shift_factor)
+            .collect();
+        p.session
+            .single(&Tensor::new(latents.shape().to_vec(), data)?)
     }
 
     fn vae_encode(&self, image: &Tensor) -> Result<Tensor, ExecutorError> {

@@ -749,6 +749,7 @@ fn convert_capabilities(c: &proto::CapabilitiesResponse) -> Result<Converted, Re
         shapes,
         memory_bytes: (c.memory_bytes > 0).then_some(c.memory_bytes),
         vae_encoder: c.vae_encoder && components.contains(&Component::VaeEncoder),
+        preview_decoder: false,
         timestep: if c.per_sample_timesteps {
             TimestepInput::PerSample
         } else {

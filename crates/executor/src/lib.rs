@@ -208,6 +208,8 @@ pub struct Capabilities {
     pub memory_bytes: Option<u64>,
     /// Whether a VAE encoder is loaded (needed for img2img).
     pub vae_encoder: bool,
+    /// Whether a tiny preview decoder is loaded ([`Executor::preview_decode`]).
+    pub preview_decoder: bool,
     pub timestep: TimestepInput,
 }
 
@@ -407,6 +409,16 @@ pub trait Executor: Send + Sync {
     /// `[batch, 3, h, w]` images in `[-1, 1]` to the posterior's parameters,
     /// `[batch, 2 * latent_channels, h/8, w/8]` (mean then log-variance).
     fn vae_encode(&self, image: &Tensor) -> Result<Tensor, ExecutorError>;
+
+    /// `[1, c, h/8, w/8]` denoised latents, in the denoiser's space (scaled, as
+    /// the scheduler holds them), to a `[1, 3, h, w]` preview in `[-1, 1]` by a
+    /// tiny decoder (TAESD-style). Only where `capabilities().preview_decoder`.
+    fn preview_decode(&self, _latents: &Tensor) -> Result<Tensor, ExecutorError> {
+        Err(ExecutorError::Missing {
+            component: Component::VaeDecoder,
+            reason: "no preview decoder is loaded".into(),
+        })
+    }
 }
 
 /// The timestep a scalar-timestep graph gets for a call: rows must agree.

@@ -329,6 +329,7 @@ fn main() {
             .unwrap_or_else(|_| "auto".into())
             .parse()
             .expect("ANYACCEL_BENCH_PRECISION"),
+        preview_decoder: None,
     };
     eprintln!(
         "anyaccel sd bench: {} ({config:?}, cases={groups:?}, reps={reps})",

@@ -55,8 +55,9 @@ pub trait Observer: Sync {
         false
     }
     /// A preview of the `image`-th image of `request` after `step` of
-    /// `total`, at latent resolution (1/8 of the image's; upscale it with
-    /// [`crate::preview::upscale`]).
+    /// `total`: at the image's size from the executor's preview decoder, else
+    /// at latent resolution (1/8 of the image's; upscale it with
+    /// [`crate::preview::upscale`], which leaves a full-size one as it is).
     fn on_preview(
         &self,
         _request: usize,
@@ -309,6 +310,34 @@ impl Pipeline {
             Some(Outcome::Completed(images)) => Ok(images),
             _ => Ok(Vec::new()),
         }
+    }
+
+    /// A preview of denoised latents `x0` (`shape` = `[c, h/8, w/8]`): the
+    /// executor's tiny decoder's at the image size where it has one, else the
+    /// family's latent-to-RGB map at latent resolution (the caller upscales it
+    /// off this thread, so the loop pays only for the map). A decoder that
+    /// fails falls back to the map: a preview is never worth a failed image.
+    fn preview(&self, x0: Vec<f32>, shape: [usize; 3], (w, h): (u32, u32)) -> Option<RgbImage> {
+        if self.executor.capabilities().preview_decoder {
+            let decoded = Tensor::new(vec![1, shape[0], shape[1], shape[2]], x0.clone())
+                .map_err(ExecutorError::from)
+                .and_then(|t| self.executor.preview_decode(&t));
+            match decoded {
+                Ok(img) if img.data().len() == 3 * (w * h) as usize => {
+                    return Some(images::tensor_to_rgb(img.data(), w, h));
+                }
+                Ok(img) => tracing::warn!(
+                    shape = ?img.shape(),
+                    expected = ?[1, 3, h as usize, w as usize],
+                    "preview decoder gave another size; previewing with the latent map"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "preview decoder failed; previewing with the latent map")
+                }
+            }
+        }
+        let (lw, lh) = (shape[2] as u32, shape[1] as u32);
+        preview::latent_preview(self.model.info.family, &x0, shape, lw, lh)
     }
 
     /// Runs compatible requests (equal [`GenerationRequest::batch_key`]) as one batch.
@@ -578,10 +607,7 @@ impl Pipeline {
                 let step = i - start + 1;
                 if observer.wants_preview(it.request, step, total) {
                     let x0 = schedule.denoised(i, &eps, &it.latents);
-                    // At latent resolution: the caller upscales it off this
-                    // thread (see `preview::upscale`), so the loop pays only for the map.
-                    let (lw, lh) = (latent_shape[2] as u32, latent_shape[1] as u32);
-                    if let Some(img) = preview::latent_preview(family, &x0, latent_shape, lw, lh) {
+                    if let Some(img) = self.preview(x0, latent_shape, (w, h)) {
                         observer.on_preview(it.request, it.index, step, total, img);
                     }
                 }

@@ -128,6 +128,9 @@ pub struct Info {
     /// Batch sizes the executor runs: `dynamic`, or the compiled size.
     pub batch_sizes: String,
     pub img2img: bool,
+    /// How previews are made: `decoder` (a tiny VAE decoder, full size) or
+    /// `latent_map` (the family's latent-to-RGB map, upscaled).
+    pub preview: &'static str,
     pub schedulers: Vec<String>,
     pub limits: InfoLimits,
     pub defaults: InfoDefaults,
@@ -203,6 +206,11 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
             anyaccel_executor::Shapes::Static { batch_size, .. } => batch_size.to_string(),
         },
         img2img: caps.vae_encoder,
+        preview: if caps.preview_decoder {
+            "decoder"
+        } else {
+            "latent_map"
+        },
         schedulers: m
             .family
             .schedulers()
