@@ -41,8 +41,11 @@ echo "== npm ci (tests/browser)"
 echo "== ONNX Runtime"
 scripts/fetch-onnxruntime.sh >/dev/null
 
-echo "== cargo build -p anyaccel"
-cargo build --locked -p anyaccel
+# The binary `cargo test --workspace` built (the integration tests run it):
+# after the README's test command this is a no-op, where `cargo build -p
+# anyaccel` would build the dependencies again with its own feature set (~4 min).
+echo "== anyaccel binary (cargo test --workspace --no-run)"
+cargo test --workspace --locked --no-run
 bin="${CARGO_TARGET_DIR:-$root/target}/debug/anyaccel"
 
 artifacts="$root/target/browser-artifacts"

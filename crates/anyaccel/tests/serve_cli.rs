@@ -123,8 +123,10 @@ fn a_preview_decoder_makes_full_size_partial_images() {
         .unwrap();
     assert_eq!(info["preview"], "decoder");
     let stream = ureq::post(&format!("{}/v1/images/generations", s.base))
-        .send_json(json!({"prompt": "a fox", "size": "64x64", "steps": 4, "seed": 2,
-                          "stream": true, "partial_images": 2}))
+        .send_json(
+            json!({"prompt": "a fox", "size": "64x64", "steps": 4, "seed": 2,
+                          "stream": true, "partial_images": 2}),
+        )
         .unwrap()
         .into_string()
         .unwrap();
@@ -148,12 +150,21 @@ fn a_preview_decoder_makes_full_size_partial_images() {
 #[test]
 fn a_preview_decoder_needs_the_onnx_executor() {
     let o = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
-        .args(["serve", "--model", "fixtures/models/tiny-sd15", "--executor", "remote"])
+        .args([
+            "serve",
+            "--model",
+            "fixtures/models/tiny-sd15",
+            "--executor",
+            "remote",
+        ])
         .args(["--preview-decoder", "fixtures/models/tiny-sd15/vae_decoder"])
         .current_dir(repo())
         .output()
         .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("--preview-decoder needs --executor onnx"), "{err}");
+    assert!(
+        err.contains("--preview-decoder needs --executor onnx"),
+        "{err}"
+    );
 }

@@ -238,7 +238,10 @@ impl PreviewDecoder {
     fn open(path: &Path, device: &device::Device, config: &OnnxConfig) -> Result<Self, OnnxError> {
         let (file, dir) = match path.is_dir() {
             true => (path.join("model.onnx"), path.to_path_buf()),
-            false => (path.to_path_buf(), path.parent().unwrap_or(Path::new(".")).to_path_buf()),
+            false => (
+                path.to_path_buf(),
+                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            ),
         };
         if !file.is_file() {
             return Err(OnnxError::Load {
@@ -258,7 +261,10 @@ impl PreviewDecoder {
                     path: dir.join("config.json"),
                     message: e.to_string(),
                 })?;
-            Ok(json.get(key).and_then(serde_json::Value::as_f64).map(|v| v as f32))
+            Ok(json
+                .get(key)
+                .and_then(serde_json::Value::as_f64)
+                .map(|v| v as f32))
         };
         let session = ComponentSession::open(Component::VaeDecoder, &file, device, config)?;
         tracing::info!(path = %file.display(), "preview decoder loaded");

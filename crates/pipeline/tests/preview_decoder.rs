@@ -11,9 +11,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use anyaccel_executor_onnx::{DeviceRequest, OnnxConfig, OnnxExecutor};
-use anyaccel_pipeline::{
-    Defaults, GenerationParams, Limits, Model, Observer, Outcome, Pipeline,
-};
+use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Observer, Outcome, Pipeline};
 use common::{diff, fixtures};
 use image::RgbImage;
 
@@ -76,10 +74,16 @@ fn a_preview_decoder_gives_full_size_previews_ending_in_the_image() {
         assert_eq!(p.dimensions(), (64, 96), "step {step}");
     }
     let (max, mean) = diff(&previews[2].1, &image);
-    assert!(max <= 1 && mean < 0.01, "last preview vs image: max {max}, mean {mean}");
+    assert!(
+        max <= 1 && mean < 0.01,
+        "last preview vs image: max {max}, mean {mean}"
+    );
     // Earlier previews are of a noisier estimate, not copies of the result.
     let (_, early) = diff(&previews[0].1, &image);
-    assert!(early > 0.5, "first preview already equals the image ({early})");
+    assert!(
+        early > 0.5,
+        "first preview already equals the image ({early})"
+    );
 
     // Without it, the latent map at 1/8 size; the image itself is unchanged.
     let without = pipeline(None);

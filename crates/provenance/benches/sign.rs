@@ -1,4 +1,4 @@
-//! Signing cost per image: `cargo bench -p anyaccel-provenance --bench sign`.
+//! Signing cost per image: `cargo bench -p anyaccel-provenance --bench sign --profile dev`.
 //!
 //! Signs a 512×512 PNG (with an A1111 `parameters` chunk), JPEG (q90) and
 //! lossless WebP 50 times each with the development signer (ES256) and prints
