@@ -6,7 +6,7 @@
 //! valid against the pinned CRDs and Kubernetes' own schemas.
 
 mod common;
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../../deploy/tests/support/mod.rs"]
 mod deploy_support;
 

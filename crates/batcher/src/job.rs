@@ -146,7 +146,7 @@ impl Previews {
         }
         match self {
             Previews::Off => false,
-            Previews::Every(n) => n > 0 && step % n == 0,
+            Previews::Every(n) => n > 0 && step.is_multiple_of(n),
             Previews::Spread(k) => (1..=k).any(|j| {
                 let at = (f64::from(total) * f64::from(j) / f64::from(k + 1)).round() as u32;
                 at.clamp(1, total - 1) == step

@@ -224,6 +224,7 @@ fn a1111_progress_shows_the_forming_image() {
             .post(&format!("{base}/sdapi/v1/txt2img"))
             .send_json(json!({"prompt": "a harbour", "steps": 8, "width": 64, "height": 64}))
             .map(|r| r.status())
+            .map_err(|e| e.to_string())
     });
     // Steps 1..=5 run: a preview exists after step 5 (every 5 by default).
     gate.release(5);
