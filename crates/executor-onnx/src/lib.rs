@@ -282,7 +282,6 @@ impl OnnxExecutor {
             .values()
             .chain([&self.denoiser, &self.vae_decoder])
             .chain(self.vae_encoder.as_ref())
-            .chain(self.preview_decoder.as_ref().map(|p| &p.session))
     }
 }
 
@@ -293,6 +292,7 @@ impl Executor for OnnxExecutor {
 
     /// Not ready once a panic poisoned any session: nothing rebuilds it in
     /// place, so the pod is better replaced than left failing every call.
+    /// (Not the preview decoder's: without it previews fall back to the latent map.)
     fn is_ready(&self) -> bool {
         !self.sessions().any(ComponentSession::is_poisoned)
     }
