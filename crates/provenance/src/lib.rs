@@ -294,7 +294,7 @@ impl Signer {
     /// chunk; JPEG: APP11 segments; WebP: a `C2PA` RIFF chunk). Everything else
     /// in the file, such as the PNG `parameters` text chunk, is kept.
     ///
-    /// Synchronous and CPU-bound (about a millisecond for a 512×512 image):
+    /// Synchronous and CPU-bound (1–3 ms for a 512×512 image, docs/benchmarks.md):
     /// call it from a blocking thread in async code.
     pub fn sign(
         &self,
