@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the peers the tests talk to, idempotently:
 #   - .venv: the sidecar's Python environment, plus real clients (openai SDK, ...)
-#   - Debian packages: prometheus (scraped by the metrics tests)
+#   - Debian packages: prometheus (scraped by the metrics tests), redis-server
+#     (the fleet-wide job queue's tests start their own on loopback)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
 fi
 
 need=()
-for pkg in prometheus; do
+for pkg in prometheus redis-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -28,6 +29,6 @@ if ((${#need[@]})); then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # The package's own service is not wanted; tests start their own on loopback.
-  $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+  $sudo systemctl disable --now prometheus redis-server >/dev/null 2>&1 || true
 fi
 echo "test env ready"

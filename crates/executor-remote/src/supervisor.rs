@@ -231,12 +231,6 @@ async fn run_once(
             return Outcome::StartFailed(RemoteError::Capabilities(status.message().to_string()));
         }
     };
-    match first.take() {
-        Some(tx) => {
-            let _ = tx.send(Ok(caps));
-        }
-        None => tracing::debug!(pid, runtime = %caps.runtime, "sidecar capabilities after restart"),
-    }
     {
         let mut conn = shared.conn();
         conn.client = Some(client.clone());
@@ -244,6 +238,13 @@ async fn run_once(
     }
     shared.ready.store(true, Ordering::SeqCst);
     tracing::info!(pid, generation, "sidecar ready");
+    // Only now: `spawn` returns on this message, and its caller may call at once.
+    match first.take() {
+        Some(tx) => {
+            let _ = tx.send(Ok(caps));
+        }
+        None => tracing::debug!(pid, runtime = %caps.runtime, "sidecar capabilities after restart"),
+    }
     let since = Instant::now();
 
     let health = watch_health(client, cfg);
