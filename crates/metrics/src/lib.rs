@@ -56,6 +56,25 @@ pub const RESULTS_EVICTED_TOTAL: &str = "anyaccel_results_evicted_total";
 /// Panics caught in the pipeline; after one the server reports not ready.
 pub const PIPELINE_PANICS_TOTAL: &str = "anyaccel_pipeline_panics_total";
 
+/// The fleet's shared job queue (Redis), when `--redis-url` is set.
+pub mod queue {
+    /// Jobs this replica took over from one that stopped heartbeating.
+    pub const CLAIMED_TOTAL: &str = "anyaccel_queue_jobs_claimed_total";
+    /// Denoising steps not rerun because a job resumed from its checkpoint.
+    pub const STEPS_SAVED_TOTAL: &str = "anyaccel_queue_resume_steps_saved_total";
+    /// Jobs this replica handed back to the queue (draining).
+    pub const HANDED_BACK_TOTAL: &str = "anyaccel_queue_jobs_handed_back_total";
+    /// Time to encode and store one checkpoint.
+    pub const CHECKPOINT_SECONDS: &str = "anyaccel_queue_checkpoint_seconds";
+    /// Redis round trips, by [`OPERATION`].
+    pub const REDIS_SECONDS: &str = "anyaccel_queue_redis_duration_seconds";
+    /// Redis calls that got no answer (unreachable, timed out), by [`OPERATION`].
+    pub const REDIS_ERRORS_TOTAL: &str = "anyaccel_queue_redis_errors_total";
+    /// 1 while Redis answers, 0 while it does not.
+    pub const REDIS_UP: &str = "anyaccel_queue_redis_up";
+    pub const OPERATION: &str = "operation";
+}
+
 /// The `anyaccel fleet` controller's series: per pool (label
 /// [`labels::POOL`]), and its API errors by [`fleet::OPERATION`].
 pub mod fleet {
