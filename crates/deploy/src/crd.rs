@@ -188,11 +188,31 @@ pub enum AuthenticationKind {
     ClusterTriggerAuthentication,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TriggerAuthenticationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_identity: Option<PodIdentity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_target_ref: Vec<AuthSecretTargetRef>,
+}
+
+impl TriggerAuthenticationSpec {
+    /// The scaler parameters (`password`, `tls`, ...) this authentication
+    /// fills from Secrets.
+    pub fn secret_parameters(&self) -> impl Iterator<Item = &str> {
+        self.secret_target_ref.iter().map(|r| r.parameter.as_str())
+    }
+}
+
+/// One scaler parameter read from a key of a Secret in the
+/// TriggerAuthentication's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthSecretTargetRef {
+    pub parameter: String,
+    pub name: String,
+    pub key: String,
 }
 
 impl CrdKind for TriggerAuthenticationSpec {

@@ -4,12 +4,15 @@
 //! A trigger's `metadata` is a plain string map in the ScaledObject CRD, so
 //! the API server accepts any typo; KEDA only complains later, in its
 //! operator log, and the pool silently stops scaling. [`check_trigger`]
-//! repeats what KEDA v2.20's `prometheus` and `aws-cloudwatch` scalers do
-//! when they parse the map (`pkg/scalers/*_scaler.go`, typed config in
-//! `pkg/scalers/scalersconfig`), plus KEDA's opt-in unexpected-parameter
-//! check, so a bad trigger fails at render time.
+//! repeats what KEDA v2.20's `prometheus`, `aws-cloudwatch` and
+//! `redis-streams` scalers do when they parse the map
+//! (`pkg/scalers/*_scaler.go`, typed config in `pkg/scalers/scalersconfig`),
+//! plus KEDA's opt-in unexpected-parameter check, so a bad trigger fails at
+//! render time.
 
 use std::collections::BTreeMap;
+
+use crate::crd::{PodIdentityProvider, TriggerAuthenticationSpec};
 
 /// CloudWatch namespace the server's backlog metric is published under;
 /// the names come from `anyaccel_metrics`, which the publisher also uses.
@@ -22,12 +25,21 @@ pub const CLOUDWATCH_DIMENSION_POOL: &str = anyaccel_metrics::cloudwatch::DIM_PO
 pub const CLOUDWATCH_DIMENSION_ACCELERATOR: &str = anyaccel_metrics::cloudwatch::DIM_ACCELERATOR;
 pub const CLOUDWATCH_DIMENSION_MODEL: &str = anyaccel_metrics::cloudwatch::DIM_MODEL;
 
+/// The Redis stream holding the jobs of queue `queue` (`--redis-queue`),
+/// as the servers name it (`anyaccel_queue::Keys::stream`):
+/// `anyaccel:queue:{<queue>}:jobs`, the braces a hash tag that keeps all of
+/// a queue's keys in one Redis Cluster slot.
+pub fn redis_stream_key(queue: &str) -> String {
+    format!("anyaccel:queue:{{{queue}}}:jobs")
+}
+
 /// Trigger types this renderer emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScalerType {
     Prometheus,
     AwsCloudwatch,
+    RedisStreams,
 }
 
 impl ScalerType {
@@ -35,6 +47,7 @@ impl ScalerType {
         match self {
             ScalerType::Prometheus => "prometheus",
             ScalerType::AwsCloudwatch => "aws-cloudwatch",
+            ScalerType::RedisStreams => "redis-streams",
         }
     }
 }
@@ -131,6 +144,43 @@ impl CloudWatchMetadata {
             "minMetricValue".into(),
             format_number(self.min_metric_value),
         );
+        m
+    }
+}
+
+/// Metadata of a `redis-streams` trigger on a stream's length (`XLEN`).
+/// The servers delete a job's entry once it is finished, so the length is
+/// the queue's jobs waiting or running: the work to size the pool for. (A
+/// consumer group's lag counts only the waiting ones, which is near zero
+/// whenever the replicas keep up: as a replica count it would shrink the
+/// pool until they no longer do.) The password comes from the trigger's
+/// TriggerAuthentication, never from here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisStreamsMetadata {
+    /// `host:port`.
+    pub address: String,
+    pub stream: String,
+    /// Per-replica target for the length (HPA AverageValue).
+    pub stream_length: u64,
+    pub enable_tls: bool,
+    pub database_index: u32,
+}
+
+impl RedisStreamsMetadata {
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        // No consumerGroup: with one KEDA reads the group's pending entries
+        // or lag instead of the length.
+        let mut m = BTreeMap::from([
+            ("address".into(), self.address.clone()),
+            ("stream".into(), self.stream.clone()),
+            ("streamLength".into(), self.stream_length.to_string()),
+        ]);
+        if self.enable_tls {
+            m.insert("enableTLS".into(), "true".into());
+        }
+        if self.database_index != 0 {
+            m.insert("databaseIndex".into(), self.database_index.to_string());
+        }
         m
     }
 }
@@ -232,6 +282,30 @@ const PROMETHEUS_KEYS: &[&str] = &[
     "authModes",
 ];
 
+/// The stream fields plus the shared `redisConnectionInfo` ones.
+const REDIS_STREAMS_KEYS: &[&str] = &[
+    "stream",
+    "consumerGroup",
+    "pendingEntriesCount",
+    "streamLength",
+    "lagCount",
+    "activationLagCount",
+    "databaseIndex",
+    "enableTLS",
+    "address",
+    "addresses",
+    "host",
+    "hosts",
+    "port",
+    "ports",
+    "username",
+    "password",
+    "sentinelUsername",
+    "sentinelPassword",
+    "sentinelMaster",
+    "unsafeSsl",
+];
+
 const CLOUDWATCH_KEYS: &[&str] = &[
     "namespace",
     "metricName",
@@ -255,15 +329,18 @@ const CLOUDWATCH_KEYS: &[&str] = &[
 
 /// Checks a trigger the way KEDA would when it builds the scaler.
 ///
-/// `metric_type` is the trigger's `metricType` (None = AverageValue).
-/// `pod_identity_aws` says whether the trigger's TriggerAuthentication uses
-/// `podIdentity.provider: aws`; without it the CloudWatch scaler would fall
-/// back to static keys this renderer never sets.
+/// `metric_type` is the trigger's `metricType` (None = AverageValue);
+/// `auth` is the spec of the TriggerAuthentication its `authenticationRef`
+/// names, if any. Beyond KEDA's own checks, this renderer requires
+/// credentials it can see: CloudWatch needs `podIdentity.provider: aws`
+/// (else the scaler would look for static keys this renderer never sets),
+/// and Redis a `password` from a Secret, never in the metadata, where it
+/// would sit in plain text in the ScaledObject.
 pub fn check_trigger(
     scaler: &str,
     metadata: &BTreeMap<String, String>,
     metric_type: Option<&str>,
-    pod_identity_aws: bool,
+    auth: Option<&TriggerAuthenticationSpec>,
 ) -> Result<(), String> {
     match metric_type {
         None | Some("AverageValue") | Some("Value") => {}
@@ -279,6 +356,7 @@ pub fn check_trigger(
     let known: &[&str] = match scaler {
         "prometheus" => PROMETHEUS_KEYS,
         "aws-cloudwatch" => CLOUDWATCH_KEYS,
+        "redis-streams" => REDIS_STREAMS_KEYS,
         other => {
             return Err(format!(
                 "scaler type {other:?} is not one this renderer emits"
@@ -304,20 +382,7 @@ pub fn check_trigger(
     };
     let boolean = |k: &str| -> Result<(), String> {
         if let Some(v) = get(k)
-            && !matches!(
-                v,
-                "1" | "t"
-                    | "T"
-                    | "TRUE"
-                    | "true"
-                    | "True"
-                    | "0"
-                    | "f"
-                    | "F"
-                    | "FALSE"
-                    | "false"
-                    | "False"
-            )
+            && parse_go_bool(v).is_none()
         {
             return Err(format!("unable to parse boolean value {v:?} for {k}"));
         }
@@ -343,6 +408,7 @@ pub fn check_trigger(
             boolean("unsafeSsl")?;
             Ok(())
         }
+        "redis-streams" => check_redis_streams(metadata, auth),
         _ => {
             let target = float("targetMetricValue", required("targetMetricValue")?)?;
             if target <= 0.0 {
@@ -392,12 +458,118 @@ pub fn check_trigger(
             if let Some(v) = get("metricEndTimeOffset") {
                 int("metricEndTimeOffset", v)?;
             }
+            let pod_identity_aws = auth
+                .and_then(|a| a.pod_identity.as_ref())
+                .is_some_and(|p| p.provider == PodIdentityProvider::Aws);
             if !pod_identity_aws {
                 // KEDA would look for awsAccessKeyID / awsSecretAccessKey.
                 return Err("no AWS credentials: reference a TriggerAuthentication with podIdentity.provider aws".into());
             }
             Ok(())
         }
+    }
+}
+
+/// KEDA's `redisStreamsMetadata` parsing and `Validate`, for one
+/// (non-cluster, non-sentinel) Redis.
+fn check_redis_streams(
+    metadata: &BTreeMap<String, String>,
+    auth: Option<&TriggerAuthenticationSpec>,
+) -> Result<(), String> {
+    let get = |k: &str| metadata.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let from_auth = |k: &str| auth.is_some_and(|a| a.secret_parameters().any(|p| p == k));
+    // A value may also come from the target container's env (`xFromEnv`).
+    let given = |k: &str| get(k).is_some() || get(&format!("{k}FromEnv")).is_some();
+    let int = |k: &str, default: i64| -> Result<i64, String> {
+        match get(k) {
+            None => Ok(default),
+            Some(v) => parse_json_int(v).ok_or_else(|| {
+                format!("error parsing redis stream metadata: {k} {v:?} is not an integer")
+            }),
+        }
+    };
+
+    // validateRedisAddress: an address, or hosts and ports pairwise.
+    let address = given("address") || given("addresses") || from_auth("address");
+    let hosts = ["host", "hosts"].iter().any(|k| given(k) || from_auth(k));
+    let ports = ["port", "ports"].iter().any(|k| given(k) || from_auth(k));
+    if let (Some(h), Some(p)) = (get("host").or(get("hosts")), get("port").or(get("ports")))
+        && h.split(',').count() != p.split(',').count()
+    {
+        return Err("not enough hosts or ports given. number of hosts should be equal to the number of ports".into());
+    }
+    if !(address || (hosts && ports)) {
+        return Err("no addresses or hosts given. address should be a comma separated list of host:port or set the host/port values".into());
+    }
+    // KEDA only needs the text non-empty; go-redis then dials it, so a
+    // value without a numeric port fails at every poll instead.
+    for key in ["address", "addresses"] {
+        if let Some(list) = get(key) {
+            for a in list.split(',').map(str::trim) {
+                let host_port = a.rsplit_once(':').filter(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+                if host_port.is_none() {
+                    return Err(format!("{key} {a:?} is not host:port"));
+                }
+            }
+        }
+    }
+
+    // SetEnableTLS.
+    if let Some(v) = get("enableTLS") {
+        if from_auth("tls") {
+            return Err(
+                "unable to set `tls` in both ScaledObject and TriggerAuthentication together"
+                    .into(),
+            );
+        }
+        parse_go_bool(v).ok_or_else(|| format!("EnableTLS parsing error: {v:?}"))?;
+    }
+    if let Some(v) = get("unsafeSsl") {
+        parse_go_bool(v)
+            .ok_or_else(|| format!("unable to parse boolean value {v:?} for unsafeSsl"))?;
+    }
+
+    if get("stream").is_none() {
+        return Err("missing redis stream name".into());
+    }
+    // Every count is parsed whichever mode uses it.
+    let pending = int("pendingEntriesCount", 5)?;
+    let length = int("streamLength", 5)?;
+    let lag = int("lagCount", 0)?;
+    int("activationLagCount", 0)?;
+    let db = int("databaseIndex", 0)?;
+    if db < 0 || db > i64::from(i32::MAX) {
+        return Err(format!("databaseIndex {db} is not a Redis database number"));
+    }
+    // Validate: a group with a non-zero lagCount scales on lag, a group
+    // without on pending entries, no group on the stream length.
+    let (what, target) = match (given("consumerGroup"), lag) {
+        (true, 0) => ("pendingEntriesCount", pending),
+        (true, lag) => ("lagCount", lag),
+        (false, _) => ("streamLength", length),
+    };
+    // The HPA rejects a zero or negative target.
+    if target <= 0 {
+        return Err(format!("{what} must be positive, {target} is given"));
+    }
+
+    if get("password").is_some() {
+        return Err("password in trigger metadata is stored in plain text in the ScaledObject; reference a TriggerAuthentication with a secretTargetRef for parameter password".into());
+    }
+    if !(from_auth("password") || get("passwordFromEnv").is_some()) {
+        return Err("no Redis password: reference a TriggerAuthentication with a secretTargetRef for parameter password".into());
+    }
+    Ok(())
+}
+
+/// Go's strconv.ParseBool.
+fn parse_go_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
     }
 }
 

@@ -7,7 +7,8 @@
 //! KEDA ScaledObject (and TriggerAuthentication for CloudWatch), Karpenter
 //! NodePool and EC2NodeClass; plus the Namespace, ServiceAccounts, device
 //! plugin DaemonSets with their RBAC, an ALB Ingress splitting traffic
-//! across pools, and the model compile Jobs. Built-in kinds are
+//! across pools, the model compile Jobs and, with `[redis]`, the one
+//! TriggerAuthentication of the pools' `redis-streams` triggers. Built-in kinds are
 //! `k8s-openapi` types; KEDA and Karpenter kinds are the typed structs in
 //! [`crd`], held to the pinned CRDs in `deploy/crds/` by the tests.
 //!
@@ -32,19 +33,20 @@ use std::path::PathBuf;
 pub use config::{
     AcceleratorKind, Artifact, C2paSigning, CapacityType, CloudWatchPublish, ClusterConfig,
     CompileTarget, IngressMode, IngressScheme, InstanceSelector, Pool, PrometheusSignal,
-    ScalingTrigger,
+    RedisConfig, ScalingTrigger,
 };
 pub use error::DeployError;
 pub use keda::{
     CLOUDWATCH_BACKLOG_METRIC, CLOUDWATCH_DIMENSION_ACCELERATOR, CLOUDWATCH_DIMENSION_MODEL,
-    CLOUDWATCH_DIMENSION_POOL, CLOUDWATCH_NAMESPACE,
+    CLOUDWATCH_DIMENSION_POOL, CLOUDWATCH_NAMESPACE, redis_stream_key,
 };
 pub use output::{file_name, to_yaml_stream, write_dir, write_yaml};
 pub use plan::Plan;
 pub use render::{
     GRACE_MARGIN_SECS, PATH_LIVE, PATH_METRICS, PATH_READY, PLAN_DATE_ANNOTATION,
-    PLAN_SHA256_ANNOTATION, POOL_LABEL, PRESTOP_SLEEP_SECS, RenderedObject, SERVER_PATHS,
-    SERVER_PORT, SERVICE_PORT, node_pool_name, pool_object_name, render,
+    PLAN_SHA256_ANNOTATION, POOL_LABEL, PRESTOP_SLEEP_SECS, REDIS_PASSWORD_ENV, REDIS_QUEUE_ENV,
+    REDIS_TRIGGER_AUTHENTICATION, REDIS_URL_ENV, RenderedObject, SERVER_PATHS, SERVER_PORT,
+    SERVICE_PORT, node_pool_name, pool_object_name, render,
 };
 
 /// `anyaccel deploy render`.

@@ -442,3 +442,98 @@ fn pool_sizes_are_checked_against_the_artifact_family() {
     assert!(cfg.pools()[1].sizes().len() > 1);
     assert_eq!(cfg.pools()[0].sizes(), &[(512, 512)]);
 }
+
+/// MINIMAL with a `[redis]` table of these lines.
+fn with_redis(lines: &str) -> String {
+    format!("{MINIMAL}\n[redis]\n{lines}\n")
+}
+
+#[test]
+fn redis_section_is_checked_naming_its_fields() {
+    let ok = "endpoint = \"redis:6379\"\npassword_secret = \"redis-auth\"";
+    ClusterConfig::from_toml_str(&with_redis(ok)).expect("valid");
+    assert_problem(&with_redis(""), &["redis.endpoint is required"]);
+    assert_problem(
+        &with_redis("endpoint = \"redis:6379\""),
+        &["redis.password_secret is required", "redis.password_key"],
+    );
+    let endpoint = |e: &str| {
+        with_redis(&format!(
+            "endpoint = {e:?}\npassword_secret = \"redis-auth\""
+        ))
+    };
+    for (bad, says) in [
+        ("redis.cache", "has no port"),
+        ("redis.cache:99999", "a port is 1..=65535"),
+        ("http://redis:6379", "scheme \"http\""),
+        (
+            "redis://default:hunter2@redis:6379",
+            "redis.password_secret",
+        ),
+        ("redis://redis:6379/2", "redis.database"),
+        ("redis://redis_cache:6379", "not a DNS name"),
+    ] {
+        assert_problem(
+            &endpoint(bad),
+            &["redis.endpoint", &format!("{bad:?}"), says],
+        );
+    }
+    // A URL's scheme decides TLS; `tls` is for host:port.
+    assert_problem(
+        &with_redis("endpoint = \"rediss://redis:6379\"\ntls = true\npassword_secret = \"s\""),
+        &[
+            "redis.tls applies only to a host:port endpoint",
+            "rediss://",
+        ],
+    );
+    ClusterConfig::from_toml_str(&with_redis(&format!("{ok}\ntls = true")))
+        .expect("tls on host:port");
+    assert_problem(
+        &with_redis(&format!("{ok}\ndatabase = -1")),
+        &["redis.database (-1)"],
+    );
+    assert_problem(
+        &with_redis("endpoint = \"redis:6379\"\npassword_secret = \"Redis_Auth\""),
+        &["redis.password_secret \"Redis_Auth\"", "Secret name"],
+    );
+    assert_problem(
+        &with_redis(&format!("{ok}\npassword_key = \"pass word\"")),
+        &["redis.password_key \"pass word\""],
+    );
+    // Every problem at once.
+    let ps = problems(&with_redis("endpoint = \"redis\"\ndatabase = -2"));
+    assert!(ps.len() >= 3, "{ps:?}");
+    let e = ClusterConfig::from_toml_str(&with_redis(&format!("{ok}\npasswd = \"x\"")))
+        .expect_err("unknown key");
+    assert!(e.to_string().contains("passwd"), "{e}");
+}
+
+#[test]
+fn redis_jobs_targets_need_redis_and_a_sane_value() {
+    assert_problem(
+        &edit("weight = 10", "weight = 10\ntarget_redis_jobs = 4"),
+        &["pools[0].target_redis_jobs applies only with a [redis] section"],
+    );
+    let redis = "\n[redis]\nendpoint = \"redis:6379\"\npassword_secret = \"redis-auth\"\n";
+    for bad in [0, -1, 10_001] {
+        let toml = format!(
+            "{}{redis}",
+            edit(
+                "weight = 90",
+                &format!("weight = 90\ntarget_redis_jobs = {bad}")
+            )
+        );
+        assert_problem(
+            &toml,
+            &[&format!(
+                "pools[1].target_redis_jobs ({bad}) must be within 1..=10000"
+            )],
+        );
+    }
+    let toml = format!(
+        "{}{redis}",
+        edit("weight = 90", "weight = 90\ntarget_redis_jobs = 8")
+    );
+    let cfg = ClusterConfig::from_toml_str(&toml).expect("valid");
+    assert_eq!(cfg.pools()[1].redis_jobs_target(), Some(8));
+}

@@ -353,6 +353,11 @@ fn full_trigger_auth() -> TriggerAuthentication {
                 role_arn: Some("arn:aws:iam::123456789012:role/r".into()),
                 identity_owner: Some(IdentityOwner::Workload),
             }),
+            secret_target_ref: vec![AuthSecretTargetRef {
+                parameter: "password".into(),
+                name: "redis-auth".into(),
+                key: "password".into(),
+            }],
         },
     )
 }

@@ -6,6 +6,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use anyaccel_deploy::crd::{PodIdentityProvider, TriggerAuthenticationSpec};
 use anyaccel_deploy::{
     ClusterConfig, PRESTOP_SLEEP_SECS, RenderedObject, SERVER_PATHS, SERVER_PORT, render,
 };
@@ -428,10 +429,23 @@ fn every_pool_is_autoscaled_on_the_published_metric() {
             let max = spec["maxReplicaCount"].as_i64().expect("max");
             assert!(1 <= min && min <= max, "{name}: {min}..{max}");
             let pool = str_of(&d.value()["metadata"]["labels"]["anyaccel.io/pool"]);
-            for t in spec["triggers"].as_array().expect("triggers") {
+            let triggers = spec["triggers"].as_array().expect("triggers");
+            let server = &containers(d)[0];
+            assert_eq!(
+                env_of(server, anyaccel_deploy::REDIS_URL_ENV).is_some(),
+                triggers.iter().any(|t| t["type"] == "redis-streams"),
+                "{name}: a pool reading a Redis queue scales on its lag, and only then"
+            );
+            for t in triggers {
                 let md: BTreeMap<String, String> =
                     serde_json::from_value(t["metadata"].clone()).expect("string map");
-                let pod_identity = match str_of(&t["type"]) {
+                // The TriggerAuthentication the trigger names, as KEDA reads it.
+                let auth: Option<TriggerAuthenticationSpec> =
+                    t["authenticationRef"]["name"].as_str().map(|auth| {
+                        let ta = find(&objs, "TriggerAuthentication", auth);
+                        serde_json::from_value(ta.value()["spec"].clone()).expect("spec")
+                    });
+                match str_of(&t["type"]) {
                     "prometheus" => {
                         let q = &md["query"];
                         assert!(
@@ -439,7 +453,6 @@ fn every_pool_is_autoscaled_on_the_published_metric() {
                                 || q == &anyaccel_metrics::queue_depth_query(pool),
                             "{name}: query {q} is not one of the metrics crate's"
                         );
-                        false
                     }
                     "aws-cloudwatch" => {
                         assert_eq!(md["namespace"], anyaccel_deploy::CLOUDWATCH_NAMESPACE);
@@ -465,18 +478,61 @@ fn every_pool_is_autoscaled_on_the_published_metric() {
                             env_of(c, "ANYACCEL_CLOUDWATCH_REGION"),
                             Some(md["awsRegion"].as_str())
                         );
-                        let auth = str_of(&t["authenticationRef"]["name"]);
-                        let ta = find(&objs, "TriggerAuthentication", auth);
-                        assert_eq!(ta.value()["spec"]["podIdentity"]["provider"], "aws");
-                        true
+                        let provider = auth.as_ref().and_then(|a| a.pod_identity.as_ref());
+                        assert!(
+                            provider.is_some_and(|p| p.provider == PodIdentityProvider::Aws),
+                            "{name}: CloudWatch is read with KEDA's AWS identity"
+                        );
+                    }
+                    "redis-streams" => {
+                        // The stream and group the pool's servers read.
+                        let queue =
+                            env_of(server, anyaccel_deploy::REDIS_QUEUE_ENV).expect("queue");
+                        assert_eq!(md["stream"], anyaccel_deploy::redis_stream_key(queue));
+                        // The Redis they connect to: address, TLS, database.
+                        let url = env_of(server, anyaccel_deploy::REDIS_URL_ENV).expect("url");
+                        let (scheme, rest) = url.split_once("://").expect("a URL");
+                        let (address, db) = rest.split_once('/').unwrap_or((rest, ""));
+                        assert_eq!(md["address"], address, "{name}");
+                        assert_eq!(
+                            scheme == "rediss",
+                            md.get("enableTLS").is_some_and(|v| v == "true"),
+                            "{name}: {url}"
+                        );
+                        assert_eq!(md.get("databaseIndex").map_or("", String::as_str), db);
+                        assert!(!url.contains('@'), "{name}: no credentials in {url}");
+                        // The stream's length (jobs waiting or running): no
+                        // consumer group, whose lag or pending count KEDA
+                        // would read instead.
+                        assert!(!md.contains_key("consumerGroup"), "{name}");
+                        assert!(md["streamLength"].parse::<u64>().is_ok_and(|n| n >= 1));
+                        assert_eq!(t["metricType"], "AverageValue");
+                        // KEDA reads the password the servers read.
+                        let pw = server["env"]
+                            .as_array()
+                            .and_then(|e| {
+                                e.iter()
+                                    .find(|e| e["name"] == anyaccel_deploy::REDIS_PASSWORD_ENV)
+                            })
+                            .map(|e| &e["valueFrom"]["secretKeyRef"])
+                            .expect("password from a Secret");
+                        let refs = &auth.as_ref().expect("authenticationRef").secret_target_ref;
+                        let r = refs
+                            .iter()
+                            .find(|r| r.parameter == "password")
+                            .expect("password");
+                        assert_eq!(
+                            (pw["name"].as_str(), pw["key"].as_str()),
+                            (Some(r.name.as_str()), Some(r.key.as_str()))
+                        );
                     }
                     other => panic!("{name}: unexpected trigger {other}"),
-                };
+                }
                 anyaccel_deploy::keda::check_trigger(
                     str_of(&t["type"]),
                     &md,
                     t["metricType"].as_str(),
-                    pod_identity,
+                    auth.as_ref(),
                 )
                 .unwrap_or_else(|e| panic!("{name}: KEDA would reject the trigger: {e}"));
             }

@@ -1,7 +1,7 @@
 //! Defaults that depend on the accelerator kind, and the images and AMI a
 //! config gets when it names none.
 
-use super::AcceleratorKind;
+use super::{AcceleratorKind, CompileTarget};
 
 /// Karpenter's default AMI alias: the AL2023 EKS-optimized AMI, whose NVIDIA
 /// and Neuron variants Karpenter picks per instance type. Pin a version in
@@ -68,5 +68,22 @@ pub(super) fn kind_defaults(kind: AcceleratorKind) -> KindDefaults {
             root_volume_gib: 150,
             model_cache_size: "30Gi",
         },
+    }
+}
+
+/// The servers' `--max-batch` default (`anyaccel_batcher::BatcherConfig::
+/// default().max_batch_images`), which the Deployments leave as it is.
+/// Written out because deploy does not depend on the batcher; change both
+/// together.
+const SERVER_MAX_BATCH_IMAGES: u32 = 4;
+
+/// Default `target_redis_jobs`: one batch per replica, so the pool grows
+/// once its replicas are all running a full batch and jobs still wait.
+/// Neuron artifacts run one compiled batch size (the compile Job's default,
+/// 1) and take a larger batch as that many passes, so their batch is 1.
+pub(super) fn default_redis_jobs(target: CompileTarget) -> u32 {
+    match target {
+        CompileTarget::Neuron => 1,
+        _ => SERVER_MAX_BATCH_IMAGES,
     }
 }

@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub(super) device_plugins: Option<RawDevicePlugins>,
     pub(super) fleet: Option<RawFleet>,
     pub(super) c2pa: Option<RawC2pa>,
+    pub(super) redis: Option<RawRedis>,
     #[serde(default)]
     pub(super) artifacts: Vec<RawArtifact>,
     #[serde(default)]
@@ -86,6 +87,16 @@ pub(super) struct RawC2pa {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawRedis {
+    pub(super) endpoint: Option<String>,
+    pub(super) tls: Option<bool>,
+    pub(super) database: Option<i64>,
+    pub(super) password_secret: Option<String>,
+    pub(super) password_key: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawFleet {
     pub(super) controller: Option<bool>,
     pub(super) hold_down_secs: Option<i64>,
@@ -116,6 +127,7 @@ pub(super) struct RawPool {
     pub(super) latency_slo_secs: Option<Number>,
     pub(super) target_backlog_secs: Option<Number>,
     pub(super) target_queue_depth: Option<Number>,
+    pub(super) target_redis_jobs: Option<i64>,
     pub(super) weight: Option<i64>,
     pub(super) scaling: Option<RawScaling>,
     pub(super) resources: Option<RawResources>,

@@ -322,6 +322,7 @@ pub struct Pool {
     scale_down_window_secs: u32,
     root_volume_gib: u32,
     node_pool_weight: Option<u8>,
+    redis_jobs_target: Option<u32>,
 }
 
 impl Pool {
@@ -391,6 +392,12 @@ impl Pool {
     pub fn node_pool_weight(&self) -> Option<u8> {
         self.node_pool_weight
     }
+    /// Jobs of the pool's Redis queue (waiting or running) per replica
+    /// (`target_redis_jobs`), as if the pool served its queue alone; `None`
+    /// without `[redis]`.
+    pub fn redis_jobs_target(&self) -> Option<u32> {
+        self.redis_jobs_target
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -445,6 +452,51 @@ impl DevicePlugins {
     }
 }
 
+/// The Redis the servers share their job queues through (`[redis]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    host: String,
+    port: u16,
+    tls: bool,
+    database: u32,
+    password_secret: String,
+    password_key: String,
+}
+
+impl RedisConfig {
+    /// `host:port` (an IPv6 host in brackets), as KEDA's `address` takes it.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+    /// `ANYACCEL_REDIS_URL`: `redis://` or `rediss://` (TLS), the address,
+    /// and `/<database>` unless it is 0. Never a password.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let mut url = format!("{scheme}://{}", self.address());
+        if self.database != 0 {
+            url.push_str(&format!("/{}", self.database));
+        }
+        url
+    }
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+    pub fn database(&self) -> u32 {
+        self.database
+    }
+    /// Secret in the fleet's namespace holding the password.
+    pub fn password_secret(&self) -> &str {
+        &self.password_secret
+    }
+    pub fn password_key(&self) -> &str {
+        &self.password_key
+    }
+}
+
 /// A validated cluster description. Build it with [`ClusterConfig::from_toml_str`]
 /// or [`ClusterConfig::from_path`].
 #[derive(Debug, Clone, PartialEq)]
@@ -463,6 +515,7 @@ pub struct ClusterConfig {
     pools: Vec<Pool>,
     fleet: FleetController,
     c2pa: C2paSigning,
+    redis: Option<RedisConfig>,
     /// Indexes into `pools`, first fallback first.
     fallback_order: Vec<usize>,
     plan: Option<PlanStamp>,
@@ -606,6 +659,14 @@ impl ClusterConfig {
     }
     pub fn c2pa(&self) -> &C2paSigning {
         &self.c2pa
+    }
+    pub fn redis(&self) -> Option<&RedisConfig> {
+        self.redis.as_ref()
+    }
+    /// The job queue a pool's replicas read (`ANYACCEL_REDIS_QUEUE`): the
+    /// name of the artifact it serves, so pools serving one model share it.
+    pub fn queue_of(&self, pool: &Pool) -> &str {
+        self.artifact_of(pool).name()
     }
     /// Pools in fallback order: the plan's when rendered with one, else the
     /// order of the config (list the cheapest first).

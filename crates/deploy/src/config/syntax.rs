@@ -126,6 +126,115 @@ pub(super) fn is_arn(s: &str, service: &str, resource_prefix: &str) -> bool {
         && !s.chars().any(char::is_whitespace)
 }
 
+/// Key of a Secret's data (`[-._a-zA-Z0-9]+`, at most 253).
+pub(super) fn is_secret_key(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Port Redis listens on when a URL names none.
+const REDIS_DEFAULT_PORT: u16 = 6379;
+
+/// A parsed `redis.endpoint`.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct RedisEndpoint {
+    /// Without brackets for IPv6.
+    pub(super) host: String,
+    pub(super) port: u16,
+    /// What a URL's scheme says (`rediss` is TLS); `None` for `host:port`.
+    pub(super) tls: Option<bool>,
+}
+
+/// `host:port`, `redis://host[:port]` or `rediss://host[:port]`. The error
+/// says what is wrong, to follow the field name and value.
+pub(super) fn parse_redis_endpoint(s: &str) -> Result<RedisEndpoint, String> {
+    const FORMS: &str = "host:port, redis://host:port or rediss://host:port";
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("contains whitespace; use {FORMS}"));
+    }
+    let (tls, rest) = match s.split_once("://") {
+        None => (None, s),
+        Some(("redis", rest)) => (Some(false), rest),
+        Some(("rediss", rest)) => (Some(true), rest),
+        Some((scheme, _)) => {
+            return Err(format!(
+                "has scheme {scheme:?}; use {FORMS} (unix sockets and sentinels are not supported)"
+            ));
+        }
+    };
+    if rest.contains('@') {
+        return Err(
+            "carries credentials; the password comes from the Secret named by redis.password_secret"
+                .into(),
+        );
+    }
+    if rest.contains(['?', '#']) {
+        return Err(format!("has a query or fragment; use {FORMS}"));
+    }
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') {
+        return Err("has a path; set the database number with redis.database".into());
+    }
+    // `[v6]:port` or `host:port`; a URL may leave the port out.
+    let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
+        let Some((v6, after)) = inner.split_once(']') else {
+            return Err("has an unclosed '[' around an IPv6 address".into());
+        };
+        match after.strip_prefix(':') {
+            Some(port) => (v6, Some(port)),
+            None if after.is_empty() => (v6, None),
+            None => return Err(format!("is not {FORMS}")),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let port = match (port, tls) {
+        (Some(p), _) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && !p.starts_with('+') => n,
+            _ => return Err(format!("has port {p:?}; a port is 1..=65535")),
+        },
+        (None, Some(_)) => REDIS_DEFAULT_PORT,
+        (None, None) => return Err(format!("has no port; use {FORMS}")),
+    };
+    let host_ok = if authority.starts_with('[') {
+        host.contains(':')
+            && host
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+    } else {
+        is_host_name(host)
+    };
+    if !host_ok {
+        return Err(format!(
+            "has host {host:?}, which is not a DNS name or IP address; use {FORMS}"
+        ));
+    }
+    Ok(RedisEndpoint {
+        host: host.to_string(),
+        port,
+        tls,
+    })
+}
+
+/// A DNS name or IPv4 address, any case (a Service name such as `redis`,
+/// `redis.cache.svc.cluster.local`, an ElastiCache endpoint, 10.0.0.5).
+fn is_host_name(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        })
+}
+
 /// Kubernetes resource.Quantity syntax (the CRDs' own pattern).
 pub(super) fn is_quantity(s: &str) -> bool {
     let s = s.strip_prefix(['+', '-']).unwrap_or(s);
@@ -196,6 +305,48 @@ mod tests {
         assert_eq!(quantity_bytes("500M"), Some(500_000_000));
         assert_eq!(quantity_bytes("12"), Some(12));
         assert_eq!(quantity_bytes("1e3"), None);
+    }
+
+    #[test]
+    fn redis_endpoints() {
+        let ep = |host: &str, port: u16, tls: Option<bool>| RedisEndpoint {
+            host: host.into(),
+            port,
+            tls,
+        };
+        for (text, want) in [
+            ("redis.cache:6379", ep("redis.cache", 6379, None)),
+            ("10.0.0.5:6380", ep("10.0.0.5", 6380, None)),
+            ("redis://redis:6379", ep("redis", 6379, Some(false))),
+            ("redis://redis", ep("redis", 6379, Some(false))),
+            (
+                "rediss://Master.Cache.use1.cache.amazonaws.com:6379/",
+                ep("Master.Cache.use1.cache.amazonaws.com", 6379, Some(true)),
+            ),
+            ("[fd00::1]:6379", ep("fd00::1", 6379, None)),
+            ("rediss://[fd00::1]", ep("fd00::1", 6379, Some(true))),
+        ] {
+            assert_eq!(parse_redis_endpoint(text), Ok(want), "{text}");
+        }
+        for (bad, says) in [
+            ("redis.cache", "no port"),
+            ("redis.cache:0", "port"),
+            ("redis.cache:65536", "port"),
+            ("redis.cache:+6379", "port"),
+            ("http://redis:6379", "scheme"),
+            ("unix:///var/run/redis.sock", "scheme"),
+            ("redis://:secret@redis:6379", "credentials"),
+            ("redis://redis:6379/2", "redis.database"),
+            ("redis://redis:6379?db=2", "query"),
+            ("redis://-redis-:6379", "host"),
+            ("redis cache:6379", "whitespace"),
+            ("[fd00::1:6379", "unclosed"),
+            ("redis://", "host"),
+            (":6379", "host"),
+        ] {
+            let e = parse_redis_endpoint(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -52,6 +52,12 @@ pub const POOL_LABEL: &str = "anyaccel.io/pool";
 pub const PLAN_SHA256_ANNOTATION: &str = "anyaccel.io/plan-sha256";
 pub const PLAN_DATE_ANNOTATION: &str = "anyaccel.io/plan-generated-at";
 pub const ACCELERATOR_LABEL: &str = "anyaccel.io/accelerator";
+/// The servers' Redis settings (`--redis-url`, its password, `--redis-queue`).
+pub const REDIS_URL_ENV: &str = "ANYACCEL_REDIS_URL";
+pub const REDIS_PASSWORD_ENV: &str = "ANYACCEL_REDIS_PASSWORD";
+pub const REDIS_QUEUE_ENV: &str = "ANYACCEL_REDIS_QUEUE";
+/// The TriggerAuthentication every pool's `redis-streams` trigger uses.
+pub const REDIS_TRIGGER_AUTHENTICATION: &str = "anyaccel-redis";
 const NAME_LABEL: &str = "app.kubernetes.io/name";
 const PART_OF_LABEL: &str = "app.kubernetes.io/part-of";
 const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -162,6 +168,11 @@ pub fn render(cfg: &ClusterConfig) -> Result<Vec<RenderedObject>, DeployError> {
         out.push(RenderedObject::from_typed(&pool::disruption_budget(
             cfg, p,
         ))?);
+    }
+    if let Some(redis) = cfg.redis() {
+        out.push(RenderedObject::from_typed(
+            &pool::redis_trigger_authentication(cfg, redis),
+        )?);
     }
     for p in cfg.pools() {
         pool::autoscaling(cfg, p, &mut out)?;

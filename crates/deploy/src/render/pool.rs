@@ -11,34 +11,37 @@ use k8s_openapi::api::autoscaling::v2::{
     HPAScalingPolicy, HPAScalingRules, HorizontalPodAutoscalerBehavior,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec,
-    PodTemplateSpec, Probe, SecretVolumeSource, Service, ServicePort, ServiceSpec, SleepAction,
-    TopologySpreadConstraint, Volume, VolumeMount,
+    Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
+    PodSpec, PodTemplateSpec, Probe, SecretKeySelector, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec, SleepAction, TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::cluster::base_weight;
 use super::pod::{identity_env, pool_resources, scratch_volumes};
 use super::{
-    GRACE_MARGIN_SECS, PATH_LIVE, PATH_METRICS, PATH_READY, PRESTOP_SLEEP_SECS, RenderedObject,
-    SERVER_PORT, SERVER_SERVICE_ACCOUNT, SERVICE_PORT, env, health_check_annotations, meta,
+    GRACE_MARGIN_SECS, PATH_LIVE, PATH_METRICS, PATH_READY, PRESTOP_SLEEP_SECS, REDIS_PASSWORD_ENV,
+    REDIS_QUEUE_ENV, REDIS_TRIGGER_AUTHENTICATION, REDIS_URL_ENV, RenderedObject, SERVER_PORT,
+    SERVER_SERVICE_ACCOUNT, SERVICE_PORT, common_labels, env, health_check_annotations, meta,
     node_selector, pool_labels, pool_object_name, pool_selector, pool_tolerations,
     restricted_container_security, restricted_pod_security,
 };
 use crate::config::{
-    C2paSigning, CloudWatchPublish, ClusterConfig, Pool, PrometheusSignal, ScalingTrigger,
+    C2paSigning, CloudWatchPublish, ClusterConfig, Pool, PrometheusSignal, RedisConfig,
+    ScalingTrigger,
 };
 use crate::crd::{
-    AdvancedConfig, AuthenticationKind, AuthenticationRef, Fallback, FallbackBehavior,
-    HorizontalPodAutoscalerConfig, MetricTargetType, PodIdentity, ScaleTargetRef, ScaleTrigger,
-    ScaledObject, ScaledObjectSpec, TriggerAuthentication, TriggerAuthenticationSpec,
+    AdvancedConfig, AuthSecretTargetRef, AuthenticationKind, AuthenticationRef, Fallback,
+    FallbackBehavior, HorizontalPodAutoscalerConfig, MetricTargetType, PodIdentity, ScaleTargetRef,
+    ScaleTrigger, ScaledObject, ScaledObjectSpec, TriggerAuthentication, TriggerAuthenticationSpec,
 };
 use crate::error::DeployError;
 use crate::keda::{
     CLOUDWATCH_BACKLOG_METRIC, CLOUDWATCH_DIMENSION_ACCELERATOR, CLOUDWATCH_DIMENSION_MODEL,
     CLOUDWATCH_DIMENSION_POOL, CLOUDWATCH_NAMESPACE, CloudWatchMetadata, CloudWatchMetric,
-    PrometheusMetadata, ScalerType, check_trigger,
+    PrometheusMetadata, RedisStreamsMetadata, ScalerType, check_trigger, redis_stream_key,
 };
 
 /// Where a pool's C2PA signing Secret is mounted.
@@ -92,6 +95,28 @@ fn cloudwatch_env(pool: &Pool) -> Vec<EnvVar> {
     }
 }
 
+/// Env that points the server at the fleet's Redis and its model's queue.
+fn redis_env(cfg: &ClusterConfig, pool: &Pool, redis: &RedisConfig) -> Vec<EnvVar> {
+    vec![
+        env(REDIS_URL_ENV, redis.url()),
+        EnvVar {
+            name: REDIS_PASSWORD_ENV.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: redis.password_secret().into(),
+                    key: redis.password_key().into(),
+                    // A pod without the password could not take jobs: let
+                    // it fail to start, visibly, instead.
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        env(REDIS_QUEUE_ENV, cfg.queue_of(pool)),
+    ]
+}
+
 pub fn deployment(cfg: &ClusterConfig, pool: &Pool) -> Deployment {
     let name = pool_object_name(pool);
     let mut env = identity_env(cfg, pool);
@@ -101,6 +126,9 @@ pub fn deployment(cfg: &ClusterConfig, pool: &Pool) -> Deployment {
         pool.drain_timeout_secs().to_string(),
     ));
     env.extend(cloudwatch_env(pool));
+    if let Some(redis) = cfg.redis() {
+        env.extend(redis_env(cfg, pool, redis));
+    }
     let (mut volumes, mut mounts) = scratch_volumes("2Gi", pool.model_cache_size());
     match cfg.c2pa() {
         C2paSigning::Off => env.push(super::env("ANYACCEL_C2PA", "off")),
@@ -351,8 +379,86 @@ pub fn hpa_behavior(pool: &Pool) -> HorizontalPodAutoscalerBehavior {
     }
 }
 
-/// The pool's trigger and, for CloudWatch, its TriggerAuthentication.
-/// Checks the trigger the way KEDA's scaler will before emitting anything.
+/// What KEDA authenticates to Redis with: the password from the Secret the
+/// servers also read.
+fn redis_auth_spec(redis: &RedisConfig) -> TriggerAuthenticationSpec {
+    TriggerAuthenticationSpec {
+        secret_target_ref: vec![AuthSecretTargetRef {
+            parameter: "password".into(),
+            name: redis.password_secret().into(),
+            key: redis.password_key().into(),
+        }],
+        ..Default::default()
+    }
+}
+
+/// The one TriggerAuthentication every pool's Redis trigger references.
+pub fn redis_trigger_authentication(
+    cfg: &ClusterConfig,
+    redis: &RedisConfig,
+) -> TriggerAuthentication {
+    TriggerAuthentication::new(
+        meta(
+            REDIS_TRIGGER_AUTHENTICATION,
+            Some(cfg.namespace()),
+            common_labels("autoscaling"),
+        ),
+        redis_auth_spec(redis),
+    )
+}
+
+/// Per-replica stream length target for `pool`: its `target_redis_jobs`
+/// divided by its share (ALB weight) of the pools reading the same queue,
+/// so those pools together ask for length / target replicas, split as
+/// their traffic is, rather than each asking for all of them.
+pub fn redis_stream_length(cfg: &ClusterConfig, pool: &Pool, target: u32) -> u64 {
+    let queue = cfg.queue_of(pool);
+    let total: u64 = cfg
+        .pools()
+        .iter()
+        .filter(|p| cfg.queue_of(p) == queue)
+        .map(|p| u64::from(base_weight(cfg, p)))
+        .sum();
+    let own = u64::from(base_weight(cfg, pool)).max(1);
+    // Rounded to the nearest job (KEDA's streamLength is an integer); never
+    // 0, which the HPA rejects as a target.
+    ((2 * u64::from(target) * total + own) / (2 * own)).max(1)
+}
+
+fn redis_trigger(
+    cfg: &ClusterConfig,
+    pool: &Pool,
+    redis: &RedisConfig,
+    target: u32,
+) -> ScaleTrigger {
+    let md = RedisStreamsMetadata {
+        address: redis.address(),
+        stream: redis_stream_key(cfg.queue_of(pool)),
+        stream_length: redis_stream_length(cfg, pool, target),
+        enable_tls: redis.tls(),
+        database_index: redis.database(),
+    };
+    ScaleTrigger {
+        type_: ScalerType::RedisStreams,
+        name: Some("redis-jobs".into()),
+        metadata: md.to_map(),
+        // The length is the queue's total; the HPA divides it by the
+        // per-replica target.
+        metric_type: Some(MetricTargetType::AverageValue),
+        authentication_ref: Some(AuthenticationRef {
+            name: REDIS_TRIGGER_AUTHENTICATION.into(),
+            kind: Some(AuthenticationKind::TriggerAuthentication),
+        }),
+        // Uncached: each HPA sync (15 s) reads the length afresh, whatever
+        // the ScaledObject's polling interval (60 s with CloudWatch); one
+        // XLEN per sync costs Redis nothing.
+        use_cached_metrics: false,
+    }
+}
+
+/// The pool's trigger (plus the Redis one with `[redis]`) and, for
+/// CloudWatch, its TriggerAuthentication. Checks every trigger the way
+/// KEDA's scaler will before emitting anything.
 pub fn autoscaling(
     cfg: &ClusterConfig,
     pool: &Pool,
@@ -452,6 +558,7 @@ pub fn autoscaling(
                 ),
                 TriggerAuthenticationSpec {
                     pod_identity: Some(PodIdentity::aws(role_arn.clone())),
+                    ..Default::default()
                 },
             );
             // CloudWatch holds one datapoint per period: poll once a period.
@@ -459,17 +566,25 @@ pub fn autoscaling(
         }
     };
 
-    let pod_identity_aws = auth.is_some();
-    check_trigger(
-        trigger.type_.as_str(),
-        &trigger.metadata,
-        trigger.metric_type.map(MetricTargetType::as_str),
-        pod_identity_aws,
-    )
-    .map_err(|message| DeployError::Rejected {
-        object: format!("ScaledObject/{}/{name}", cfg.namespace()),
-        message,
-    })?;
+    let mut triggers = vec![(trigger, auth.as_ref().map(|a| a.spec.clone()))];
+    if let (Some(redis), Some(target)) = (cfg.redis(), pool.redis_jobs_target()) {
+        triggers.push((
+            redis_trigger(cfg, pool, redis, target),
+            Some(redis_auth_spec(redis)),
+        ));
+    }
+    for (t, auth) in &triggers {
+        check_trigger(
+            t.type_.as_str(),
+            &t.metadata,
+            t.metric_type.map(MetricTargetType::as_str),
+            auth.as_ref(),
+        )
+        .map_err(|message| DeployError::Rejected {
+            object: format!("ScaledObject/{}/{name}", cfg.namespace()),
+            message: format!("trigger {}: {message}", t.name.as_deref().unwrap_or("?")),
+        })?;
+    }
     // KEDA's webhook: the HPA it creates is named keda-hpa-<name> and that
     // name is used as a label value.
     let hpa_name = format!("keda-hpa-{name}");
@@ -519,7 +634,7 @@ pub fn autoscaling(
                 }),
                 restore_to_original_replica_count: None,
             }),
-            triggers: vec![trigger],
+            triggers: triggers.into_iter().map(|(t, _)| t).collect(),
         },
     );
     if let Some(auth) = auth {

@@ -3,6 +3,7 @@
 //! entry and its scaling trigger are checked in the submodules.
 
 mod pool;
+mod redis;
 mod scaling;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +24,7 @@ use crate::config::{
 };
 use crate::error::DeployError;
 use pool::validate_pool;
+use redis::validate_redis;
 
 /// ALB forward actions take at most five target groups.
 pub const MAX_POOLS: usize = 5;
@@ -229,6 +231,10 @@ pub(super) fn validate(raw: RawConfig) -> Result<ClusterConfig, DeployError> {
         p.add("cluster.hub_token_secret is required: a compile Job pushes its artifact to the Hub");
     }
 
+    // [redis]
+    let redis_given = raw.redis.is_some();
+    let redis = raw.redis.and_then(|r| validate_redis(r, &mut p));
+
     // [[pools]]
     let default_scaling = raw.scaling;
     let mut pools = Vec::new();
@@ -263,6 +269,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<ClusterConfig, DeployError> {
             &artifacts,
             default_scaling.as_ref(),
             ingress.mode,
+            redis_given,
             &mut p,
         ) {
             pools.push(pool);
@@ -329,6 +336,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<ClusterConfig, DeployError> {
         pools,
         fleet,
         c2pa,
+        redis,
         plan: None,
     })
 }

@@ -7,7 +7,7 @@ use anyaccel_pipeline::ModelFamily;
 
 use super::scaling::validate_trigger;
 use super::{MAX_WEIGHT, Problems};
-use crate::config::defaults::kind_defaults;
+use crate::config::defaults::{default_redis_jobs, kind_defaults};
 use crate::config::input::{Number, RawPool, RawScaling};
 use crate::config::syntax::{is_dns_label, is_instance_family, is_label_value, is_quantity};
 use crate::config::{
@@ -23,6 +23,7 @@ pub(super) fn validate_pool(
     artifacts: &[Artifact],
     default_scaling: Option<&RawScaling>,
     mode: IngressMode,
+    redis: bool,
     p: &mut Problems,
 ) -> Option<Pool> {
     let at = format!("pools[{i}]");
@@ -349,6 +350,25 @@ pub(super) fn validate_pool(
         "root_volume_gib",
         (20, 16384),
     );
+    let redis_jobs_target = match (redis, rp.target_redis_jobs) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            p.add(format!(
+                "{at}.target_redis_jobs applies only with a [redis] section"
+            ));
+            None
+        }
+        (true, Some(jobs)) if !(1..=10_000).contains(&jobs) => {
+            p.add(format!(
+                "{at}.target_redis_jobs ({jobs}) must be within 1..=10000 (queued or running jobs per replica)"
+            ));
+            None
+        }
+        (true, Some(jobs)) => Some(jobs as u32),
+        (true, None) => Some(default_redis_jobs(
+            artifact.map_or(CompileTarget::OnnxFp32, |i| artifacts[i].target),
+        )),
+    };
     let node_pool_weight = rp.node_pool_weight.map(|w| {
         if !(1..=100).contains(&w) {
             p.add(format!(
@@ -385,6 +405,7 @@ pub(super) fn validate_pool(
         scale_down_window_secs,
         root_volume_gib,
         node_pool_weight,
+        redis_jobs_target,
     })
 }
 
