@@ -4,9 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyaccel_batcher::BatcherConfig;
+use anyaccel_batcher::{BatcherConfig, CheckpointPolicy};
 use anyaccel_pipeline::Limits;
-use anyaccel_server::{AppState, CloudWatchConfig, CloudWatchMode, ServerConfig};
+use anyaccel_server::{
+    AppState, CloudWatchConfig, CloudWatchMode, QueueConfig, ServerConfig, SharedQueueConfig,
+};
 use anyhow::Context;
 use clap::Args;
 
@@ -18,6 +20,8 @@ pub struct ServeArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub c2pa: anyaccel_provenance::C2paArgs,
+    #[command(flatten)]
+    pub queue: QueueArgs,
     #[arg(long, default_value = "0.0.0.0", env = "ANYACCEL_HOST")]
     pub host: String,
     #[arg(long, default_value_t = 8080, env = "ANYACCEL_PORT")]
@@ -133,6 +137,90 @@ pub struct ServeArgs {
     pub cloudwatch_interval_secs: u64,
 }
 
+/// The fleet's shared job queue (Redis); without `--redis-url` jobs live in memory.
+#[derive(Args, Debug)]
+pub struct QueueArgs {
+    /// Redis for fleet-wide jobs: `redis://host:6379[/db]`, `rediss://…` for TLS.
+    #[arg(long, env = "ANYACCEL_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// The Redis password, if not in the URL (e.g. from a Secret).
+    #[arg(long, env = "ANYACCEL_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// Replicas with the same queue name share jobs; give each model artifact
+    /// its own. Default: the model's name.
+    #[arg(long, env = "ANYACCEL_REDIS_QUEUE")]
+    pub redis_queue: Option<String>,
+    /// This replica's name in the queue's consumer group. Default: host name and process id.
+    #[arg(long, env = "ANYACCEL_REDIS_CONSUMER")]
+    pub redis_consumer: Option<String>,
+    /// Seconds without a heartbeat after which a replica counts as dead and
+    /// another one takes over its jobs.
+    #[arg(long, default_value_t = 30, env = "ANYACCEL_REDIS_VISIBILITY_TIMEOUT_SECS")]
+    pub redis_visibility_timeout_secs: u64,
+    /// Largest encoded result (all of a job's images) kept in Redis.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes, env = "ANYACCEL_REDIS_MAX_RESULT_BYTES")]
+    pub redis_max_result_bytes: u64,
+    /// A running shared job checkpoints every this many steps (0: not by steps)...
+    #[arg(long, default_value_t = 5, env = "ANYACCEL_CHECKPOINT_EVERY_STEPS")]
+    pub checkpoint_every_steps: u32,
+    /// ...or after this many seconds since its last checkpoint (0: not by time).
+    #[arg(long, default_value_t = 10, env = "ANYACCEL_CHECKPOINT_EVERY_SECS")]
+    pub checkpoint_every_secs: u64,
+}
+
+impl QueueArgs {
+    fn config(&self, model: &str, result_ttl: Duration) -> anyhow::Result<Option<SharedQueueConfig>> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            anyhow::bail!("--redis-url must start with redis:// or rediss:// (got {url:?})");
+        }
+        if url.starts_with("rediss://") {
+            // The build links two rustls crypto providers; pick one, as `fleet` does.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let queue = self.redis_queue.clone().unwrap_or_else(|| queue_name(model));
+        if queue.is_empty() || queue.contains(['{', '}', ' ']) {
+            anyhow::bail!("--redis-queue {queue:?}: use letters, digits, '-', '_', '.', '/' or ':'");
+        }
+        if self.redis_visibility_timeout_secs == 0 {
+            anyhow::bail!("--redis-visibility-timeout-secs must be at least 1");
+        }
+        let consumer = self.redis_consumer.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "replica".into());
+            format!("{host}-{}", std::process::id())
+        });
+        Ok(Some(SharedQueueConfig {
+            redis: QueueConfig {
+                url: url.clone(),
+                password: self.redis_password.clone(),
+                queue,
+                consumer,
+                visibility_timeout: Duration::from_secs(self.redis_visibility_timeout_secs),
+                result_ttl,
+            },
+            checkpoints: CheckpointPolicy {
+                every_steps: self.checkpoint_every_steps,
+                every: Duration::from_secs(self.checkpoint_every_secs),
+            },
+            max_result_bytes: usize::try_from(self.redis_max_result_bytes).unwrap_or(usize::MAX),
+        }))
+    }
+}
+
+/// A model id or path as a queue name: its last component.
+fn queue_name(model: &str) -> String {
+    model
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .collect()
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Before the model loads: a bad certificate or key fails in a second.
     let signer = anyaccel_provenance::Signer::from_args(&args.c2pa)?;
@@ -209,7 +297,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         ttl_secs = config.batcher.result_ttl.as_secs(),
         "result memory budget"
     );
+    let queue = args
+        .queue
+        .config(&pipeline.model().id, config.batcher.result_ttl)?;
+    if let Some(q) = &queue {
+        tracing::info!(queue = %q.redis.queue, consumer = %q.redis.consumer, "jobs go through the shared queue");
+    }
     let state = AppState::new(pipeline, config)?.with_signer(signer);
+    // The queue's connection lives on the runtime that serves.
+    let _guard = runtime.enter();
+    let state = state.with_queue(queue)?;
     runtime.block_on(anyaccel_server::serve(state))?;
     tracing::info!("bye");
     Ok(())

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyaccel_pipeline::images::Encoding;
-use anyaccel_pipeline::{GeneratedImage, GenerationRequest, PipelineError, Timings};
+use anyaccel_pipeline::{Checkpoint, GeneratedImage, GenerationRequest, PipelineError, Timings};
 use image::RgbImage;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
@@ -37,7 +37,8 @@ impl JobStatus {
 pub enum ErrorCode {
     /// Past the request timeout, queued or running.
     DeadlineExceeded,
-    /// The server stopped before the job finished; another replica can run it.
+    /// The server stopped before the job finished (or handed it back to the
+    /// fleet's queue); another replica can run it, from its last checkpoint.
     ShuttingDown,
     /// The device (or its sidecar) is down; retrying later can succeed.
     ExecutorUnavailable,
@@ -155,6 +156,25 @@ impl Previews {
     }
 }
 
+/// When a running job saves where it stands, so another replica can resume it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// After every this many steps (0: not by steps).
+    pub every_steps: u32,
+    /// Or once this long has passed since the last one (zero: not by time).
+    pub every: Duration,
+}
+
+impl CheckpointPolicy {
+    fn wants(&self, step: u32, total: u32, since_last: Duration) -> bool {
+        if step == 0 || step >= total {
+            return false;
+        }
+        (self.every_steps > 0 && step.is_multiple_of(self.every_steps))
+            || (!self.every.is_zero() && since_last >= self.every)
+    }
+}
+
 /// How a job is submitted.
 #[derive(Debug, Clone, Default)]
 pub struct SubmitOptions {
@@ -166,6 +186,10 @@ pub struct SubmitOptions {
     pub encoding: Encoding,
     pub request_id: Option<String>,
     pub previews: Previews,
+    /// Checkpoint while running (jobs of the fleet's shared queue); `None`: never.
+    pub checkpoints: Option<CheckpointPolicy>,
+    /// The id to run it under (a shared job keeps the fleet's); `None`: a new one.
+    pub id: Option<JobId>,
 }
 
 /// What SSE subscribers receive, in order.
@@ -219,6 +243,12 @@ pub struct Job {
     pub(crate) deadline: Instant,
     pub(crate) cancel: AtomicBool,
     pub(crate) started: std::sync::Mutex<Option<Instant>>,
+    /// Stop at the next step and end with [`ErrorCode::ShuttingDown`],
+    /// leaving a checkpoint behind.
+    pub(crate) hand_back: AtomicBool,
+    pub(crate) checkpoints: Option<CheckpointPolicy>,
+    last_checkpoint: std::sync::Mutex<Instant>,
+    checkpoint: watch::Sender<Option<Arc<Checkpoint>>>,
     state: watch::Sender<JobState>,
     events: broadcast::Sender<JobEvent>,
 }
@@ -249,6 +279,7 @@ impl Job {
             preview: None,
         });
         let (events, _) = broadcast::channel(1024);
+        let (checkpoint, _) = watch::channel(request.resume().cloned().map(Arc::new));
         Self {
             id,
             request,
@@ -266,9 +297,44 @@ impl Job {
             deadline: now + timeout,
             cancel: AtomicBool::new(false),
             started: std::sync::Mutex::new(None),
+            hand_back: AtomicBool::new(false),
+            checkpoints: options.checkpoints,
+            last_checkpoint: std::sync::Mutex::new(now),
+            checkpoint,
             state,
             events,
         }
+    }
+
+    /// The latest checkpoint (the one it resumed from, until it makes one).
+    pub fn checkpoint(&self) -> Option<Arc<Checkpoint>> {
+        self.checkpoint.borrow().clone()
+    }
+
+    /// Checkpoints as they are made.
+    pub fn checkpoints(&self) -> watch::Receiver<Option<Arc<Checkpoint>>> {
+        self.checkpoint.subscribe()
+    }
+
+    pub(crate) fn wants_checkpoint(&self, step: u32, total: u32) -> bool {
+        let since = self
+            .last_checkpoint
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        self.checkpoints
+            .is_some_and(|p| p.wants(step, total, since))
+    }
+
+    pub(crate) fn save_checkpoint(&self, checkpoint: Checkpoint) {
+        if let Ok(mut t) = self.last_checkpoint.lock() {
+            *t = Instant::now();
+        }
+        self.checkpoint.send_replace(Some(Arc::new(checkpoint)));
+    }
+
+    pub(crate) fn hand_back_requested(&self) -> bool {
+        self.hand_back.load(Ordering::SeqCst)
     }
 
     /// Bytes this job keeps alive: its result's pixels and any init image.
@@ -351,7 +417,27 @@ impl Job {
 
 #[cfg(test)]
 mod tests {
-    use super::Previews;
+    use super::{CheckpointPolicy, Previews};
+    use std::time::Duration;
+
+    #[test]
+    fn checkpoints_fall_every_n_steps_or_after_a_while_and_never_on_the_last() {
+        let p = CheckpointPolicy {
+            every_steps: 5,
+            every: Duration::ZERO,
+        };
+        let at: Vec<u32> = (1..=20)
+            .filter(|&s| p.wants(s, 20, Duration::ZERO))
+            .collect();
+        assert_eq!(at, [5, 10, 15]);
+        let by_time = CheckpointPolicy {
+            every_steps: 0,
+            every: Duration::from_secs(10),
+        };
+        assert!(!by_time.wants(3, 20, Duration::from_secs(9)));
+        assert!(by_time.wants(3, 20, Duration::from_secs(10)));
+        assert!(!by_time.wants(20, 20, Duration::from_secs(60)));
+    }
 
     fn steps(p: Previews, total: u32) -> Vec<u32> {
         (1..=total).filter(|&s| p.wants(s, total)).collect()

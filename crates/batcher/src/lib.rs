@@ -25,8 +25,8 @@ use anyaccel_pipeline::images::OutputFormat;
 use anyaccel_pipeline::{GenerationRequest, Pipeline, Timings};
 
 pub use job::{
-    ErrorCode, Job, JobError, JobEvent, JobId, JobResult, JobState, JobStatus, Preview, Previews,
-    SubmitOptions,
+    CheckpointPolicy, ErrorCode, Job, JobError, JobEvent, JobId, JobResult, JobState, JobStatus,
+    Preview, Previews, SubmitOptions,
 };
 use retention::{Departure, Retention};
 
@@ -345,11 +345,13 @@ impl Batcher {
                 retry_after_secs: retry,
             });
         }
-        let n = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let id = format!(
-            "job-{:016x}",
-            inner.id_salt ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-        );
+        let id = options.id.clone().unwrap_or_else(|| {
+            let n = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            format!(
+                "job-{:016x}",
+                inner.id_salt ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            )
+        });
         let key = options.idempotency_key.clone();
         let job = Arc::new(Job::new(
             id.clone(),
@@ -480,6 +482,26 @@ impl Batcher {
             publish_positions(&st);
         }
         true
+    }
+
+    /// Stops a job at its next step (or before it starts) with a checkpoint
+    /// of where it stands; it ends failed with [`ErrorCode::ShuttingDown`],
+    /// for its owner to put back on the fleet's queue.
+    pub fn hand_back(&self, job: &Job) {
+        job.hand_back.store(true, Ordering::SeqCst);
+        let mut st = self.inner.lock();
+        if let Some(j) = st
+            .queue
+            .iter()
+            .position(|j| j.id == job.id)
+            .and_then(|pos| st.queue.remove(pos))
+        {
+            st.queued_work -= j.request.work();
+            j.finish(JobStatus::Failed, None, Some(worker::handed_back()));
+            self.inner.telemetry.job_finished(JobStatus::Failed, 0);
+            st.finished(&j, self.inner.telemetry.as_ref());
+            publish_positions(&st);
+        }
     }
 
     /// Cancels every queued and running job (A1111's `/interrupt`).

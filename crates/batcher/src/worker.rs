@@ -5,7 +5,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyaccel_pipeline::{GenerationRequest, Observer, Outcome};
+use anyaccel_pipeline::{Checkpoint, GenerationRequest, Observer, Outcome};
 use image::RgbImage;
 
 use crate::{
@@ -35,6 +35,12 @@ impl Inner {
                     st.queued_work -= j.request.work();
                     j.finish(JobStatus::Cancelled, None, None);
                     self.telemetry.job_finished(JobStatus::Cancelled, 0);
+                    st.finished(&j, self.telemetry.as_ref());
+                }
+                Some(j) if j.hand_back_requested() => {
+                    st.queued_work -= j.request.work();
+                    j.finish(JobStatus::Failed, None, Some(handed_back()));
+                    self.telemetry.job_finished(JobStatus::Failed, 0);
                     st.finished(&j, self.telemetry.as_ref());
                 }
                 Some(j) if j.past_deadline() => {
@@ -170,6 +176,10 @@ impl Inner {
                             ))
                         }
                         Outcome::Cancelled => End::Cancelled,
+                        Outcome::Suspended(checkpoint) => {
+                            job.save_checkpoint(checkpoint);
+                            End::Failed(handed_back())
+                        }
                     })
                     .collect()
             }
@@ -223,6 +233,15 @@ impl Inner {
     }
 }
 
+/// A job handed back to the fleet's queue ends here as failed-with-retry;
+/// its owner re-queues it from [`Job::checkpoint`].
+pub(crate) fn handed_back() -> JobError {
+    JobError::new(
+        ErrorCode::ShuttingDown,
+        "this replica handed the job back to the queue; another continues it",
+    )
+}
+
 /// How one job of a batch ended.
 enum End {
     Completed(JobResult),
@@ -252,6 +271,22 @@ impl Observer for BatchObserver<'_> {
         self.jobs
             .get(request)
             .is_some_and(|j| j.cancel_requested() || j.past_deadline())
+    }
+
+    fn should_suspend(&self, request: usize) -> bool {
+        self.jobs.get(request).is_some_and(|j| j.hand_back_requested())
+    }
+
+    fn wants_checkpoint(&self, request: usize, step: usize, total: usize) -> bool {
+        self.jobs
+            .get(request)
+            .is_some_and(|j| j.wants_checkpoint(step as u32, total as u32))
+    }
+
+    fn on_checkpoint(&self, request: usize, checkpoint: Checkpoint) {
+        if let Some(j) = self.jobs.get(request) {
+            j.save_checkpoint(checkpoint);
+        }
     }
 
     fn wants_preview(&self, request: usize, step: usize, total: usize) -> bool {

@@ -111,6 +111,25 @@ impl From<AdmissionError> for ApiError {
     }
 }
 
+impl From<anyaccel_queue::QueueError> for ApiError {
+    fn from(e: anyaccel_queue::QueueError) -> Self {
+        match e {
+            anyaccel_queue::QueueError::Unavailable(_) => {
+                let mut err = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue_unavailable",
+                    format!(
+                        "the job queue is unreachable ({e}); synchronous generation still works; retry jobs shortly"
+                    ),
+                );
+                err.retry_after = Some(2);
+                err
+            }
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
 impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         let status = match e.code {

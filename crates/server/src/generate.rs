@@ -14,7 +14,7 @@ use anyaccel_pipeline::{GenerationParams, GenerationRequest, Pipeline};
 use anyaccel_provenance::{ImageFacts, ImageFormat as ProvenanceFormat, ProvenanceError, Signer};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use base64::Engine;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::AppState;
@@ -374,7 +374,7 @@ pub fn timing_headers(headers: &mut HeaderMap, result: &JobResult, total: std::t
 }
 
 /// What produced an image: returned with every result.
-#[derive(Serialize, ToSchema, Clone)]
+#[derive(Serialize, Deserialize, ToSchema, Clone)]
 pub struct Provenance {
     pub model: String,
     pub model_hash: String,
@@ -412,7 +412,7 @@ pub fn provenance(state: &AppState, request: &GenerationRequest) -> Provenance {
 }
 
 /// Stage timings of a result, in seconds.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct TimingReport {
     pub queue: f64,
     pub inference: f64,

@@ -43,9 +43,20 @@ pub async fn live() -> Json<Health> {
     (status = 200, body = Health), (status = 503, description = "Warming up or draining", body = Health)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.is_ready() {
+        // Without Redis the jobs API answers 503 but synchronous APIs
+        // serve: stay in the Service, and say what is degraded.
+        let degraded = state.queue.as_ref().and_then(|q| {
+            let h = q.health();
+            (!h.connected).then(|| {
+                format!(
+                    "job queue unreachable ({}); /v1/jobs answers 503, synchronous APIs serve",
+                    h.error.unwrap_or_default()
+                )
+            })
+        });
         Json(Health {
-            status: "ready",
-            reason: None,
+            status: if degraded.is_some() { "degraded" } else { "ready" },
+            reason: degraded,
         })
         .into_response()
     } else {
@@ -135,6 +146,11 @@ pub struct Info {
     pub limits: InfoLimits,
     pub defaults: InfoDefaults,
     pub memory: Option<InfoMemory>,
+    /// Where async jobs live: `{"backend": "memory"}`, or the shared queue
+    /// (`backend: redis`, queue and stream names, this replica's consumer
+    /// name, whether Redis answers and why not).
+    #[schema(value_type = Object)]
+    pub jobs: serde_json::Value,
     pub version: &'static str,
 }
 
@@ -239,6 +255,10 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
             available_bytes: b.available_bytes,
             source: b.source.to_string(),
         }),
+        jobs: match &state.queue {
+            Some(q) => q.describe(),
+            None => serde_json::json!({ "backend": "memory" }),
+        },
         version: env!("CARGO_PKG_VERSION"),
     })
 }

@@ -14,7 +14,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, KeepAlive, KeepAliveStream, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::Stream;
@@ -36,7 +36,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// A generation job: the OpenAI fields plus an optional init image.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobBody {
     pub prompt: String,
@@ -75,20 +75,20 @@ pub struct Progress {
     pub total: u32,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct JobImage {
     pub seed: u64,
     pub b64_json: String,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct JobResultBody {
     pub images: Vec<JobImage>,
     pub output_format: String,
     pub timings: TimingReport,
 }
 
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct JobErrorBody {
     pub code: String,
     pub message: String,
@@ -108,6 +108,9 @@ pub struct JobView {
     pub status_url: String,
     pub events_url: String,
     pub anyaccel: Provenance,
+    /// The replica running it, with the shared queue (`--redis-url`): its consumer name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<JobResultBody>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,6 +157,7 @@ async fn view(state: &AppState, job: &Arc<Job>, snapshot: JobState) -> Result<Jo
         status_url: format!("/v1/jobs/{}", job.id),
         events_url: format!("/v1/jobs/{}/events", job.id),
         anyaccel: generate::provenance(state, &job.request),
+        replica: None,
         result,
         error: snapshot.error.map(|e| JobErrorBody {
             code: e.code.to_string(),
@@ -188,6 +192,47 @@ pub async fn submit(
             "must be at most 256 characters",
         ));
     }
+    let job = prepare(&state, &body).await?;
+    if let Some(queue) = &state.queue {
+        return queue.submit(&state, body, job, key).await;
+    }
+    let job = state.batcher.submit(
+        job.request,
+        SubmitOptions {
+            idempotency_key: key,
+            retained: true,
+            encoding: job.encoding,
+            request_id: crate::trace::request_id(),
+            previews: job.previews,
+            checkpoints: None,
+            id: None,
+        },
+    )?;
+    let v = view(&state, &job, job.state()).await?;
+    Ok(accepted(v))
+}
+
+/// 202 with the job and its `Location`.
+pub(crate) fn accepted(v: JobView) -> Response {
+    let location = HeaderValue::from_str(&v.status_url).ok();
+    let mut resp = (StatusCode::ACCEPTED, Json(v)).into_response();
+    if let Some(loc) = location {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    resp
+}
+
+/// A job body, validated: what the batcher runs and how it reports.
+pub(crate) struct Prepared {
+    pub request: anyaccel_pipeline::GenerationRequest,
+    pub previews: Previews,
+    pub encoding: Encoding,
+}
+
+/// Validates a job body as this replica's pipeline sees it (the replica
+/// that runs a shared job validates it again).
+pub(crate) async fn prepare(state: &AppState, body: &JobBody) -> Result<Prepared, ApiError> {
+    let body = body.clone();
     let previews = match body.preview_every {
         None => Previews::Off,
         Some(0) => {
@@ -199,7 +244,7 @@ pub async fn submit(
         Some(n) => Previews::Every(n),
     };
     let init_image = match &body.image {
-        Some(data) => Some(generate::decode_base64_image(&state, data, "image")?),
+        Some(data) => Some(generate::decode_base64_image(state, data, "image")?),
         None => None,
     };
     let params = Fields {
@@ -217,27 +262,16 @@ pub async fn submit(
         crop_top_left: body.crop_top_left,
         target_size: body.target_size,
     }
-    .params(&state)?;
-    let request = generate::validate(&state, params).await?;
-    let job = state.batcher.submit(
+    .params(state)?;
+    let request = generate::validate(state, params).await?;
+    Ok(Prepared {
         request,
-        SubmitOptions {
-            idempotency_key: key,
-            retained: true,
-            encoding: Encoding {
-                format: body.output_format.map(Into::into).unwrap_or_default(),
-                quality: body.output_compression,
-            },
-            request_id: crate::trace::request_id(),
-            previews,
+        previews,
+        encoding: Encoding {
+            format: body.output_format.map(Into::into).unwrap_or_default(),
+            quality: body.output_compression,
         },
-    )?;
-    let v = view(&state, &job, job.state()).await?;
-    let mut resp = (StatusCode::ACCEPTED, Json(v)).into_response();
-    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/jobs/{}", job.id)) {
-        resp.headers_mut().insert(header::LOCATION, loc);
-    }
-    Ok(resp)
+    })
 }
 
 fn lookup(state: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
@@ -264,6 +298,9 @@ pub async fn status(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
+    if let Some(queue) = &state.queue {
+        return Ok(Json(queue.status(&state, &id).await?));
+    }
     let job = lookup(&state, &id)?;
     Ok(Json(view(&state, &job, job.state()).await?))
 }
@@ -279,6 +316,9 @@ pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobView>, ApiError> {
+    if let Some(queue) = &state.queue {
+        return Ok(Json(queue.cancel(&state, &id).await?));
+    }
     let job = lookup(&state, &id)?;
     if state.batcher.cancel(&job) && job.state().status == JobStatus::Running {
         // Give the worker a moment to reach the next step so the answer is final.
@@ -299,8 +339,8 @@ fn is_terminal(e: &JobEvent) -> bool {
     )
 }
 
-fn sse_event(e: &JobEvent) -> Event {
-    let name = match e {
+pub(crate) fn event_name(e: &JobEvent) -> &'static str {
+    match e {
         JobEvent::Queued { .. } => "queued",
         JobEvent::Started { .. } => "started",
         JobEvent::Step { .. } => "step",
@@ -308,11 +348,12 @@ fn sse_event(e: &JobEvent) -> Event {
         JobEvent::Completed => "completed",
         JobEvent::Failed { .. } => "failed",
         JobEvent::Cancelled => "cancelled",
-    };
-    Event::default()
-        .event(name)
-        .json_data(e)
-        .unwrap_or_else(|_| Event::default().event(name))
+    }
+}
+
+/// An event as its SSE `data` (JSON, with an `event` field naming it).
+pub(crate) fn event_json(e: &JobEvent) -> String {
+    serde_json::to_string(e).unwrap_or_else(|_| format!("{{\"event\":\"{}\"}}", event_name(e)))
 }
 
 /// The event a late subscriber needs to catch up.
@@ -348,7 +389,11 @@ fn catch_up(s: &JobState) -> JobEvent {
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Sse<KeepAliveStream<EventStream>>, ApiError> {
+    if let Some(queue) = &state.queue {
+        let stream = queue.events(&state, &id).await?;
+        return Ok(Sse::new(stream).keep_alive(KeepAlive::default()));
+    }
     let job = lookup(&state, &id)?;
     let encoding = job.encoding;
     let (state2, job2) = (state.clone(), job.clone());
@@ -369,8 +414,11 @@ pub async fn events(
         let (state, job) = (state2.clone(), job2.clone());
         async move { Ok(with_preview(&state, &job, e, encoding).await) }
     });
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(Box::pin(stream) as EventStream).keep_alive(KeepAlive::default()))
 }
+
+/// What a job's SSE response streams, from memory or from the shared queue.
+pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
 
 /// A preview event carries its image, encoded as the job's results are.
 #[derive(Serialize)]
@@ -384,38 +432,47 @@ struct PreviewData {
 }
 
 async fn with_preview(state: &AppState, job: &Arc<Job>, e: JobEvent, encoding: Encoding) -> Event {
+    let data = event_data(state, job, &e, encoding).await;
+    Event::default().event(event_name(&e)).data(data)
+}
+
+/// An event's SSE `data`; a preview's carries its image, encoded as the job's results are.
+pub(crate) async fn event_data(
+    state: &AppState,
+    job: &Arc<Job>,
+    e: &JobEvent,
+    encoding: Encoding,
+) -> String {
     let JobEvent::Preview {
         step,
         total,
         image,
         pixels,
-    } = &e
+    } = e
     else {
-        return sse_event(&e);
+        return event_json(e);
     };
-    match generate::encode_preview(
+    let encoded = generate::encode_preview(
         state,
         job,
         pixels.clone(),
         encoding.format,
         encoding.quality,
     )
-    .await
-    {
-        Ok(bytes) => Event::default()
-            .event("preview")
-            .json_data(PreviewData {
-                event: "preview",
-                step: *step,
-                total: *total,
-                image: *image,
-                output_format: encoding.format.extension().replace("jpg", "jpeg"),
-                b64_json: generate::b64(&bytes),
-            })
-            .unwrap_or_else(|_| sse_event(&e)),
+    .await;
+    match encoded {
+        Ok(bytes) => serde_json::to_string(&PreviewData {
+            event: "preview",
+            step: *step,
+            total: *total,
+            image: *image,
+            output_format: encoding.format.extension().replace("jpg", "jpeg"),
+            b64_json: generate::b64(&bytes),
+        })
+        .unwrap_or_else(|_| event_json(e)),
         Err(err) => {
             tracing::warn!(error = ?err, "preview could not be encoded");
-            sse_event(&e)
+            event_json(e)
         }
     }
 }

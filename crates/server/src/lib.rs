@@ -14,6 +14,7 @@ mod jobs;
 mod metrics;
 mod openai;
 mod playground;
+mod queue;
 mod store;
 mod stream;
 mod trace;
@@ -40,6 +41,8 @@ pub use cloudwatch::{CloudWatchConfig, CloudWatchMode};
 pub use error::ApiError;
 pub use generate::sign_image;
 pub use metrics::Metrics;
+pub use queue::SharedQueueConfig;
+pub use anyaccel_queue::QueueConfig;
 
 /// Everything `serve` needs besides the pipeline.
 #[derive(Debug, Clone)]
@@ -90,6 +93,8 @@ pub struct AppState {
     warmed: Arc<AtomicBool>,
     /// Signs every returned image (C2PA); `None` = unsigned.
     pub(crate) signer: Option<Arc<Signer>>,
+    /// The fleet's shared job queue; `None`: jobs live in this replica's memory.
+    pub(crate) queue: Option<Arc<queue::SharedQueue>>,
 }
 
 impl AppState {
@@ -104,7 +109,20 @@ impl AppState {
             config: Arc::new(config),
             warmed: Arc::new(AtomicBool::new(false)),
             signer: None,
+            queue: None,
         })
+    }
+
+    /// Puts the jobs API on the fleet's shared queue (Redis).
+    pub fn with_queue(
+        mut self,
+        config: Option<SharedQueueConfig>,
+    ) -> Result<Self, anyaccel_queue::QueueError> {
+        self.queue = match config {
+            Some(c) => Some(Arc::new(queue::SharedQueue::new(c, self.metrics.clone())?)),
+            None => None,
+        };
+        Ok(self)
     }
 
     /// Signs every image this server returns with `signer`'s C2PA manifests.
@@ -281,7 +299,17 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     let warm = state.clone();
-    tokio::task::spawn_blocking(move || warm.warm_up());
+    let pulls = state.clone();
+    // Pull shared jobs only once warmed up: a cold replica would take work
+    // that a warm one could start sooner.
+    tokio::spawn(async move {
+        if tokio::task::spawn_blocking(move || warm.warm_up())
+            .await
+            .is_ok()
+        {
+            queue::spawn(pulls);
+        }
+    });
     cloudwatch::spawn(state.clone(), state.config.cloudwatch.clone());
     let app = router(state.clone());
     let drained = state.clone();
@@ -291,10 +319,13 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
             tracing::info!("shutdown requested: draining");
             drained.batcher.begin_drain();
             let timeout = drained.config.drain_timeout;
+            queue::begin_drain(&drained, timeout);
             let b = drained.batcher.clone();
             let clean = tokio::task::spawn_blocking(move || b.drain(timeout))
                 .await
                 .unwrap_or(false);
+            // Shared jobs write their ends (or go back to the queue) before we exit.
+            queue::settle(&drained, Duration::from_secs(10)).await;
             if clean {
                 tracing::info!("drained; exiting");
             } else {

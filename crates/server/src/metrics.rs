@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyaccel_batcher::{JobStatus, QueueStats, Telemetry};
+use anyaccel_queue::QueueTelemetry;
 use anyaccel_metrics as names;
 use anyaccel_pipeline::Timings;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -27,6 +28,11 @@ pub struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
     pub stage: &'static str,
 }
@@ -38,6 +44,13 @@ const REQUEST_BUCKETS: [f64; 15] = [
 
 fn request_histogram() -> Histogram {
     Histogram::new(REQUEST_BUCKETS)
+}
+
+/// Redis answers in about 0.1 ms on loopback, a few ms across zones.
+fn redis_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 16,
+    ))
 }
 
 fn step_histogram() -> Histogram {
@@ -62,6 +75,13 @@ pub struct Metrics {
     results_held: Gauge,
     results_evicted: Counter,
     panics: Counter,
+    queue_claimed: Counter,
+    queue_steps_saved: Counter,
+    queue_handed_back: Counter,
+    checkpoint_duration: Histogram,
+    redis_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
+    redis_errors: Family<OperationLabels, Counter>,
+    redis_up: Gauge,
     // Plain totals for the CloudWatch sampler (client work only).
     work_requests: AtomicU64,
     work_latency_micros: AtomicU64,
@@ -112,6 +132,13 @@ impl Metrics {
             results_held: Gauge::default(),
             results_evicted: Counter::default(),
             panics: Counter::default(),
+            queue_claimed: Counter::default(),
+            queue_steps_saved: Counter::default(),
+            queue_handed_back: Counter::default(),
+            checkpoint_duration: step_histogram(),
+            redis_duration: Family::new_with_constructor(redis_histogram as fn() -> Histogram),
+            redis_errors: Family::default(),
+            redis_up: Gauge::default(),
             work_requests: AtomicU64::new(0),
             work_latency_micros: AtomicU64::new(0),
             registry: Registry::default(),
@@ -186,7 +213,63 @@ impl Metrics {
             "Panics caught in the pipeline (the server then reports not ready)",
             m.panics.clone(),
         );
+        m.register_queue(&mut registry);
         Self { registry, ..m }
+    }
+
+    fn register_queue(&self, registry: &mut Registry) {
+        use names::queue as q;
+        registry.register(
+            counter_name(q::CLAIMED_TOTAL),
+            "Jobs taken over from a replica that stopped heartbeating",
+            self.queue_claimed.clone(),
+        );
+        registry.register(
+            counter_name(q::STEPS_SAVED_TOTAL),
+            "Denoising steps not rerun because a job resumed from its checkpoint",
+            self.queue_steps_saved.clone(),
+        );
+        registry.register(
+            counter_name(q::HANDED_BACK_TOTAL),
+            "Jobs handed back to the shared queue while draining",
+            self.queue_handed_back.clone(),
+        );
+        registry.register(
+            q::CHECKPOINT_SECONDS,
+            "Time to encode and store one job checkpoint",
+            self.checkpoint_duration.clone(),
+        );
+        registry.register(
+            q::REDIS_SECONDS,
+            "Redis round trips by operation",
+            self.redis_duration.clone(),
+        );
+        registry.register(
+            counter_name(q::REDIS_ERRORS_TOTAL),
+            "Redis calls that got no answer, by operation",
+            self.redis_errors.clone(),
+        );
+        registry.register(
+            q::REDIS_UP,
+            "1 while Redis answers",
+            self.redis_up.clone(),
+        );
+    }
+
+    pub fn job_claimed(&self) {
+        self.queue_claimed.inc();
+    }
+
+    pub fn job_resumed(&self, steps_saved: u32) {
+        self.queue_steps_saved.inc_by(u64::from(steps_saved));
+    }
+
+    pub fn job_handed_back(&self) {
+        self.queue_handed_back.inc();
+    }
+
+    pub fn observe_checkpoint(&self, elapsed: Duration) {
+        self.checkpoint_duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_request(&self, endpoint: &str, status: u16, elapsed: Duration) {
@@ -282,5 +365,18 @@ impl Telemetry for Metrics {
 
     fn pipeline_panicked(&self) {
         self.panics.inc();
+    }
+}
+
+impl QueueTelemetry for Metrics {
+    fn redis_call(&self, op: &'static str, elapsed: Duration, ok: bool) {
+        let labels = OperationLabels { operation: op };
+        self.redis_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.redis_errors.get_or_create(&labels).inc();
+        }
+        self.redis_up.set(i64::from(ok));
     }
 }

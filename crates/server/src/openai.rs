@@ -38,7 +38,7 @@ pub enum ResponseFormat {
     Url,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Png,
@@ -139,9 +139,9 @@ async fn respond(
     let job = held.job();
     let encoded = generate::encode(state, job, &result, output_format, compression).await?;
     let base = base_url(state, headers);
-    let data = encoded
-        .into_iter()
-        .map(|e| match response_format {
+    let mut data = Vec::with_capacity(encoded.len());
+    for e in encoded {
+        data.push(match response_format {
             ResponseFormat::B64Json => ImageData {
                 b64_json: Some(generate::b64(&e.bytes)),
                 url: None,
@@ -149,7 +149,7 @@ async fn respond(
                 seed: e.seed,
             },
             ResponseFormat::Url => {
-                let id = state.batcher.keep_file(e.bytes, output_format);
+                let id = keep_file(state, e.bytes, output_format).await;
                 ImageData {
                     b64_json: None,
                     url: Some(format!("{base}/v1/images/files/{id}")),
@@ -157,8 +157,8 @@ async fn respond(
                     seed: e.seed,
                 }
             }
-        })
-        .collect();
+        });
+    }
     let body = ImagesResponse {
         created: job.created_unix,
         data,
@@ -170,6 +170,18 @@ async fn respond(
     let mut resp = (StatusCode::OK, Json(body)).into_response();
     generate::timing_headers(resp.headers_mut(), &result, started.elapsed());
     Ok(resp)
+}
+
+/// Keeps an image behind a link: in the shared queue (any replica serves
+/// it) when there is one and it answers, else in this replica's memory.
+async fn keep_file(state: &AppState, bytes: Vec<u8>, format: OutputFormat) -> String {
+    if let Some(queue) = &state.queue {
+        match queue.keep_file(&bytes, format).await {
+            Ok(id) => return id,
+            Err(e) => tracing::warn!(error = %e, "kept the image here instead of the shared queue"),
+        }
+    }
+    state.batcher.keep_file(bytes, format)
 }
 
 fn base_url(state: &AppState, headers: &HeaderMap) -> String {

@@ -2,6 +2,7 @@
 //! retained job results, within the result TTL and memory budget.
 
 use anyaccel_batcher::Lookup;
+use anyaccel_pipeline::images::OutputFormat;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -27,7 +28,7 @@ async fn file(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
                 format!("image {id} expired (links last for the result TTL)"),
             ));
         }
-        Lookup::NotFound => return Err(ApiError::not_found(format!("no image {id}"))),
+        Lookup::NotFound => return shared_file(&state, &id).await,
     };
     let mut resp = file.bytes.as_ref().clone().into_response();
     resp.headers_mut().insert(
@@ -35,4 +36,25 @@ async fn file(State(state): State<AppState>, Path(id): Path<String>) -> Result<R
         HeaderValue::from_static(file.format.mime()),
     );
     Ok(resp)
+}
+
+/// An image another replica kept, through the shared queue.
+async fn shared_file(state: &AppState, id: &str) -> Result<Response, ApiError> {
+    let format = id.rsplit_once('.').and_then(|(_, ext)| {
+        [OutputFormat::Png, OutputFormat::Jpeg, OutputFormat::Webp]
+            .into_iter()
+            .find(|f| f.extension() == ext)
+    });
+    let (Some(queue), Some(format)) = (&state.queue, format) else {
+        return Err(ApiError::not_found(format!("no image {id}")));
+    };
+    match queue.file(id).await? {
+        Some(bytes) => {
+            let mut resp = bytes.into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(format.mime()));
+            Ok(resp)
+        }
+        None => Err(ApiError::not_found(format!("no image {id}"))),
+    }
 }

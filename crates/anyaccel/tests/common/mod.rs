@@ -1,6 +1,8 @@
 //! Running `anyaccel serve` as a child process for tests.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
