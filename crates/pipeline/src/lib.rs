@@ -4,6 +4,7 @@
 //! ([`ModelFamily`]: SD 1.x/2.x, SDXL, SD3, FLUX.1).
 //! Model components run on an [`anyaccel_executor::Executor`].
 
+mod checkpoint;
 pub mod family;
 pub mod images;
 pub mod memory;
@@ -16,6 +17,7 @@ pub mod scheduler;
 mod target;
 pub mod tokenizer;
 
+pub use checkpoint::{Checkpoint, CheckpointError};
 pub use family::{Guidance, ModelFamily, UnsupportedPipeline};
 pub use model::{Model, ModelError, ModelInfo};
 pub use pipeline::{

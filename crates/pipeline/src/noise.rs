@@ -10,8 +10,11 @@
 const N: usize = 624;
 const M: usize = 397;
 
+/// Words in the generator's state (what a checkpoint stores).
+pub(crate) const STATE_WORDS: usize = N;
+
 /// One image's random stream: initial latents, then any per-step noise.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct NoiseGenerator {
     state: [u32; N],
     index: usize,
@@ -37,6 +40,17 @@ impl NoiseGenerator {
                 .wrapping_add(i as u32);
         }
         Self { state, index: N }
+    }
+
+    /// A generator at a saved position (a checkpoint's); `None` if `index`
+    /// is past the state, which no generator ever reaches.
+    pub(crate) fn from_parts(state: [u32; N], index: usize) -> Option<Self> {
+        (index <= N).then_some(Self { state, index })
+    }
+
+    /// The state words and the index of the next one to temper.
+    pub(crate) fn parts(&self) -> (&[u32; N], usize) {
+        (&self.state, self.index)
     }
 
     fn twist(&mut self) {
@@ -128,6 +142,16 @@ mod tests {
         let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / v.len() as f64;
         assert!(mean.abs() < 0.01, "mean {mean}");
         assert!((var - 1.0).abs() < 0.02, "variance {var}");
+    }
+
+    #[test]
+    fn a_saved_position_continues_the_stream() {
+        let mut g = NoiseGenerator::new(11);
+        g.randn(1000);
+        let (state, index) = g.parts();
+        let mut copy = NoiseGenerator::from_parts(*state, index).unwrap();
+        assert_eq!(copy.randn(2000), g.randn(2000));
+        assert!(NoiseGenerator::from_parts([0; N], N + 1).is_none());
     }
 
     #[test]

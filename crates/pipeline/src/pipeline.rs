@@ -10,6 +10,7 @@ use anyaccel_executor::{
 };
 use image::RgbImage;
 
+use crate::checkpoint::{Checkpoint, ImageCheckpoint};
 use crate::family::{Guidance, ModelFamily};
 use crate::images;
 use crate::memory::MemoryBudget;
@@ -34,6 +35,8 @@ pub enum PipelineError {
     IncompatibleBatch,
     #[error("the model has no tokenizer for {0}")]
     NoTokenizer(anyaccel_executor::Component),
+    #[error("the checkpoint a request resumes from does not fit this model: {0}")]
+    CheckpointMismatch(String),
     #[error("{component} returned shape {shape:?}, expected {expected}")]
     Shape {
         component: &'static str,
@@ -42,12 +45,33 @@ pub enum PipelineError {
     },
 }
 
-/// Hooks the pipeline calls while it runs (progress, cancellation).
-/// `request` is the index of the request within the batch.
+/// Hooks the pipeline calls while it runs (progress, cancellation,
+/// checkpoints). `request` is the index of the request within the batch.
+/// Steps are relative to the request's first step and count from 1; a
+/// resumed request continues the count (after a checkpoint at 10 of 20 it
+/// reports 11 to 20, of 20).
 pub trait Observer: Sync {
     fn on_step(&self, _request: usize, _step: usize, _total: usize) {}
     /// Checked before every denoising step; a cancelled request's images leave the batch.
     fn is_cancelled(&self, _request: usize) -> bool {
+        false
+    }
+    /// Whether to checkpoint request `request` after `step` of `total`
+    /// (relative steps, as [`Observer::on_step`]). Not asked after the
+    /// final step: there would be nothing left to resume.
+    fn wants_checkpoint(&self, _request: usize, _step: usize, _total: usize) -> bool {
+        false
+    }
+    /// The request's images after `step`: called after the scheduler step
+    /// and before [`Observer::on_step`] for that step.
+    fn on_checkpoint(&self, _request: usize, _checkpoint: Checkpoint) {}
+    /// Whether to stop request `request` now and hand it back: checked
+    /// where [`Observer::is_cancelled`] is (before every step), and only if
+    /// that is false (cancel wins). The request's images leave the batch and
+    /// its outcome is [`Outcome::Suspended`] with where it stands: with
+    /// `steps_done` 0 if asked before its first step (resuming that skips
+    /// only the initial latents), so a suspend always hands back a checkpoint.
+    fn should_suspend(&self, _request: usize) -> bool {
         false
     }
     /// Whether `request` wants a preview of its images after `step` of `total`.
@@ -85,6 +109,9 @@ pub struct GeneratedImage {
 pub enum Outcome {
     Completed(Vec<GeneratedImage>),
     Cancelled,
+    /// Stopped at [`Observer::should_suspend`]: resume it with
+    /// [`GenerationRequest::resume_from`], here or on another replica.
+    Suspended(Checkpoint),
 }
 
 /// Wall time per stage, for metrics and timing headers.
@@ -94,7 +121,8 @@ pub struct Timings {
     pub vae_encode: Duration,
     pub denoise: Duration,
     pub vae_decode: Duration,
-    /// Denoising steps run (each one UNet call on the whole batch).
+    /// Denoising steps run (each one UNet call on the whole batch); a
+    /// resumed batch counts only the steps it ran.
     pub steps: usize,
     /// Images in the UNet batch at the first step (before any cancellation).
     pub batch_images: usize,
@@ -400,17 +428,42 @@ impl Pipeline {
                 first.steps as usize,
             )?
         };
+        // A fresh request's first step (img2img's is past 0): steps count from here.
         let start = first
             .init
             .as_ref()
             .map_or(0, |i| schedule.start_index(i.strength));
+        // A resumed batch continues where its checkpoints stand; the batch key makes that one index.
+        let begin = key.resume_index.map_or(start, |i| i as usize);
+        for req in requests {
+            if let Some(c) = req.resume() {
+                check_checkpoint(c, &schedule, start, begin, latent_len)?;
+            }
+        }
 
-        // Initial latents, each image from its own seeded generator.
+        // Initial latents, each image from its own seeded generator, or a
+        // resumed request's from its checkpoint.
         let t0 = Instant::now();
         let stage = tracing::info_span!("vae_encode").entered();
         let stride = if guidance { 2 } else { 1 };
         let mut items = Vec::new();
         for (r, req) in requests.iter().enumerate() {
+            if let Some(c) = req.resume() {
+                for (index, img) in c.images.iter().enumerate() {
+                    items.push(Item {
+                        request: r,
+                        index,
+                        seed: img.seed,
+                        guidance: req.guidance_scale,
+                        cond: r * stride,
+                        uncond: r * stride + 1,
+                        latents: img.latents.clone(),
+                        noise: img.noise.clone(),
+                        state: img.state.clone(),
+                    });
+                }
+                continue;
+            }
             let posterior = match &req.init {
                 Some(init) => {
                     let pixels = images::rgb_to_tensor(&init.image);
@@ -478,7 +531,7 @@ impl Pipeline {
         drop(stage);
         timings.batch_images = items.len();
 
-        let mut cancelled = vec![false; requests.len()];
+        let mut stopped: Vec<Option<Stop>> = vec![None; requests.len()];
         let total = schedule.steps() - start;
         // Denoiser rows: unconditional rows first, then conditional, as diffusers orders them.
         let mut prompt_rows: Vec<usize> = Vec::with_capacity(items.len() * stride);
@@ -528,17 +581,26 @@ impl Pipeline {
         let t0 = Instant::now();
         let stage = tracing::info_span!("denoise").entered();
         let mut session = self.executor.denoise(conditioning)?;
-        for i in start..schedule.steps() {
-            for (r, c) in cancelled.iter_mut().enumerate() {
-                if !*c && observer.is_cancelled(r) {
-                    *c = true;
+        for i in begin..schedule.steps() {
+            for (r, stop) in stopped.iter_mut().enumerate() {
+                if stop.is_some() {
+                    continue;
+                }
+                if observer.is_cancelled(r) {
+                    *stop = Some(Stop::Cancelled);
                     tracing::info!(request = r, step = i - start, "cancelled");
+                } else if observer.should_suspend(r) {
+                    let c = checkpoint(requests[r], &items, r, i, i - start);
+                    *stop = Some(Stop::Suspended(c));
+                    tracing::info!(request = r, step = i - start, "suspended");
                 }
             }
-            if items.iter().any(|it| cancelled[it.request]) {
+            if items.iter().any(|it| stopped[it.request].is_some()) {
                 // The session keeps the rows of the images that stay, in order.
                 let n = items.len();
-                let kept: Vec<usize> = (0..n).filter(|&k| !cancelled[items[k].request]).collect();
+                let kept: Vec<usize> = (0..n)
+                    .filter(|&k| stopped[items[k].request].is_none())
+                    .collect();
                 let mut rows = Vec::with_capacity(kept.len() * stride);
                 if guidance {
                     rows.extend(kept.iter().copied());
@@ -546,7 +608,7 @@ impl Pipeline {
                 } else {
                     rows.extend(kept.iter().copied());
                 }
-                items.retain(|it| !cancelled[it.request]);
+                items.retain(|it| stopped[it.request].is_none());
                 if items.is_empty() {
                     break;
                 }
@@ -614,12 +676,19 @@ impl Pipeline {
                 schedule.step(i, &eps, &mut it.latents, &mut it.state, &mut it.noise);
             }
             timings.steps += 1;
-            let mut notified = vec![false; requests.len()];
-            for it in &items {
-                if !notified[it.request] {
-                    notified[it.request] = true;
-                    observer.on_step(it.request, i - start + 1, total);
+            let step = i - start + 1;
+            // Requests still in the batch, in order (their images are contiguous).
+            let mut running: Vec<usize> = items.iter().map(|it| it.request).collect();
+            running.dedup();
+            if step < total {
+                for &r in &running {
+                    if observer.wants_checkpoint(r, step, total) {
+                        observer.on_checkpoint(r, checkpoint(requests[r], &items, r, i + 1, step));
+                    }
                 }
+            }
+            for &r in &running {
+                observer.on_step(r, step, total);
             }
         }
         drop(session);
@@ -658,17 +727,82 @@ impl Pipeline {
         drop(stage);
         let outcomes = done
             .into_iter()
-            .zip(cancelled)
-            .map(|(imgs, c)| {
-                if c {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::Completed(imgs)
-                }
+            .zip(stopped)
+            .map(|(imgs, stop)| match stop {
+                None => Outcome::Completed(imgs),
+                Some(Stop::Cancelled) => Outcome::Cancelled,
+                Some(Stop::Suspended(c)) => Outcome::Suspended(c),
             })
             .collect();
         Ok(BatchOutput { outcomes, timings })
     }
+}
+
+/// Why a request left the batch before its last step.
+#[derive(Clone)]
+enum Stop {
+    Cancelled,
+    Suspended(Checkpoint),
+}
+
+/// Where request `r`'s images of `items` stand, `steps_done` steps in, with
+/// schedule index `next_index` the next to run.
+fn checkpoint(
+    req: &GenerationRequest,
+    items: &[Item],
+    r: usize,
+    next_index: usize,
+    steps_done: usize,
+) -> Checkpoint {
+    Checkpoint {
+        scheduler: req.scheduler,
+        width: req.width,
+        height: req.height,
+        steps: req.steps,
+        steps_done: steps_done as u32,
+        next_index: next_index as u32,
+        images: items
+            .iter()
+            .filter(|it| it.request == r)
+            .map(|it| ImageCheckpoint {
+                seed: it.seed,
+                latents: it.latents.clone(),
+                state: it.state.clone(),
+                noise: it.noise.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// A resumed request's checkpoint against the batch's schedule and the
+/// model's latent size: what [`GenerationRequest::resume_from`] cannot know.
+fn check_checkpoint(
+    c: &Checkpoint,
+    schedule: &Schedule,
+    start: usize,
+    begin: usize,
+    latent_len: usize,
+) -> Result<(), PipelineError> {
+    let mismatch = |m: String| Err(PipelineError::CheckpointMismatch(m));
+    let (next, done) = (c.next_index as usize, c.steps_done as usize);
+    if c.steps as usize != schedule.steps() || next != begin || next != start + done {
+        return mismatch(format!(
+            "it continues at schedule index {next} of {} after {done} steps; this batch runs from {begin} of {}, counting from {start}",
+            c.steps,
+            schedule.steps()
+        ));
+    }
+    for img in &c.images {
+        let prev = img.state.prev_x0().map(<[f32]>::len);
+        if img.latents.len() != latent_len || prev.is_some_and(|n| n != latent_len) {
+            return mismatch(format!(
+                "seed {}: {} latent values (previous x0: {prev:?}) where this model's image has {latent_len}",
+                img.seed,
+                img.latents.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `[n, tokens, d_i]` tensors joined along the last axis into `[n, tokens, sum d_i]`.
@@ -849,6 +983,34 @@ mod tests {
             &[1.0, 2.0, 0.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
         );
         assert!(pad_features(&t5, 2).is_err());
+    }
+
+    /// What `resume_from` cannot see: the model's latent size and the batch's schedule.
+    #[test]
+    fn a_checkpoint_that_does_not_fit_the_batch_is_refused() {
+        use crate::scheduler::{SchedulerConfig, SchedulerKind};
+        let schedule = Schedule::new(SchedulerKind::Euler, &SchedulerConfig::default(), 6).unwrap();
+        let c = Checkpoint {
+            scheduler: SchedulerKind::Euler,
+            width: 64,
+            height: 64,
+            steps: 6,
+            steps_done: 2,
+            next_index: 2,
+            images: vec![ImageCheckpoint {
+                seed: 1,
+                latents: vec![0.0; 256],
+                state: ItemState::default(),
+                noise: NoiseGenerator::new(1),
+            }],
+        };
+        assert!(check_checkpoint(&c, &schedule, 0, 2, 256).is_ok());
+        for (start, begin, len) in [(0, 2, 1024), (0, 3, 256), (1, 2, 256)] {
+            assert!(matches!(
+                check_checkpoint(&c, &schedule, start, begin, len),
+                Err(PipelineError::CheckpointMismatch(_))
+            ));
+        }
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! validated form the pipeline runs ([`GenerationRequest`]).
 
 use std::fmt;
+use std::sync::Arc;
 
 use image::RgbImage;
 use serde::Serialize;
 
+use crate::checkpoint::Checkpoint;
 use crate::family::{Guidance, ModelFamily};
 use crate::images;
 use crate::pipeline::Pipeline;
@@ -181,6 +183,8 @@ pub struct GenerationRequest {
     /// Whether classifier-free guidance runs: the family guides that way
     /// and the scale is above 1.
     pub(crate) cfg: bool,
+    /// Where a run interrupted elsewhere stood; shared, so cloning a request stays cheap.
+    pub(crate) resume: Option<Arc<Checkpoint>>,
 }
 
 /// Requests with equal keys can share UNet calls.
@@ -193,6 +197,10 @@ pub struct BatchKey {
     pub guidance: bool,
     /// img2img strength in thousandths (it sets the first step), or `None` for txt2img.
     pub strength_millis: Option<u32>,
+    /// The absolute schedule index a resumed request continues at, or `None`
+    /// where the loop starts where a fresh request's does (a fresh request,
+    /// or a checkpoint taken before any step): one batch runs one loop.
+    pub resume_index: Option<u32>,
 }
 
 impl GenerationRequest {
@@ -245,13 +253,19 @@ impl GenerationRequest {
                 .init
                 .as_ref()
                 .map(|i| (i.strength * 1000.0).round() as u32),
+            resume_index: self
+                .resume
+                .as_ref()
+                .filter(|c| c.steps_done > 0)
+                .map(|c| c.next_index),
         }
     }
 
-    /// Work units for admission control: pixels × steps × images (× 2 with guidance).
+    /// Work units for admission control: pixels × steps × images (× 2 with
+    /// guidance), counting only the steps left to a resumed request.
     pub fn work(&self) -> u64 {
         let unet_evals = if self.uses_guidance() { 2 } else { 1 };
-        let steps = self.denoise_steps().max(1) as u64;
+        let steps = self.remaining_steps().max(1) as u64;
         self.width as u64 * self.height as u64 * steps * self.seeds.len() as u64 * unet_evals
     }
 
@@ -261,6 +275,81 @@ impl GenerationRequest {
             Some(i) => crate::scheduler::img2img_steps(self.scheduler, self.steps, i.strength),
             None => self.steps,
         }
+    }
+
+    /// Denoising steps still to run: [`Self::denoise_steps`] less those a
+    /// resumed request's checkpoint already did.
+    pub fn remaining_steps(&self) -> u32 {
+        let done = self.resume.as_ref().map_or(0, |c| c.steps_done);
+        self.denoise_steps().saturating_sub(done)
+    }
+
+    /// The checkpoint this request resumes from, if any.
+    pub fn resume(&self) -> Option<&Checkpoint> {
+        self.resume.as_deref()
+    }
+
+    /// This request, set to continue from `checkpoint` instead of starting
+    /// over: the pipeline skips its initial latents (and img2img's VAE
+    /// encode) and runs only the steps left, and the images come out the
+    /// same as an uninterrupted run's. Replaces any checkpoint it had.
+    ///
+    /// Refused (field `checkpoint`) unless the checkpoint was taken from
+    /// the same run: the same seeds in order (so the image count too), size,
+    /// scheduler, steps and img2img strength, with steps still to run.
+    /// Prompts and guidance are not recorded in it; resuming with others
+    /// runs, but gives a different image.
+    pub fn resume_from(mut self, checkpoint: Checkpoint) -> Result<Self, ValidationError> {
+        let err = |m: String| Err(ValidationError::new("checkpoint", m));
+        let c = &checkpoint;
+        if c.images.len() != self.seeds.len() {
+            return err(format!(
+                "holds {} images; the request has {}",
+                c.images.len(),
+                self.seeds.len()
+            ));
+        }
+        if c.images
+            .iter()
+            .map(|i| i.seed)
+            .ne(self.seeds.iter().copied())
+        {
+            let theirs: Vec<u64> = c.images.iter().map(|i| i.seed).collect();
+            return err(format!(
+                "is of seeds {theirs:?}; the request has {:?}",
+                self.seeds
+            ));
+        }
+        if (c.width, c.height) != (self.width, self.height) {
+            return err(format!(
+                "is of a {}x{} image; the request is {}x{}",
+                c.width, c.height, self.width, self.height
+            ));
+        }
+        if c.scheduler != self.scheduler || c.steps != self.steps {
+            return err(format!(
+                "is of {} steps of {}; the request is {} steps of {}",
+                c.steps, c.scheduler, self.steps, self.scheduler
+            ));
+        }
+        let total = self.denoise_steps();
+        if c.steps_done >= total {
+            return err(format!(
+                "has {} steps done; the request denoises {total}",
+                c.steps_done
+            ));
+        }
+        // The step it continues at must be where this request's steps_done-th step is.
+        let first = self.steps - total;
+        if c.next_index != first + c.steps_done {
+            return err(format!(
+                "continues at schedule index {}, where this request (starting at {first}) would be at {}; was it taken at another strength?",
+                c.next_index,
+                first + c.steps_done
+            ));
+        }
+        self.resume = Some(Arc::new(checkpoint));
+        Ok(self)
     }
 
     /// Bytes of pixels the request holds (its init image).
@@ -282,7 +371,11 @@ impl fmt::Display for GenerationRequest {
             self.scheduler,
             self.guidance_scale,
             self.seeds.len()
-        )
+        )?;
+        match &self.resume {
+            Some(c) => write!(f, " resumed after step {}", c.steps_done),
+            None => Ok(()),
+        }
     }
 }
 
@@ -503,6 +596,7 @@ pub(crate) fn validate(
         seeds: (0..n as u64).map(|i| seed.wrapping_add(i)).collect(),
         init,
         micro,
+        resume: None,
     })
 }
 

@@ -151,11 +151,32 @@ impl FromStr for SchedulerKind {
 }
 
 /// Per-image solver history.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ItemState {
     /// DPM-Solver++: the previous step's denoised estimate.
     prev_x0: Option<Vec<f32>>,
     lower_order_nums: usize,
+}
+
+impl ItemState {
+    /// The most `lower_order_nums` gets: DPM++ 2M counts up to its order.
+    pub(crate) const MAX_LOWER_ORDER_NUMS: usize = 2;
+
+    /// A saved history (a checkpoint's).
+    pub(crate) fn from_parts(prev_x0: Option<Vec<f32>>, lower_order_nums: usize) -> Self {
+        Self {
+            prev_x0,
+            lower_order_nums,
+        }
+    }
+
+    pub(crate) fn prev_x0(&self) -> Option<&[f32]> {
+        self.prev_x0.as_deref()
+    }
+
+    pub(crate) fn lower_order_nums(&self) -> usize {
+        self.lower_order_nums
+    }
 }
 
 /// Timesteps and noise levels for one run of `steps` inference steps.
@@ -595,7 +616,7 @@ impl Schedule {
             }
         }
         state.prev_x0 = Some(x0);
-        if state.lower_order_nums < 2 {
+        if state.lower_order_nums < ItemState::MAX_LOWER_ORDER_NUMS {
             state.lower_order_nums += 1;
         }
     }
