@@ -26,11 +26,9 @@ pub const CLOUDWATCH_DIMENSION_ACCELERATOR: &str = anyaccel_metrics::cloudwatch:
 pub const CLOUDWATCH_DIMENSION_MODEL: &str = anyaccel_metrics::cloudwatch::DIM_MODEL;
 
 /// The Redis stream holding the jobs of queue `queue` (`--redis-queue`),
-/// as the servers name it (`anyaccel_queue::Keys::stream`):
-/// `anyaccel:queue:{<queue>}:jobs`, the braces a hash tag that keeps all of
-/// a queue's keys in one Redis Cluster slot.
+/// named by the servers' own key layout: `anyaccel:queue:{<queue>}:jobs`.
 pub fn redis_stream_key(queue: &str) -> String {
-    format!("anyaccel:queue:{{{queue}}}:jobs")
+    anyaccel_queue::Keys::new(queue).stream
 }
 
 /// Trigger types this renderer emits.

@@ -51,7 +51,13 @@ mod tests {
     fn every_key_of_a_queue_shares_its_hash_slot() {
         let k = Keys::new("sd15");
         assert_eq!(k.stream, "anyaccel:queue:{sd15}:jobs");
-        for key in [k.job("j"), k.events("j"), k.gone("j"), k.idempotency("x"), k.file("f")] {
+        for key in [
+            k.job("j"),
+            k.events("j"),
+            k.gone("j"),
+            k.idempotency("x"),
+            k.file("f"),
+        ] {
             assert!(key.starts_with("anyaccel:queue:{sd15}:"), "{key}");
         }
     }

@@ -63,7 +63,10 @@ pub enum QueueError {
 
 impl From<redis::RedisError> for QueueError {
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+        if e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
         {
             QueueError::Unavailable(e.to_string())
         } else {
@@ -213,7 +216,9 @@ pub struct Terminal {
 /// Whether a job this replica runs is still its own, and what was asked of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Beat {
-    Held { cancel: bool },
+    Held {
+        cancel: bool,
+    },
     /// Another replica claimed it; stop writing about it.
     Lost,
 }
@@ -424,11 +429,7 @@ impl RedisQueue {
             )
             .await?;
         if fields.is_empty() {
-            return Ok(if gone {
-                Lookup::Gone
-            } else {
-                Lookup::NotFound
-            });
+            return Ok(if gone { Lookup::Gone } else { Lookup::NotFound });
         }
         record(&fields).map(Lookup::Found)
     }
@@ -570,7 +571,9 @@ impl RedisQueue {
             .await?;
         match reply {
             Value::Array(parts) if parts.len() >= 2 => entries(&parts[1]),
-            other => Err(QueueError::Protocol(format!("XAUTOCLAIM answered {other:?}"))),
+            other => Err(QueueError::Protocol(format!(
+                "XAUTOCLAIM answered {other:?}"
+            ))),
         }
     }
 
@@ -883,7 +886,12 @@ fn entries(v: &Value) -> Result<Vec<(String, String)>, QueueError> {
 fn stream_events(v: &Value) -> Result<Vec<StreamEvent>, QueueError> {
     Ok(stream_fields(v)?
         .into_iter()
-        .filter_map(|(id, fields)| fields.get("e").map(|d| StreamEvent { id, data: d.clone() }))
+        .filter_map(|(id, fields)| {
+            fields.get("e").map(|d| StreamEvent {
+                id,
+                data: d.clone(),
+            })
+        })
         .collect())
 }
 
@@ -891,7 +899,9 @@ fn stream_fields(v: &Value) -> Result<Vec<(String, HashMap<String, String>)>, Qu
     let Value::Array(items) = v else {
         return match v {
             Value::Nil => Ok(Vec::new()),
-            other => Err(QueueError::Protocol(format!("expected entries, got {other:?}"))),
+            other => Err(QueueError::Protocol(format!(
+                "expected entries, got {other:?}"
+            ))),
         };
     };
     let mut out = Vec::new();
@@ -926,7 +936,9 @@ fn entries_of_read(v: &Value) -> Result<Vec<(String, String)>, QueueError> {
             Some((_, e)) => entries(e),
             None => Ok(Vec::new()),
         },
-        other => Err(QueueError::Protocol(format!("XREADGROUP answered {other:?}"))),
+        other => Err(QueueError::Protocol(format!(
+            "XREADGROUP answered {other:?}"
+        ))),
     }
 }
 

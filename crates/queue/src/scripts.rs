@@ -121,6 +121,9 @@ for i = 2, #KEYS do
     else
       out[#out + 1] = 'held'
     end
+  elseif terminal(redis.call('HGET', KEYS[i], 'status')) then
+    -- Its end was just written: nothing to keep alive, nothing lost.
+    out[#out + 1] = 'held'
   else
     out[#out + 1] = 'lost'
   end
