@@ -123,7 +123,16 @@ fn main() {
     let memory = serve_with(&["--c2pa", "off"], &[], Stdio::null());
     let (m50, m95) = overhead("in memory", &memory.base);
     drop(memory);
-    let a = replica(&redis, "a", &["--checkpoint-every-steps", "0", "--checkpoint-every-secs", "0"]);
+    let a = replica(
+        &redis,
+        "a",
+        &[
+            "--checkpoint-every-steps",
+            "0",
+            "--checkpoint-every-secs",
+            "0",
+        ],
+    );
     let (r50, r95) = overhead("redis", &a.base);
     println!(
         "redis overhead per job: p50 +{:.1} ms, p95 +{:.1} ms",
@@ -132,8 +141,26 @@ fn main() {
     );
 
     let one = throughput(&[&a], 30);
-    let b = replica(&redis, "b", &["--checkpoint-every-steps", "0", "--checkpoint-every-secs", "0"]);
-    let c = replica(&redis, "c", &["--checkpoint-every-steps", "0", "--checkpoint-every-secs", "0"]);
+    let b = replica(
+        &redis,
+        "b",
+        &[
+            "--checkpoint-every-steps",
+            "0",
+            "--checkpoint-every-secs",
+            "0",
+        ],
+    );
+    let c = replica(
+        &redis,
+        "c",
+        &[
+            "--checkpoint-every-steps",
+            "0",
+            "--checkpoint-every-secs",
+            "0",
+        ],
+    );
     let three = throughput(&[&a, &b, &c], 30);
     println!(
         "throughput (30 jobs of 20 steps at 64x64, submitted to one replica): 1 replica {one:.2} jobs/s, 3 replicas {three:.2} jobs/s ({:.2}x; {} CPU cores here)",

@@ -155,7 +155,11 @@ pub struct QueueArgs {
     pub redis_consumer: Option<String>,
     /// Seconds without a heartbeat after which a replica counts as dead and
     /// another one takes over its jobs.
-    #[arg(long, default_value_t = 30, env = "ANYACCEL_REDIS_VISIBILITY_TIMEOUT_SECS")]
+    #[arg(
+        long,
+        default_value_t = 30,
+        env = "ANYACCEL_REDIS_VISIBILITY_TIMEOUT_SECS"
+    )]
     pub redis_visibility_timeout_secs: u64,
     /// Largest encoded result (all of a job's images) kept in Redis.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes, env = "ANYACCEL_REDIS_MAX_RESULT_BYTES")]
@@ -169,7 +173,11 @@ pub struct QueueArgs {
 }
 
 impl QueueArgs {
-    fn config(&self, model: &str, result_ttl: Duration) -> anyhow::Result<Option<SharedQueueConfig>> {
+    fn config(
+        &self,
+        model: &str,
+        result_ttl: Duration,
+    ) -> anyhow::Result<Option<SharedQueueConfig>> {
         let Some(url) = &self.redis_url else {
             return Ok(None);
         };
@@ -180,9 +188,14 @@ impl QueueArgs {
             // The build links two rustls crypto providers; pick one, as `fleet` does.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let queue = self.redis_queue.clone().unwrap_or_else(|| queue_name(model));
+        let queue = self
+            .redis_queue
+            .clone()
+            .unwrap_or_else(|| queue_name(model));
         if queue.is_empty() || queue.contains(['{', '}', ' ']) {
-            anyhow::bail!("--redis-queue {queue:?}: use letters, digits, '-', '_', '.', '/' or ':'");
+            anyhow::bail!(
+                "--redis-queue {queue:?}: use letters, digits, '-', '_', '.', '/' or ':'"
+            );
         }
         if self.redis_visibility_timeout_secs == 0 {
             anyhow::bail!("--redis-visibility-timeout-secs must be at least 1");
@@ -217,7 +230,13 @@ fn queue_name(model: &str) -> String {
         .next()
         .unwrap_or(model)
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 

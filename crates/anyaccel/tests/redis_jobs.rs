@@ -148,7 +148,10 @@ fn any_replica_reads_streams_and_cancels_any_job() {
     assert_eq!(via_c["result"]["images"][0]["seed"], 5);
 
     // Streamed through C from the start to the end.
-    let id = submit(&a.base, &json!({"prompt": "a stream", "size": "64x64", "steps": 6}));
+    let id = submit(
+        &a.base,
+        &json!({"prompt": "a stream", "size": "64x64", "steps": 6}),
+    );
     let resp = ureq::get(&format!("{}/v1/jobs/{id}/events", c.base))
         .call()
         .expect("events");
@@ -159,16 +162,25 @@ fn any_replica_reads_streams_and_cancels_any_job() {
             names.push(name.to_string());
         }
     }
-    assert_eq!(names.last().map(String::as_str), Some("completed"), "{names:?}");
+    assert_eq!(
+        names.last().map(String::as_str),
+        Some("completed"),
+        "{names:?}"
+    );
     assert!(names.iter().any(|n| n == "step"), "{names:?}");
 
     // Cancelled through B while it runs (on whichever replica took it).
     let id = submit(&a.base, &long_job(9));
-    wait_for(&c.base, &id, "started", |v| v["progress"]["step"].as_u64() > Some(0));
+    wait_for(&c.base, &id, "started", |v| {
+        v["progress"]["step"].as_u64() > Some(0)
+    });
     let req = ureq::delete(&format!("{}/v1/jobs/{id}", b.base));
     let v: Value = req.call().expect("cancel").into_json().expect("json");
     assert_eq!(v["status"], "cancelled", "{v}");
-    assert_eq!(get(&a.base, &format!("/v1/jobs/{id}")).1["status"], "cancelled");
+    assert_eq!(
+        get(&a.base, &format!("/v1/jobs/{id}")).1["status"],
+        "cancelled"
+    );
 
     // An idempotency key retried on another replica returns the same job.
     let body = json!({"prompt": "once", "size": "64x64", "steps": 2});
@@ -182,10 +194,20 @@ fn any_replica_reads_streams_and_cancels_any_job() {
         let (status, v) = get(&s.base, "/v1/jobs/job-00000000deadbeef");
         assert_eq!(status, 404, "{v}");
     }
-    let (status, v) = post(&b.base, "/v1/jobs", &json!({"prompt": "x", "size": "7x7"}), None);
+    let (status, v) = post(
+        &b.base,
+        "/v1/jobs",
+        &json!({"prompt": "x", "size": "7x7"}),
+        None,
+    );
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "size");
-    let (status, v) = post(&b.base, "/v1/jobs", &json!({"prompt": "x", "preview_every": 0}), None);
+    let (status, v) = post(
+        &b.base,
+        "/v1/jobs",
+        &json!({"prompt": "x", "preview_every": 0}),
+        None,
+    );
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "preview_every");
 }
@@ -201,15 +223,25 @@ fn a_killed_replica_s_job_resumes_elsewhere_and_draws_the_same_image() {
     let running = wait_for(&replicas[1].1.base, &id, "passed a checkpoint", |v| {
         v["status"] == "running" && v["progress"]["step"].as_u64() >= Some(6)
     });
-    let owner = running["replica"].as_str().expect("a running job names its replica").to_string();
+    let owner = running["replica"]
+        .as_str()
+        .expect("a running job names its replica")
+        .to_string();
     let victim = the_one(&mut replicas, &owner);
     victim.child.kill().expect("SIGKILL");
     let _ = victim.child.wait();
-    let survivor = &replicas.iter().find(|(n, _)| *n != owner).expect("survivor").1;
+    let survivor = &replicas
+        .iter()
+        .find(|(n, _)| *n != owner)
+        .expect("survivor")
+        .1;
 
     let done = finished(&survivor.base, &id);
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(metric(&survivor.base, "anyaccel_queue_jobs_claimed_total"), 1.0);
+    assert_eq!(
+        metric(&survivor.base, "anyaccel_queue_jobs_claimed_total"),
+        1.0
+    );
     let saved = metric(&survivor.base, "anyaccel_queue_resume_steps_saved_total");
     assert!(saved >= 6.0, "resumed after {saved} steps");
 
@@ -223,8 +255,14 @@ fn a_killed_replica_s_job_resumes_elsewhere_and_draws_the_same_image() {
 fn sigterm_hands_a_long_job_back_and_another_replica_finishes_it() {
     let redis = Redis::start();
     let mut replicas = [
-        ("a", replica(&redis, "term", "a", &["--drain-timeout-secs", "1"])),
-        ("b", replica(&redis, "term", "b", &["--drain-timeout-secs", "1"])),
+        (
+            "a",
+            replica(&redis, "term", "a", &["--drain-timeout-secs", "1"]),
+        ),
+        (
+            "b",
+            replica(&redis, "term", "b", &["--drain-timeout-secs", "1"]),
+        ),
     ];
     let id = submit(&replicas[0].1.base, &long_job(33));
     let running = wait_for(&replicas[0].1.base, &id, "passed a checkpoint", |v| {
@@ -235,15 +273,25 @@ fn sigterm_hands_a_long_job_back_and_another_replica_finishes_it() {
     signal(leaving.child.id(), "TERM");
     let code = leaving.child.wait().expect("exits");
     assert!(code.success(), "the drained replica exits 0: {code}");
-    let survivor = &replicas.iter().find(|(n, _)| *n != owner).expect("survivor").1;
+    let survivor = &replicas
+        .iter()
+        .find(|(n, _)| *n != owner)
+        .expect("survivor")
+        .1;
 
     let done = finished(&survivor.base, &id);
     assert_eq!(done["status"], "completed", "{done}");
     // Handed back, not claimed after a timeout, and resumed from its checkpoint.
-    assert_eq!(metric(&survivor.base, "anyaccel_queue_jobs_claimed_total"), 0.0);
+    assert_eq!(
+        metric(&survivor.base, "anyaccel_queue_jobs_claimed_total"),
+        0.0
+    );
     assert!(metric(&survivor.base, "anyaccel_queue_resume_steps_saved_total") >= 4.0);
     let again = submit(&survivor.base, &long_job(33));
-    assert_eq!(images_of(&done), images_of(&finished(&survivor.base, &again)));
+    assert_eq!(
+        images_of(&done),
+        images_of(&finished(&survivor.base, &again))
+    );
 }
 
 #[test]
@@ -253,9 +301,16 @@ fn redis_restarts_lose_no_job_and_an_outage_only_stops_the_jobs_api() {
     let b = replica(&redis, "outage", "b", &[]);
     let long = submit(&a.base, &long_job(40));
     let short: Vec<String> = (0..3)
-        .map(|i| submit(&b.base, &json!({"prompt": "short", "size": "64x64", "steps": 4, "seed": i})))
+        .map(|i| {
+            submit(
+                &b.base,
+                &json!({"prompt": "short", "size": "64x64", "steps": 4, "seed": i}),
+            )
+        })
         .collect();
-    wait_for(&a.base, &long, "started", |v| v["progress"]["step"].as_u64() > Some(0));
+    wait_for(&a.base, &long, "started", |v| {
+        v["progress"]["step"].as_u64() > Some(0)
+    });
     redis.restart();
     for id in short.iter().chain([&long]) {
         let v = finished(&b.base, id);
@@ -263,7 +318,12 @@ fn redis_restarts_lose_no_job_and_an_outage_only_stops_the_jobs_api() {
     }
 
     redis.stop();
-    let (status, v) = post(&a.base, "/v1/jobs", &json!({"prompt": "x", "size": "64x64"}), None);
+    let (status, v) = post(
+        &a.base,
+        "/v1/jobs",
+        &json!({"prompt": "x", "size": "64x64"}),
+        None,
+    );
     assert_eq!(status, 503, "{v}");
     assert_eq!(v["error"]["code"], "queue_unavailable");
     match ureq::post(&format!("{}/v1/jobs", a.base)).send_json(json!({"prompt": "x"})) {

@@ -274,7 +274,9 @@ impl Observer for BatchObserver<'_> {
     }
 
     fn should_suspend(&self, request: usize) -> bool {
-        self.jobs.get(request).is_some_and(|j| j.hand_back_requested())
+        self.jobs
+            .get(request)
+            .is_some_and(|j| j.hand_back_requested())
     }
 
     fn wants_checkpoint(&self, request: usize, step: usize, total: usize) -> bool {

@@ -55,7 +55,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             })
         });
         Json(Health {
-            status: if degraded.is_some() { "degraded" } else { "ready" },
+            status: if degraded.is_some() {
+                "degraded"
+            } else {
+                "ready"
+            },
             reason: degraded,
         })
         .into_response()

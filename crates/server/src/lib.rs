@@ -37,12 +37,12 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use a1111::infotext;
 use anyaccel_provenance::Signer;
+pub use anyaccel_queue::QueueConfig;
 pub use cloudwatch::{CloudWatchConfig, CloudWatchMode};
 pub use error::ApiError;
 pub use generate::sign_image;
 pub use metrics::Metrics;
 pub use queue::SharedQueueConfig;
-pub use anyaccel_queue::QueueConfig;
 
 /// Everything `serve` needs besides the pipeline.
 #[derive(Debug, Clone)]

@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyaccel_batcher::{JobStatus, QueueStats, Telemetry};
-use anyaccel_queue::QueueTelemetry;
 use anyaccel_metrics as names;
 use anyaccel_pipeline::Timings;
+use anyaccel_queue::QueueTelemetry;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -249,11 +249,7 @@ impl Metrics {
             "Redis calls that got no answer, by operation",
             self.redis_errors.clone(),
         );
-        registry.register(
-            q::REDIS_UP,
-            "1 while Redis answers",
-            self.redis_up.clone(),
-        );
+        registry.register(q::REDIS_UP, "1 while Redis answers", self.redis_up.clone());
     }
 
     pub fn job_claimed(&self) {

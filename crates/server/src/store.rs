@@ -51,8 +51,10 @@ async fn shared_file(state: &AppState, id: &str) -> Result<Response, ApiError> {
     match queue.file(id).await? {
         Some(bytes) => {
             let mut resp = bytes.into_response();
-            resp.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(format.mime()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(format.mime()),
+            );
             Ok(resp)
         }
         None => Err(ApiError::not_found(format!("no image {id}"))),

@@ -18,7 +18,8 @@ pub struct Redis {
 impl Redis {
     pub fn start() -> Self {
         let port = free_port();
-        let dir = std::env::temp_dir().join(format!("anyaccel-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("anyaccel-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis dir");
         let mut r = Redis {
             child: None,
@@ -40,7 +41,14 @@ impl Redis {
             .expect("redis-server is missing: run scripts/setup-test-env.sh (the README's test command does)");
         let child = Command::new(bin)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -49,7 +57,10 @@ impl Redis {
         self.child = Some(child);
         let t = Instant::now();
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "redis never listened");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "redis never listened"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -87,4 +98,3 @@ pub fn signal(pid: u32, sig: &str) {
             .success()
     );
 }
-

@@ -181,7 +181,8 @@ impl SharedQueue {
                 (Some(p), eta(state, p, work))
             }
             RecordStatus::Running if r.total_steps > 0 => {
-                let left = f64::from(r.total_steps.saturating_sub(r.step)) / f64::from(r.total_steps);
+                let left =
+                    f64::from(r.total_steps.saturating_sub(r.step)) / f64::from(r.total_steps);
                 (None, eta(state, 0, work).map(|e| e * left))
             }
             _ => (None, None),
@@ -189,10 +190,11 @@ impl SharedQueue {
         let anyaccel: Provenance = serde_json::from_str(&r.provenance)
             .map_err(|e| ApiError::internal(format!("job {id} has no readable provenance: {e}")))?;
         let result = match (&r.status, &r.result) {
-            (RecordStatus::Completed, Some(bytes)) => Some(
-                serde_json::from_slice::<JobResultBody>(bytes)
-                    .map_err(|e| ApiError::internal(format!("job {id}'s result is unreadable: {e}")))?,
-            ),
+            (RecordStatus::Completed, Some(bytes)) => {
+                Some(serde_json::from_slice::<JobResultBody>(bytes).map_err(|e| {
+                    ApiError::internal(format!("job {id}'s result is unreadable: {e}"))
+                })?)
+            }
             _ => None,
         };
         let error = r

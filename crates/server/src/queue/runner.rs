@@ -179,7 +179,13 @@ fn error_json(code: &str, message: &str) -> String {
     .unwrap_or_default()
 }
 
-async fn fail(q: &SharedQueue, taken: &Taken, provenance: String, code: ErrorCode, message: String) {
+async fn fail(
+    q: &SharedQueue,
+    taken: &Taken,
+    provenance: String,
+    code: ErrorCode,
+    message: String,
+) {
     tracing::warn!(job = %taken.id, %code, %message, "shared job failed");
     let end = Terminal {
         status: RecordStatus::Failed,
@@ -241,13 +247,27 @@ async fn run(state: &AppState, q: &SharedQueue, taken: Taken) {
             "accepted for model {} but this replica serves {mine}; replicas sharing queue {} must serve the same artifact",
             spec.model_hash, q.config.redis.queue
         );
-        return fail(q, &taken, String::new(), ErrorCode::GenerationFailed, message).await;
+        return fail(
+            q,
+            &taken,
+            String::new(),
+            ErrorCode::GenerationFailed,
+            message,
+        )
+        .await;
     }
     let prepared = match jobs::prepare(state, &spec.body).await {
         Ok(p) => p,
         Err(e) => {
             let message = format!("this replica cannot run the job: {}", e.message);
-            return fail(q, &taken, String::new(), ErrorCode::GenerationFailed, message).await;
+            return fail(
+                q,
+                &taken,
+                String::new(),
+                ErrorCode::GenerationFailed,
+                message,
+            )
+            .await;
         }
     };
     let mut request = prepared.request;
@@ -272,7 +292,9 @@ async fn run(state: &AppState, q: &SharedQueue, taken: Taken) {
                 state.metrics.job_resumed(steps);
                 tracing::info!(job = %taken.id, steps_done = steps, from = ?taken.claimed_from, "resuming from checkpoint");
             }
-            Err(e) => tracing::warn!(job = %taken.id, error = %e, "checkpoint not usable; starting over"),
+            Err(e) => {
+                tracing::warn!(job = %taken.id, error = %e, "checkpoint not usable; starting over")
+            }
         }
     }
     let provenance = to_json(&generate::provenance(state, &request)).unwrap_or_default();
@@ -438,8 +460,11 @@ pub(crate) fn begin_drain(state: &AppState, timeout: Duration) {
         let s = job.state();
         let left = match (s.status, spw) {
             (JobStatus::Running, Some(spw)) if s.total_steps > 0 => {
-                let fraction = f64::from(s.total_steps.saturating_sub(s.step)) / f64::from(s.total_steps);
-                Some(Duration::from_secs_f64(spw * job.request.work() as f64 * fraction))
+                let fraction =
+                    f64::from(s.total_steps.saturating_sub(s.step)) / f64::from(s.total_steps);
+                Some(Duration::from_secs_f64(
+                    spw * job.request.work() as f64 * fraction,
+                ))
             }
             _ => None,
         };
