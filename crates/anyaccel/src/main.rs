@@ -23,9 +23,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Generate images from a prompt (txt2img) or an init image (img2img).
-    Generate(generate::GenerateArgs),
+    Generate(Box<generate::GenerateArgs>),
     /// Serve the OpenAI, native jobs and A1111 APIs over HTTP.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Export a model for one target (onnx-fp32, onnx-int8, onnx-openvino, onnx-fp16, neuron) with its manifest.
     Compile(compile::CompileArgs),
     /// Kubernetes manifests for a fleet of accelerator pools.
@@ -50,8 +50,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _telemetry = telemetry::init(&cli.telemetry)?;
     match cli.command {
-        Command::Generate(args) => generate::run(args),
-        Command::Serve(args) => serve::run(args),
+        Command::Generate(args) => generate::run(*args),
+        Command::Serve(args) => serve::run(*args),
         Command::Compile(args) => compile::run(args),
         Command::Deploy(DeployCommand::Render(args)) => Ok(anyaccel_deploy::run(&args)?),
         Command::Bench(args) => Ok(anyaccel_bench::run_bench(&args)?),

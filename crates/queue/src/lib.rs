@@ -895,7 +895,10 @@ fn stream_events(v: &Value) -> Result<Vec<StreamEvent>, QueueError> {
         .collect())
 }
 
-fn stream_fields(v: &Value) -> Result<Vec<(String, HashMap<String, String>)>, QueueError> {
+/// A stream entry: its id and fields.
+type Entry = (String, HashMap<String, String>);
+
+fn stream_fields(v: &Value) -> Result<Vec<Entry>, QueueError> {
     let Value::Array(items) = v else {
         return match v {
             Value::Nil => Ok(Vec::new()),

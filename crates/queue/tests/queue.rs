@@ -35,9 +35,11 @@ fn redis() -> Redis {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server is missing: run scripts/setup-test-env.sh");
+    // Owned before waiting, so a redis that never listens is still reaped.
+    let r = Redis(child, port);
     for _ in 0..500 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Redis(child, port);
+            return r;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
