@@ -63,7 +63,14 @@ pub enum QueueError {
 
 impl From<redis::RedisError> for QueueError {
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error()
+        // A wrong or missing password is the deployment's fault, not the
+        // request's: it reads as Redis being unavailable (503, readiness degraded).
+        let auth = e.kind() == redis::ErrorKind::AuthenticationFailed
+            || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+            // A pipeline's error wraps its commands' own.
+            || ["NOAUTH", "WRONGPASS"].iter().any(|c| e.to_string().contains(c));
+        if auth
+            || e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_connection_refusal()

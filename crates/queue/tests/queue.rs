@@ -19,6 +19,10 @@ impl Drop for Redis {
 }
 
 fn redis() -> Redis {
+    redis_with(&[])
+}
+
+fn redis_with(extra: &[&str]) -> Redis {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -32,6 +36,7 @@ fn redis() -> Redis {
             "--save",
             "",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server is missing: run scripts/setup-test-env.sh");
@@ -47,10 +52,14 @@ fn redis() -> Redis {
 }
 
 fn queue(r: &Redis, consumer: &str) -> RedisQueue {
+    queue_with(r, consumer, None)
+}
+
+fn queue_with(r: &Redis, consumer: &str, password: Option<&str>) -> RedisQueue {
     RedisQueue::new(
         QueueConfig {
             url: format!("redis://127.0.0.1:{}", r.1),
-            password: None,
+            password: password.map(str::to_string),
             queue: "test".into(),
             consumer: consumer.into(),
             visibility_timeout: Duration::from_millis(300),
@@ -257,4 +266,25 @@ async fn an_unreachable_redis_is_an_unavailable_error_and_shows_in_health() {
     );
     let h = q.health();
     assert!(!h.connected && h.error.is_some(), "{h:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_setting_authenticates_and_its_absence_is_refused() {
+    let r = redis_with(&["--requirepass", "s3cret"]);
+    let ok = queue_with(&r, "a", Some("s3cret"));
+    ok.ping().await.expect("authenticated");
+    ok.accept(&job("p1", None)).await.expect("accepted");
+    let anonymous = queue_with(&r, "b", None);
+    let err = anonymous.get("p1").await.expect_err("NOAUTH");
+    assert!(
+        matches!(err, anyaccel_queue::QueueError::Unavailable(_)),
+        "{err}"
+    );
+    assert!(!anonymous.health().connected);
+    let wrong = queue_with(&r, "c", Some("guess"));
+    let err = wrong.ping().await.expect_err("WRONGPASS");
+    assert!(
+        matches!(err, anyaccel_queue::QueueError::Unavailable(_)),
+        "{err}"
+    );
 }
