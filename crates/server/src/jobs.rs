@@ -174,7 +174,7 @@ async fn view(state: &AppState, job: &Arc<Job>, snapshot: JobState) -> Result<Jo
         (status = 202, description = "Accepted", body = JobView),
         (status = 400, description = "Invalid field", body = crate::error::ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = crate::error::ErrorBody),
-        (status = 503, description = "Draining; see Retry-After", body = crate::error::ErrorBody),
+        (status = 503, description = "Draining, or the shared job queue (--redis-url) is unreachable; see Retry-After", body = crate::error::ErrorBody),
     ))]
 pub async fn submit(
     State(state): State<AppState>,
@@ -292,6 +292,7 @@ fn lookup(state: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
     responses(
         (status = 200, description = "The job", body = JobView),
         (status = 404, description = "Unknown id", body = crate::error::ErrorBody),
+        (status = 503, description = "The shared job queue (--redis-url) is unreachable; see Retry-After", body = crate::error::ErrorBody),
         (status = 410, description = "Result expired", body = crate::error::ErrorBody),
     ))]
 pub async fn status(
@@ -311,6 +312,7 @@ pub async fn status(
     responses(
         (status = 200, description = "Cancelled, or already finished (see status)", body = JobView),
         (status = 404, description = "Unknown id", body = crate::error::ErrorBody),
+        (status = 503, description = "The shared job queue (--redis-url) is unreachable; see Retry-After", body = crate::error::ErrorBody),
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -385,6 +387,7 @@ fn catch_up(s: &JobState) -> JobEvent {
     responses(
         (status = 200, description = "text/event-stream of job events", content_type = "text/event-stream", body = String),
         (status = 404, description = "Unknown id", body = crate::error::ErrorBody),
+        (status = 503, description = "The shared job queue (--redis-url) is unreachable; see Retry-After", body = crate::error::ErrorBody),
     ))]
 pub async fn events(
     State(state): State<AppState>,
