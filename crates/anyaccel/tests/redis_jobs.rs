@@ -150,18 +150,31 @@ fn any_replica_reads_streams_and_cancels_any_job() {
     // Streamed through C from the start to the end.
     let id = submit(
         &a.base,
-        &json!({"prompt": "a stream", "size": "64x64", "steps": 6}),
+        &json!({"prompt": "a stream", "size": "64x64", "steps": 6, "preview_every": 2}),
     );
     let resp = ureq::get(&format!("{}/v1/jobs/{id}/events", c.base))
         .call()
         .expect("events");
     let mut names = Vec::new();
+    let mut previews = Vec::new();
     for line in BufReader::new(resp.into_reader()).lines() {
         let line = line.expect("sse line");
         if let Some(name) = line.strip_prefix("event: ") {
             names.push(name.to_string());
         }
+        if let Some(data) = line.strip_prefix("data: ")
+            && names.last().is_some_and(|n| n == "preview")
+        {
+            previews.push(serde_json::from_str::<Value>(data).expect("preview json"));
+        }
     }
+    // Previews travel through Redis encoded, as the runner's replica made them.
+    assert_eq!(previews.len(), 2, "{names:?}");
+    assert!(
+        previews
+            .iter()
+            .all(|p| p["b64_json"].as_str().is_some_and(|b| b.len() > 100))
+    );
     assert_eq!(
         names.last().map(String::as_str),
         Some("completed"),
