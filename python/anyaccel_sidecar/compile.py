@@ -19,7 +19,10 @@ Targets:
              at a measured quality cost
   onnx-openvino  optimum's fp32 export as is, for `--device openvino` (OpenVINO fuses the
              graph itself and cannot load ONNX Runtime's fused operators); x86_64 CPUs
-  onnx-fp16  the same in fp16; optimum exports fp16 only on a CUDA GPU
+  onnx-fp16  for CUDA GPUs, built on any machine (no GPU needed): optimum's fp32 export on
+             the CPU, then ONNX Runtime's CUDA fusions for Stable Diffusion (fused attention,
+             GroupNorm, SkipGroupNorm, BiasSplitGelu, BiasAdd, NhwcConv, packed QKV/KV) and an
+             fp16 conversion of the denoiser and CLIP text encoders; the VAE and T5 stay fp32
   neuron     optimum-neuron's compiled layout for inf2/trn1 (static batch and size):
              SD, SDXL and Flux (NeuronFluxPipeline); optimum-neuron has no SD3 pipeline
 
@@ -235,26 +238,15 @@ def export_onnx(src: Path, out: Path, target: str, validate: bool) -> dict:
     import torch
     from optimum.exporters.onnx import main_export
 
-    if target == "onnx-fp16":
-        if not torch.cuda.is_available():
-            raise CompileError(
-                "onnx-fp16 is exported on a CUDA GPU (optimum exports fp16 only there) and torch sees none; "
-                "run this compile on a GPU node, or use --target onnx-fp32"
-            )
-        device, dtype = "cuda", "fp16"
-    else:
-        device, dtype = "cpu", "fp32"
+    # Every ONNX target exports fp32 on the CPU: onnx-fp16 converts afterwards
+    # (convert_fp16), so a build node needs no GPU and the artifact does not depend on
+    # which GPU (or none) the compile ran on.
+    device, dtype = "cpu", "fp32"
     # tracing chatter (TracerWarning, constant folding) is not actionable for an operator
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     warnings.filterwarnings("ignore", message="Constant folding")
     log(f"exporting {src} to ONNX ({dtype}, on {device}) with optimum")
     family = family_of(src)
-    if family == "sdxl" and dtype == "fp16":
-        vae = json.loads((src / "vae" / "config.json").read_text())
-        if vae.get("force_upcast", True):
-            # SDXL's own VAE overflows in fp16 (NaN, black images): see docs/inferentia.md.
-            log("warning: this SDXL VAE is marked force_upcast (it overflows in fp16); "
-                "swap in an fp16-safe VAE (e.g. madebyollin/sdxl-vae-fp16-fix) before compiling for onnx-fp16")
     main_export(str(src), output=str(out), task="text-to-image", device=device, dtype=dtype, do_validation=validate)
     needed = [*TEXT_ENCODERS[family], DENOISERS[family], "vae_decoder"]
     if family == "sd3" and (src / "text_encoder_3").is_dir():
@@ -652,6 +644,168 @@ def quantize_unet_int8(unet_dir: Path, validate: bool = True) -> dict:
     return report
 
 
+# ---------------------------------------------------------------------------
+# onnx-fp16: ONNX Runtime's CUDA fusions and an fp16 conversion, run on any machine
+
+
+# ops ONNX Runtime's fp16 conversion leaves fp32 whatever the graph: float16.py's own
+# default list (ops without fp16 kernels: Range, CumSum, TopK, ...). ONNX Runtime's SD
+# script adds no op types for SD 1.x/2.x/XL; its Flux/SD3 lists are node names of the
+# full-size models, which this tool does not copy (see convert_fp16).
+FP16_OP_BLOCK_LIST = None
+GPU_FUSED_OPS = (
+    "Attention", "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization", "BiasSplitGelu",
+    "GroupNorm", "SkipGroupNorm", "NhwcConv", "BiasAdd", "Gelu", "FastGelu", "QuickGelu", "BiasGelu",
+    "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
+)
+
+
+def _timestep_sinusoid_nodes(graph) -> list[str]:
+    """Nodes from the timestep input to the Sin/Cos of its sinusoidal embedding.
+    diffusers computes that embedding in fp32 even in an fp16 pipeline: fp16 spaces
+    numbers near 999 by 0.5, so t * frequency in fp16 scrambles the phase."""
+    if not any(i.name == "timestep" for i in graph.input):
+        return []
+    consumers = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    # forward from the timestep, stopping at the sinusoids
+    reached, frontier, sinusoids = {}, ["timestep"], []
+    while frontier:
+        for n in consumers.get(frontier.pop(), []):
+            if n.name in reached:
+                continue
+            reached[n.name] = n
+            if n.op_type in ("Sin", "Cos"):
+                sinusoids.append(n)
+            else:
+                frontier.extend(n.output)
+    # keep only what feeds a sinusoid (not the other branches the timestep reaches), plus
+    # the Constant frequencies: rounded to fp16 they shift the phase at t = 999 by ~0.5
+    producers = {o: n for n in graph.node for o in n.output if n.name in reached or n.op_type == "Constant"}
+    keep, stack = set(), list(sinusoids)
+    while stack:
+        n = stack.pop()
+        if n.name in keep:
+            continue
+        keep.add(n.name)
+        stack.extend(producers[i] for i in n.input if i in producers)
+    return sorted(keep)
+
+
+def _fp16_component(folder: Path, model_type: str, validate: bool) -> dict:
+    """Fuses one component with ONNX Runtime's GPU fusions for its model type, converts
+    it to fp16 (inputs and outputs fp16 too: the onnx executor reads each graph's
+    declared dtypes and converts), and replaces model.onnx. Fusions run before the
+    conversion: they match fp32 patterns only."""
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    _patch_num_heads_detection()
+    _patch_simplified_layernorm()
+    path = folder / "model.onnx"
+    options = FusionOptions(model_type)
+    if model_type == "unet":
+        # packed QKV/KV pay off in fp16 only (ONNX Runtime's SD script enables them then)
+        options.enable_packed_qkv = options.enable_packed_kv = True
+    log(f"{folder.name}: ONNX Runtime's GPU fusions ({model_type}) and fp16 conversion")
+    optimized = optimize_model(str(path), model_type=model_type, opt_level=0, use_gpu=True, optimization_options=options)
+    fused = {op: sum(n.op_type == op for n in optimized.model.graph.node) for op in GPU_FUSED_OPS}
+    fused = {op: n for op, n in fused.items() if n}
+    kept_fp32 = {"ops": "float16.py's default block list (ops without fp16 kernels)"}
+    node_block = _timestep_sinusoid_nodes(optimized.model.graph)
+    keep_io = False
+    if node_block:
+        # the timestep enters fp32 as well, so 999 and the phases stay exact
+        keep_io = ["timestep"]
+        kept_fp32["timestep embedding"] = {
+            "nodes": len(node_block),
+            "why": "sinusoid phases t * frequency lose precision in fp16 (diffusers computes them in fp32 too)",
+        }
+        kept_fp32["inputs"] = ["timestep"]
+    optimized.convert_float_to_float16(keep_io_types=keep_io, op_block_list=FP16_OP_BLOCK_LIST, node_block_list=node_block)
+    model = optimized.model
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    dtypes = {}
+    for t in model.graph.initializer:
+        name = onnx.TensorProto.DataType.Name(t.data_type).lower()
+        dtypes[name] = dtypes.get(name, 0) + 1
+    candidate = folder / "fp16.onnx"
+    onnx.save_model(model, str(candidate), save_as_external_data=True, all_tensors_to_one_file=True, location="fp16.onnx_data")
+    del model, optimized
+    report = {
+        "fusions": f"onnxruntime {model_type}, use_gpu=True",
+        "fused": fused,
+        "fp16": "all float tensors, inputs and outputs included, except kept_fp32",
+        "kept_fp32": kept_fp32,
+        "initializer_dtypes": dtypes,
+    }
+    if validate:
+        report["check"] = _check_fp16(folder.name, path, candidate)
+    _promote(folder, candidate)
+    log(f"{folder.name} fp16: fused {fused}; {report.get('check', 'not validated')}")
+    return report
+
+
+def _check_fp16(component: str, reference: Path, candidate: Path) -> dict:
+    """The fp16 denoiser against the fp32 export, on CUDA where ONNX Runtime has it: the
+    GPU fusions (GroupNorm, NhwcConv, BiasSplitGelu, packed attention) have no CPU
+    kernels, so on a CPU-only build node the check is recorded as not run."""
+    import onnxruntime as ort
+
+    if component not in ("unet", "transformer"):
+        return {"ran": False, "reason": "only the denoiser is checked"}
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return {"ran": False, "reason": "no CUDA execution provider here; the GPU-fused ops have CUDA kernels only"}
+    import numpy as np
+
+    ref, feeds = _denoiser_feeds(reference)
+    want = ref.run(None, feeds)[0].astype(np.float64)
+    del ref
+    session = ort.InferenceSession(str(candidate), providers=["CUDAExecutionProvider"])
+    types = {i.name: i.type for i in session.get_inputs()}
+    cast = {k: v.astype(np.float16) if types.get(k) == "tensor(float16)" else v for k, v in feeds.items()}
+    got = session.run(None, cast)[0].astype(np.float64)
+    err = np.abs(got - want)
+    report = {
+        "provider": "CUDAExecutionProvider",
+        "max_abs_error": float(err.max()),
+        "relative_rms_error": float(np.sqrt((err**2).mean() / max((want**2).mean(), 1e-30))),
+    }
+    # fp16 carries about 3 decimal digits; a broken conversion (overflow, NaN) is far off
+    if not report["relative_rms_error"] < 2e-2:
+        raise CompileError(f"the fp16 {component} disagrees with the fp32 export: {report}")
+    return report
+
+
+def convert_fp16(out: Path, family: str, validate: bool = True) -> dict:
+    """onnx-fp16's passes over optimum's fp32 export, per component: the denoiser and the
+    CLIP text encoders fused for CUDA and converted to fp16; the VAE and T5 kept fp32."""
+    report = {}
+    t5 = {"flux": "text_encoder_2", "sd3": "text_encoder_3"}.get(family)
+    for component in COMPONENTS:
+        folder = out / component
+        if not (folder / "model.onnx").is_file():
+            continue
+        if component.startswith("vae_"):
+            # SDXL's VAE overflows in fp16 (NaN, black images); ONNX Runtime's SD script keeps
+            # SDXL's decoder fp32. Kept fp32 for every family: it runs once per image, so fp16
+            # would save little, and no fp16-safe VAE has to be swapped in.
+            report[component] = {"kept_fp32": "whole component", "why": "VAEs overflow in fp16 (SDXL's does); runs once per image"}
+        elif component == t5:
+            # T5 overflows in fp16; ONNX Runtime's SD script keeps ~30 of the full-size model's
+            # nodes fp32 by name, a list tied to that export. Kept fp32 whole instead.
+            report[component] = {"kept_fp32": "whole component", "why": "T5 overflows in fp16"}
+        elif component in ("unet", "transformer"):
+            report[component] = _fp16_component(folder, "unet" if component == "unet" else "mmdit", validate)
+        else:
+            report[component] = _fp16_component(folder, "clip", validate)
+    return report
+
+
 def export_neuron(
     src: Path,
     out: Path,
@@ -851,6 +1005,8 @@ def main(argv=None) -> int:
                 passes["cpu_fusion"] = optimize_unet_cpu(denoiser, validate=not args.no_validate)
             if int8:
                 passes["int8"] = quantize_unet_int8(denoiser, validate=not args.no_validate)
+            if args.target == "onnx-fp16":
+                passes["fp16"] = convert_fp16(staging, family_of(src), validate=not args.no_validate)
             manifest = write_manifest(
                 staging, args, src, revision, source_hash, shapes, time.monotonic() - t0, passes=passes
             )

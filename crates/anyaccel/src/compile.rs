@@ -46,7 +46,9 @@ fn target_help(target: CompileTarget) -> &'static str {
         CompileTarget::OnnxOpenVino => {
             "ONNX, fp32, as exported: for `--device openvino` (x86_64 CPUs)"
         }
-        CompileTarget::OnnxFp16 => "ONNX, fp16: the CUDA artifact; exported on a CUDA GPU",
+        CompileTarget::OnnxFp16 => {
+            "ONNX, fp16: the CUDA artifact (GPU-fused, VAE fp32); builds on any machine"
+        }
         CompileTarget::Neuron => {
             "optimum-neuron compiled components for inf2/trn1 (static batch and size)"
         }
@@ -93,7 +95,7 @@ pub struct CompileArgs {
     #[arg(long)]
     pub revision: Option<String>,
     /// onnx-fp32 (CPU), onnx-int8 (CPU, quantized), onnx-openvino (CPU through OpenVINO),
-    /// onnx-fp16 (CUDA; exported on a GPU) or neuron (inf2/trn1).
+    /// onnx-fp16 (CUDA; built on any machine) or neuron (inf2/trn1).
     #[arg(long, value_parser = target_parser())]
     pub target: CompileTarget,
     /// Output folder; must be absent or empty unless --force.
