@@ -150,6 +150,16 @@ fn cuda_missing(library: &Path) -> Option<String> {
             "no NVIDIA GPU is visible (no /dev/nvidia0 and no /proc/driver/nvidia/gpus)".into(),
         );
     }
+    // The provider loads its CUDA libraries when the first session asks for
+    // it; loading them now (from the wheels if need be) turns a bare loader
+    // error later into a list of what is missing now.
+    #[cfg(target_os = "linux")]
+    {
+        let dirs = crate::cuda_libs::search_dirs();
+        if let Err(missing) = crate::cuda_libs::preload(&provider, &dirs) {
+            return Some(crate::cuda_libs::missing_message(&missing, &dirs));
+        }
+    }
     None
 }
 

@@ -6,6 +6,8 @@
 //! The ONNX Runtime shared library is loaded at run time (`ort`'s
 //! `load-dynamic`), so one binary runs with the CPU, CUDA or OpenVINO build of it.
 
+#[cfg(target_os = "linux")]
+mod cuda_libs;
 mod device;
 mod mapped;
 mod runtime;
