@@ -361,4 +361,31 @@ mod tests {
         );
         assert!(missing.is_empty(), "flags without an env var: {missing:?}");
     }
+
+    /// The shared queue's settings travel from `deploy render` to `serve` by name.
+    #[test]
+    fn the_redis_variables_deploy_renders_are_the_ones_serve_reads() {
+        let cmd = ServeArgs::augment_args(Command::new("serve"));
+        let read: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        for rendered in [
+            anyaccel_deploy::REDIS_URL_ENV,
+            anyaccel_deploy::REDIS_PASSWORD_ENV,
+            anyaccel_deploy::REDIS_QUEUE_ENV,
+        ] {
+            assert!(
+                read.iter().any(|r| r == rendered),
+                "serve does not read {rendered}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_model_path_or_hub_id_names_its_queue() {
+        assert_eq!(super::queue_name("fixtures/models/tiny-sd15"), "tiny-sd15");
+        assert_eq!(super::queue_name("acme/sd15 onnx/"), "sd15-onnx");
+    }
 }
