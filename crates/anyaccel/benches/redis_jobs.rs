@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::redis::Redis;
-use common::{Server, serve_with};
+use common::{Server, metric, serve_with};
 use serde_json::{Value, json};
 
 fn replica(redis: &Redis, name: &str, extra: &[&str]) -> Server {
@@ -104,18 +104,6 @@ fn throughput(replicas: &[&Server], jobs: usize) -> f64 {
         wait_completed(base, id);
     }
     jobs as f64 / t.elapsed().as_secs_f64()
-}
-
-fn metric(base: &str, name: &str) -> f64 {
-    let text = ureq::get(&format!("{base}/metrics"))
-        .call()
-        .expect("metrics")
-        .into_string()
-        .expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn main() {

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::redis::{Redis, signal};
-use common::{Server, serve_with};
+use common::{Server, metric, serve_with};
 use serde_json::{Value, json};
 
 /// A replica named `name` on `redis`'s queue `queue`.
@@ -98,18 +98,6 @@ fn images_of(v: &Value) -> Vec<String> {
         .iter()
         .map(|i| i["b64_json"].as_str().unwrap_or_default().to_string())
         .collect()
-}
-
-fn metric(base: &str, name: &str) -> f64 {
-    let text = ureq::get(&format!("{base}/metrics"))
-        .call()
-        .expect("metrics")
-        .into_string()
-        .expect("text");
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// A job long enough on the tiny model to catch mid-way.

@@ -124,23 +124,30 @@ fn status_name(s: JobStatus) -> String {
         .unwrap_or_default()
 }
 
-async fn view(state: &AppState, job: &Arc<Job>, snapshot: JobState) -> Result<JobView, ApiError> {
+/// A completed job's images, encoded (and signed) as its client asked.
+pub(crate) async fn result_body(
+    state: &AppState,
+    job: &Arc<Job>,
+    result: &Arc<anyaccel_batcher::JobResult>,
+) -> Result<JobResultBody, ApiError> {
     let enc = job.encoding;
-    let result = match (&snapshot.status, &snapshot.result) {
-        (JobStatus::Completed, Some(r)) => {
-            let encoded = generate::encode(state, job, r, enc.format, enc.quality).await?;
-            Some(JobResultBody {
-                images: encoded
-                    .into_iter()
-                    .map(|e| JobImage {
-                        seed: e.seed,
-                        b64_json: generate::b64(&e.bytes),
-                    })
-                    .collect(),
-                output_format: enc.format.extension().replace("jpg", "jpeg"),
-                timings: generate::timing_report(r),
+    let encoded = generate::encode(state, job, result, enc.format, enc.quality).await?;
+    Ok(JobResultBody {
+        images: encoded
+            .into_iter()
+            .map(|e| JobImage {
+                seed: e.seed,
+                b64_json: generate::b64(&e.bytes),
             })
-        }
+            .collect(),
+        output_format: enc.format.extension().replace("jpg", "jpeg"),
+        timings: generate::timing_report(result),
+    })
+}
+
+async fn view(state: &AppState, job: &Arc<Job>, snapshot: JobState) -> Result<JobView, ApiError> {
+    let result = match (&snapshot.status, &snapshot.result) {
+        (JobStatus::Completed, Some(r)) => Some(result_body(state, job, r).await?),
         _ => None,
     };
     Ok(JobView {

@@ -101,3 +101,16 @@ pub fn venv_python() -> PathBuf {
     );
     py
 }
+
+/// The sum of a Prometheus series' samples (all label sets) on `base`'s `/metrics`.
+pub fn metric(base: &str, name: &str) -> f64 {
+    let text = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{Running, SharedQueue, Spec, to_json};
 use crate::AppState;
 use crate::generate;
-use crate::jobs::{self, JobErrorBody, JobImage, JobResultBody};
+use crate::jobs::{self, JobErrorBody};
 
 /// How often running jobs are heartbeaten and checked for cancels: a
 /// `DELETE` on another replica stops a running job within about this.
@@ -423,27 +423,15 @@ async fn run(state: &AppState, q: &SharedQueue, taken: Taken) {
     .await;
 }
 
-/// A completed job's images, encoded (and signed) as its client asked.
+/// A completed job's result as Redis keeps it: the body `GET` answers with.
 async fn result_bytes(
     state: &AppState,
     job: &Arc<Job>,
     result: &Arc<anyaccel_batcher::JobResult>,
 ) -> Result<Vec<u8>, String> {
-    let enc = job.encoding;
-    let encoded = generate::encode(state, job, result, enc.format, enc.quality)
+    let body = jobs::result_body(state, job, result)
         .await
         .map_err(|e| e.message)?;
-    let body = JobResultBody {
-        images: encoded
-            .into_iter()
-            .map(|e| JobImage {
-                seed: e.seed,
-                b64_json: generate::b64(&e.bytes),
-            })
-            .collect(),
-        output_format: enc.format.extension().replace("jpg", "jpeg"),
-        timings: generate::timing_report(result),
-    };
     serde_json::to_vec(&body).map_err(|e| e.to_string())
 }
 
