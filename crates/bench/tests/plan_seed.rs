@@ -368,6 +368,51 @@ fn deploy_renders_the_plan_it_writes() {
     );
 }
 
+// One feasible pool: a lone ALB target group takes at most 999, so its
+// weight is 999, and the renderer must take what the planner wrote.
+#[test]
+fn a_one_pool_plan_renders() {
+    let out = scratch("one-pool");
+    // At 0.6 s only trn1 (0.51 s) meets the SLO.
+    let o = plan(&plan_args(&["--slo", "0.6", "--demand", "10"], &out)).unwrap();
+    assert_eq!(names(&o.plan), ["trn1"]);
+    let path = o.config_path.expect("a feasible plan is written");
+    let planned = anyaccel_deploy::Plan::from_path(&path).expect("deploy reads a one-pool plan");
+    let f = planned.file();
+    assert_eq!(f.pools.len(), 1);
+    assert_eq!(f.pools[0].weight, 999);
+    assert_eq!(anyaccel_deploy::plan::plan_weight_total(1), 999);
+    assert_eq!(f.plan.fallback_order, ["trn1"]);
+
+    // seed-planned.toml cut down to its trn1 pool and that pool's artifact.
+    let seed =
+        std::fs::read_to_string(fixtures().join("../deploy/examples/seed-planned.toml")).unwrap();
+    let (head, _) = seed.split_once("[[artifacts]]").expect("artifacts");
+    let config = format!(
+        "{head}[[artifacts]]\nname = \"sd21-neuron\"\nsource = \"stabilityai/stable-diffusion-2-1-base\"\ntarget = \"neuron\"\nrepo = \"acme/sd21-anyaccel-neuron\"\n\n[[pools]]\nname = \"trn1\"\naccelerator = \"neuron\"\ninstance_types = [\"trn1.2xlarge\"]\nmin_replicas = 1\nartifact = \"sd21-neuron\"\n"
+    );
+    let cfg = anyaccel_deploy::ClusterConfig::from_toml_str_with_plan(&config, &planned)
+        .expect("the trn1 pool takes the plan");
+    assert_eq!(cfg.pools().len(), 1);
+    assert_eq!(cfg.pools()[0].weight(), 999);
+    let objs = anyaccel_deploy::render(&cfg).expect("renders");
+    let ingress = objs
+        .iter()
+        .find(|o| o.kind() == "Ingress")
+        .expect("an Ingress");
+    let key = anyaccel_deploy::fleet::action_annotation("weighted-pools");
+    let action: serde_json::Value = serde_json::from_str(
+        ingress.value()["metadata"]["annotations"][key.as_str()]
+            .as_str()
+            .expect("the weighted action"),
+    )
+    .expect("action JSON");
+    assert_eq!(
+        action["forwardConfig"]["targetGroups"],
+        serde_json::json!([{"serviceName": "anyaccel-trn1", "servicePort": "http", "weight": 999}])
+    );
+}
+
 #[test]
 fn bad_plan_arguments_are_named() {
     let out = scratch("badargs");

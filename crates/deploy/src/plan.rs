@@ -19,8 +19,20 @@ use crate::fleet::{ALB_MAX_WEIGHT, PlanStamp};
 /// `nodepool_weight`, `target_backlog_secs` as `keda_target_backlog_seconds`
 /// and `latency_slo_secs` as `slo_p95_s`.
 pub const PLAN_FILE_VERSION: u32 = 2;
-/// A plan's ingress weights add up to this (each 1..=999, the ALB's range).
+/// A plan's ingress weights add up to this when it has two pools or more
+/// (each 1..=[`ALB_MAX_WEIGHT`]); see [`plan_weight_total`].
 pub const PLAN_WEIGHT_TOTAL: u32 = 1000;
+
+/// What the ingress weights of a plan with `pools` pools add up to:
+/// [`PLAN_WEIGHT_TOTAL`], except that a single pool gets [`ALB_MAX_WEIGHT`]
+/// (one ALB target group takes at most 999, and alone it gets all traffic
+/// whatever its weight). The planner writes this and the renderer checks it.
+pub fn plan_weight_total(pools: usize) -> u32 {
+    let most = u32::try_from(pools)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(u32::from(ALB_MAX_WEIGHT));
+    PLAN_WEIGHT_TOTAL.min(most)
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,7 +66,8 @@ pub struct PlanSummary {
 #[serde(deny_unknown_fields)]
 pub struct PlanPool {
     pub name: String,
-    /// ALB weight while every pool can grow: 1..=999, all pools sum to 1000.
+    /// ALB weight while every pool can grow: 1..=999; all pools sum to
+    /// [`plan_weight_total`] (1000, or 999 for a lone pool).
     pub weight: u32,
     /// Karpenter NodePool `spec.weight`: 1..=100, higher is preferred.
     pub node_pool_weight: u32,
@@ -208,9 +221,10 @@ fn check(f: &PlanFile) -> Vec<String> {
         }
     }
     let total: u32 = f.pools.iter().map(|p| p.weight).sum();
-    if !f.pools.is_empty() && total != PLAN_WEIGHT_TOTAL {
+    let want = plan_weight_total(f.pools.len());
+    if !f.pools.is_empty() && total != want {
         out.push(format!(
-            "pools: the weights sum to {total}, but a plan's ingress weights sum to {PLAN_WEIGHT_TOTAL} (the file was edited; re-run `anyaccel plan`)"
+            "pools: the weights sum to {total}, but this plan's ingress weights sum to {want} ({PLAN_WEIGHT_TOTAL}, or {ALB_MAX_WEIGHT} for a single pool; the file was edited, re-run `anyaccel plan`)"
         ));
     }
     let order: BTreeSet<&str> = s.fallback_order.iter().map(String::as_str).collect();

@@ -307,6 +307,43 @@ fn weights_must_be_what_the_alb_takes_and_sum_as_plans_do() {
     assert!(err_text(e).contains("nodepool_weight"));
 }
 
+/// TWO_POOLS with only its gpu pool, weighted as the planner weights a lone
+/// pool.
+fn one_pool(weight: u32) -> String {
+    let (head, _cpu) = TWO_POOLS.rsplit_once("[[pools]]").expect("two pools");
+    head.replace(
+        "fallback_order = [\"gpu\", \"cpu\"]",
+        "fallback_order = [\"gpu\"]",
+    )
+    .replace("weight = 700", &format!("weight = {weight}"))
+}
+
+#[test]
+fn a_lone_pool_weighs_999_because_one_target_group_takes_no_more() {
+    let plan = plan_str(&one_pool(999)).expect("a one-pool plan at 999 is what plan writes");
+    assert_eq!(plan.file().pools.len(), 1);
+    assert_eq!(anyaccel_deploy::plan::plan_weight_total(1), 999);
+    assert_eq!(anyaccel_deploy::plan::plan_weight_total(2), 1000);
+    for bad in [998, 1000] {
+        let e = plan_str(&one_pool(bad)).expect_err("not the planner's total");
+        assert!(
+            e.problems().iter().any(|p| p.contains("sum to 999")
+                || p.contains(&format!("weight ({bad}) must be within 1..=999"))),
+            "{bad}: {:#?}",
+            e.problems()
+        );
+    }
+    // Two pools still sum to 1000: 999 is not enough there.
+    let e = plan_str(&TWO_POOLS.replace("weight = 700", "weight = 699")).expect_err("999");
+    assert!(
+        e.problems()
+            .iter()
+            .any(|p| p.contains("the weights sum to 999") && p.contains("sum to 1000")),
+        "{:#?}",
+        e.problems()
+    );
+}
+
 #[test]
 fn settings_the_plan_cannot_honour_are_contradictions() {
     for (edit, want) in [

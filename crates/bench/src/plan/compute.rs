@@ -3,12 +3,14 @@
 //! a demand profile.
 
 use super::{
-    CapacityType, Excluded, MAX_INGRESS_WEIGHT, MAX_REPLICAS_LIMIT, Mix, MixPool, Plan, PlanInputs,
-    PoolPlan, ProfileCost, WEIGHT_TOTAL, WeightMode, cheapest_mix, round,
+    CapacityType, Excluded, MAX_REPLICAS_LIMIT, Mix, MixPool, Plan, PlanInputs, PoolPlan,
+    ProfileCost, WeightMode, cheapest_mix, round,
 };
 use crate::BenchError;
 use crate::result::{fmt_num, now_rfc3339};
 use crate::stats::{LevelPoint, breaking_point};
+use anyaccel_deploy::fleet::ALB_MAX_WEIGHT;
+use anyaccel_deploy::plan::plan_weight_total;
 
 /// Karpenter NodePool weights by rank: the cheapest gets 100, each next
 /// step down by 10 (or less with more than 10 pools), at least 1; equal
@@ -339,11 +341,13 @@ pub fn compute(inp: &PlanInputs) -> Result<Plan, BenchError> {
             .map(|p| 1.0 / p.cost_per_1000_images)
             .collect(),
     };
+    // The total the renderer checks: 1000, or 999 for a lone pool.
+    let total = plan_weight_total(feasible.len());
     for (p, w) in feasible.iter_mut().zip(proportional_weights(
         &shares,
-        WEIGHT_TOTAL,
+        total,
         1,
-        MAX_INGRESS_WEIGHT,
+        u32::from(ALB_MAX_WEIGHT),
     )) {
         p.weight = w;
     }
@@ -417,6 +421,15 @@ mod tests {
         assert_eq!(w, vec![749, 1, 250]);
         // One pool alone is capped at the ALB maximum.
         assert_eq!(proportional_weights(&[5.0], 1000, 1, 999), vec![999]);
+        // What compute asks for: the renderer's total for that many pools,
+        // so the weights always add up to it.
+        for n in 1..=5 {
+            let total = plan_weight_total(n);
+            let w = proportional_weights(&vec![1.0; n], total, 1, u32::from(ALB_MAX_WEIGHT));
+            assert_eq!(w.iter().sum::<u32>(), total, "{n} pools");
+        }
+        assert_eq!(plan_weight_total(1), 999);
+        assert_eq!(plan_weight_total(2), 1000);
         assert_eq!(
             proportional_weights(&[1.0, 0.0, 0.0, 0.0], 1000, 1, 999),
             vec![997, 1, 1, 1]

@@ -31,10 +31,8 @@ use std::path::PathBuf;
 /// Version of the capacity-table format (plan.toml's is
 /// `anyaccel_deploy::plan::PLAN_FILE_VERSION`).
 pub const PLAN_FORMAT_VERSION: u32 = 1;
-/// Sum of the ingress weights plan writes (ALB weights are relative).
-pub const WEIGHT_TOTAL: u32 = 1000;
-/// The largest single ingress weight an ALB target group accepts.
-pub const MAX_INGRESS_WEIGHT: u32 = 999;
+// The ingress weights' total and range are the renderer's, which checks them:
+// `anyaccel_deploy::plan::plan_weight_total` and `fleet::ALB_MAX_WEIGHT`.
 /// KEDA `maxReplicaCount` plan will write at most.
 pub const MAX_REPLICAS_LIMIT: u32 = 1000;
 

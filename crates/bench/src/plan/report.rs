@@ -158,9 +158,14 @@ impl Plan {
             s,
             "- KEDA backlog target = (1 − headroom) × mean latency at capacity: by Little's law a replica at capacity holds about that many seconds of work."
         );
+        // A lone pool's total is 999: one ALB target group takes no more.
+        let total = match self.pools.len() {
+            0 => anyaccel_deploy::plan::PLAN_WEIGHT_TOTAL,
+            n => anyaccel_deploy::plan::plan_weight_total(n),
+        };
         let _ = writeln!(
             s,
-            "- NodePool weights: 100 for the cheapest, 10 less per rank (equal costs share a weight). Ingress weights sum to 1000, each 1..=999; pools outside the mix keep 1 so they stay warm for fallback."
+            "- NodePool weights: 100 for the cheapest, 10 less per rank (equal costs share a weight). Ingress weights sum to {total}, each 1..=999; pools outside the mix keep 1 so they stay warm for fallback."
         );
         let _ = writeln!(
             s,

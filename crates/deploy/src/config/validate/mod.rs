@@ -29,7 +29,7 @@ use redis::validate_redis;
 /// ALB forward actions take at most five target groups.
 pub const MAX_POOLS: usize = 5;
 /// ALB target group weights are 0..=999.
-pub const MAX_WEIGHT: u16 = 999;
+pub const MAX_WEIGHT: u16 = crate::fleet::ALB_MAX_WEIGHT;
 
 /// Collects problems so that every one of them is reported at once.
 #[derive(Default)]
