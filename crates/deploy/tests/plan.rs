@@ -433,26 +433,18 @@ fn the_controller_gets_the_least_rbac_it_needs() {
     assert_eq!(
         rules("Role", "anyaccel-fleet"),
         [
-            (
-                "apps".into(),
-                "deployments".into(),
-                v(&["get", "list", "watch"])
-            ),
+            ("apps".into(), "deployments".into(), v(&["list", "watch"])),
             (
                 "keda.sh".into(),
                 "scaledobjects".into(),
-                v(&["get", "list", "watch"])
+                v(&["list", "watch"])
             ),
             (
                 "networking.k8s.io".into(),
                 "ingresses".into(),
                 v(&["get", "patch"])
             ),
-            (
-                "".into(),
-                "events".into(),
-                v(&["get", "list", "watch", "create", "patch"])
-            ),
+            ("".into(), "events".into(), v(&["list", "watch", "create"])),
         ]
     );
     // The one object it writes is named.
@@ -466,7 +458,7 @@ fn the_controller_gets_the_least_rbac_it_needs() {
         [(
             "karpenter.sh".into(),
             "nodeclaims".into(),
-            v(&["get", "list", "watch"])
+            v(&["list", "watch"])
         )]
     );
     let events = find(&objs, "Role", "anyaccel-fleet-anyaccel");

@@ -94,16 +94,18 @@ pub fn controller(cfg: &ClusterConfig, out: &mut Vec<RenderedObject>) -> Result<
         ..Default::default()
     })?);
 
-    // Reads the pools and writes one annotation; nothing else.
+    // Exactly the calls it makes: its watchers list and watch (never get);
+    // it GETs and merge-PATCHes one Ingress and POSTs Events (it does not
+    // use kube's Recorder, which would also PATCH events.k8s.io Events).
     let mut ingress_rule = rule("networking.k8s.io", "ingresses", &["get", "patch"]);
     ingress_rule.resource_names = Some(vec![INGRESS_NAME.into()]);
     out.push(RenderedObject::from_typed(&Role {
         metadata: meta(CONTROLLER_NAME, Some(ns), labels()),
         rules: Some(vec![
-            rule("apps", "deployments", &["get", "list", "watch"]),
-            rule("keda.sh", "scaledobjects", &["get", "list", "watch"]),
+            rule("apps", "deployments", &["list", "watch"]),
+            rule("keda.sh", "scaledobjects", &["list", "watch"]),
             ingress_rule,
-            rule("", "events", &["get", "list", "watch", "create", "patch"]),
+            rule("", "events", &["list", "watch", "create"]),
         ]),
     })?);
     out.push(RenderedObject::from_typed(&RoleBinding {
@@ -115,11 +117,7 @@ pub fn controller(cfg: &ClusterConfig, out: &mut Vec<RenderedObject>) -> Result<
     // events are recorded in `default`.
     out.push(RenderedObject::from_typed(&ClusterRole {
         metadata: meta(&cluster_name, None, labels()),
-        rules: Some(vec![rule(
-            "karpenter.sh",
-            "nodeclaims",
-            &["get", "list", "watch"],
-        )]),
+        rules: Some(vec![rule("karpenter.sh", "nodeclaims", &["list", "watch"])]),
         ..Default::default()
     })?);
     out.push(RenderedObject::from_typed(&ClusterRoleBinding {
