@@ -148,6 +148,7 @@ class Check:
         self.models = {}      # name -> diffusers folder
         self.artifacts = {}   # name -> compiled ONNX folder
         self.bg = {}          # background jobs
+        self.procs = []       # every process started, each in its own process group
 
     # -- logging and results
 
@@ -187,6 +188,7 @@ class Check:
         with open(path, "w") as f:
             proc = subprocess.Popen([str(a) for a in argv], stdout=f, stderr=subprocess.STDOUT,
                                     env=env or self.env, cwd=cwd or REPO, start_new_session=True)
+            self.procs.append(proc)
             try:
                 rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -208,6 +210,7 @@ class Check:
         f = open(path, "w")
         proc = subprocess.Popen([str(a) for a in argv], stdout=f, stderr=subprocess.STDOUT,
                                 env=env or self.env, cwd=REPO, start_new_session=True)
+        self.procs.append(proc)
         return proc, path
 
     def _last(self, path: Path, n: int) -> str:
@@ -455,6 +458,7 @@ class Check:
                 theirs = np.asarray(Image.open(ref["png"]).convert("RGB")).astype(np.int16)
                 entry.update(compare(ours, theirs))
                 entry["reference_nan_latents"] = ref["nan_latents"]
+                entry["reference_png"] = ref["png"]
                 self.check("images", f"{name}: max |anyaccel - diffusers| pixel", entry["max_abs"] <= TOLERANCE,
                            entry["max_abs"], f"<= {TOLERANCE}",
                            f"mean {entry['mean_abs']:.3f}, PSNR {entry['psnr_db']:.1f} dB")
@@ -605,13 +609,32 @@ class Check:
 
     def s_report(self, rec):
         self.results["goals"] = goals(self.results, self.dry)
+        sheet = contact_sheet(_get(self.results, "steps", "images", "cases") or {},
+                              self.out / "gpu-check-images.png")
         md = markdown(self.results)
         (self.out / "gpu-check.md").write_text(md)
-        return {"markdown": str(self.out / "gpu-check.md")}
+        return {"markdown": str(self.out / "gpu-check.md"), "images": sheet}
 
     # -- the run
 
+    def kill_all(self) -> None:
+        """Its own process groups outlive this process otherwise (a new session each)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                _kill(proc)
+
     def main(self) -> int:
+        def on_signal(signum, _frame):
+            self.kill_all()
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_signal)
+        try:
+            return self._main()
+        finally:
+            self.kill_all()
+
+    def _main(self) -> int:
         self.log(f"mode {self.results['mode']}, budget {self.args.budget}s, out {self.out}, work {self.work}")
         self.step("env", self.s_env)
         self.step("build", self.s_build, needs=("env",))
@@ -624,9 +647,7 @@ class Check:
         self.step("compile_big", self.s_compile_big, needs=("build",))
         self.step("torch_timing", self.s_torch_timing, needs=("build",))
         self.step("anyaccel_timing", self.s_anyaccel_timing, needs=("compile_big",))
-        for job in self.bg.values():
-            if isinstance(job, dict) and "proc" in job and job["proc"].poll() is None:
-                _kill(job["proc"])
+        self.kill_all()
         self.step("report", self.s_report)
         self.results["finished_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         self.results["ok"] = not self.results["failed_steps"]
@@ -681,6 +702,30 @@ def compare(a, b) -> dict:
     return {"max_abs": int(d.max()), "mean_abs": float(d.mean()),
             "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(255**2 / mse)),
             "pixels_over_tolerance": int((d > TOLERANCE).any(axis=-1).sum())}
+
+
+def contact_sheet(cases: dict, path: Path):
+    """One PNG: per tiny model, anyaccel's image, diffusers' and their difference x32."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for name, c in sorted(cases.items()):
+        try:
+            ours = np.asarray(Image.open(c["anyaccel_png"]).convert("RGB")).astype(np.int16)
+            ref_png = Path(c.get("reference_png") or "/nonexistent")
+            theirs = np.asarray(Image.open(ref_png).convert("RGB")).astype(np.int16) if ref_png.is_file() else ours * 0
+        except (OSError, KeyError):
+            continue
+        if ours.shape != theirs.shape:
+            continue
+        diff = np.clip(np.abs(ours - theirs) * 32, 0, 255)
+        rows.append(np.concatenate([ours, theirs, diff], axis=1))
+    if not rows:
+        return None
+    sheet = np.concatenate(rows, axis=0).astype(np.uint8)
+    Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(path)
+    return str(path)
 
 
 def free_port() -> int:

@@ -78,6 +78,7 @@ def test_dry_run_times_every_engine_and_writes_the_table(dry_run):
         assert heading in md
     assert "| anyaccel serve + bench | sd15 | b1" in md
     assert (out / "gpu-check.log").stat().st_size > 0
+    assert (out / "gpu-check-images.png").is_file()
 
 
 @needs_bin
