@@ -107,7 +107,7 @@ parts=( $(cd "$stage" && ls part-*) )
   echo "== staged in gpu-stage/ ($(date -u +%FT%TZ), commit $(git rev-parse --short HEAD))"
   find "$work/site/onnxruntime/capi" -name '*.so*' -type f -printf '%s %P\n' | sort -k2 \
     | awk '{printf "  onnxruntime/capi/%-52s %7.1f MiB\n", $2, $1/1048576}'
-  [[ -f "$stage/slim-report.json" && "${SLIM:-1}" == 1 ]] && python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); z=sum(r["zeroed_bytes"].values()); k=sum(r["kept_bytes"].values()); print(f"  slimmed to sm_{r[\"arch\"]}: {z/2**20:.0f} MiB of cubins zeroed, {k/2**20:.0f} MiB kept")' "$stage/slim-report.json"
+  [[ -f "$stage/slim-report.json" && "${SLIM:-1}" == 1 ]] && python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); z=sum(r["zeroed_bytes"].values()); k=sum(r["kept_bytes"].values()); a=r["arch"]; print(f"  slimmed to sm_{a}: {z/2**20:.0f} MiB of cubins zeroed, {k/2**20:.0f} MiB kept")' "$stage/slim-report.json"
   echo "  anyaccel (stripped)                                                    $(du -b "$work/anyaccel" | awk '{printf "%7.1f MiB", $1/1048576}')"
   echo "  site/ in all                                                           $(du -sb "$work/site" | awk '{printf "%7.1f MiB", $1/1048576}')"
   echo "  stage.tar.xz                                                           $(cat "$stage"/part-* | wc -c | awk '{printf "%7.1f MiB", $1/1048576}')"
