@@ -41,6 +41,8 @@ pub const QUEUE_WAIT_SECONDS: &str = "anyaccel_queue_wait_seconds";
 pub const STAGE_DURATION_SECONDS: &str = "anyaccel_stage_duration_seconds";
 pub const STEP_DURATION_SECONDS: &str = "anyaccel_denoise_step_duration_seconds";
 pub const IMAGES_TOTAL: &str = "anyaccel_images_generated_total";
+/// Jobs that ended, by `status`: `completed`, `failed` or `cancelled`.
+pub const JOBS_FINISHED_TOTAL: &str = "anyaccel_jobs_finished_total";
 pub const QUEUE_DEPTH: &str = "anyaccel_queue_depth";
 pub const IN_FLIGHT: &str = "anyaccel_in_flight_requests";
 pub const BATCH_SIZE: &str = "anyaccel_batch_size";

@@ -33,6 +33,11 @@ pub struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
     pub stage: &'static str,
 }
@@ -67,6 +72,7 @@ pub struct Metrics {
     stage_duration: Family<StageLabels, Histogram, fn() -> Histogram>,
     step_duration: Histogram,
     images: Counter,
+    jobs_finished: Family<StatusLabels, Counter>,
     queue_depth: Gauge,
     in_flight: Gauge,
     batch_size: Histogram,
@@ -124,6 +130,7 @@ impl Metrics {
             stage_duration: Family::new_with_constructor(request_histogram as fn() -> Histogram),
             step_duration: step_histogram(),
             images: Counter::default(),
+            jobs_finished: Family::default(),
             queue_depth: Gauge::default(),
             in_flight: Gauge::default(),
             batch_size: Histogram::new([1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0]),
@@ -172,6 +179,11 @@ impl Metrics {
             counter_name(names::IMAGES_TOTAL),
             "Images generated",
             m.images.clone(),
+        );
+        registry.register(
+            counter_name(names::JOBS_FINISHED_TOTAL),
+            "Jobs that ended, by status (completed, failed, cancelled)",
+            m.jobs_finished.clone(),
         );
         registry.register(
             names::QUEUE_DEPTH,
@@ -350,6 +362,15 @@ impl Telemetry for Metrics {
     }
 
     fn job_finished(&self, status: JobStatus, images: usize) {
+        let label = match status {
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Queued | JobStatus::Running => return,
+        };
+        self.jobs_finished
+            .get_or_create(&StatusLabels { status: label })
+            .inc();
         if status == JobStatus::Completed {
             self.images.inc_by(images as u64);
         }

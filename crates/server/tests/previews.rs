@@ -146,6 +146,23 @@ fn read_sse(
     out
 }
 
+/// The format an encoded image's first bytes say it is.
+fn sniff(b64: &str) -> &'static str {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("base64");
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        "png"
+    } else if bytes.starts_with(&[0xff, 0xd8, 0xff]) {
+        "jpeg"
+    } else if bytes.len() > 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        "webp"
+    } else {
+        "unknown"
+    }
+}
+
 #[test]
 fn job_events_carry_previews_in_step_order() {
     let (s, gate) = gated_server();
@@ -212,6 +229,53 @@ fn job_events_carry_previews_in_step_order() {
     );
     assert_eq!(status, 400);
     assert_eq!(bad["error"]["param"], "preview_every");
+}
+
+#[test]
+fn job_previews_are_encoded_in_the_jobs_output_format() {
+    let (s, gate) = gated_server();
+    for format in ["jpeg", "webp"] {
+        gate.close();
+        let (status, _, job) = s.post_json(
+            "/v1/jobs",
+            &json!({"prompt": "a lighthouse", "steps": 5, "size": "64x64", "seed": 4,
+                    "preview_every": 2, "output_format": format}),
+        );
+        assert_eq!(status, 202, "{job}");
+        let id = job["id"].as_str().unwrap();
+        let resp = TestServer::agent()
+            .get(&s.url(&format!("/v1/jobs/{id}/events")))
+            .call()
+            .unwrap();
+        let mut released = false;
+        let events = read_sse(resp, |name, _| {
+            if !released {
+                released = true;
+                gate.release(5);
+            }
+            !matches!(name, "completed" | "failed" | "cancelled")
+        });
+        assert_eq!(events.last().unwrap().0, "completed", "{events:?}");
+        let previews: Vec<&Value> = events
+            .iter()
+            .filter(|(e, _)| e == "preview")
+            .map(|(_, v)| v)
+            .collect();
+        // Steps 2 and 4 of 5.
+        assert_eq!(previews.len(), 2, "{format}: {events:?}");
+        for p in previews {
+            assert_eq!(p["output_format"], format);
+            let b64 = p["b64_json"].as_str().unwrap();
+            assert_eq!(sniff(b64), format, "preview at step {}", p["step"]);
+            assert_eq!(decode_b64_png(b64).dimensions(), (64, 64));
+        }
+        // The final image is in that format too.
+        let (status, done) = s.get(&format!("/v1/jobs/{id}"));
+        assert_eq!(status, 200, "{done}");
+        assert_eq!(done["result"]["output_format"], format, "{done}");
+        let image = done["result"]["images"][0]["b64_json"].as_str().unwrap();
+        assert_eq!(sniff(image), format);
+    }
 }
 
 #[test]
@@ -320,8 +384,9 @@ fn openai_edits_stream_too() {
             ("prompt", "a red fox"),
             ("strength", "0.8"),
             ("steps", "10"),
+            ("size", "64x64"),
             ("stream", "true"),
-            ("partial_images", "1"),
+            ("partial_images", "2"),
             ("output_format", "jpeg"),
         ],
         Some(("image", &init)),
@@ -333,8 +398,28 @@ fn openai_edits_stream_too() {
         .unwrap();
     let events = read_sse(resp, |_, _| true);
     let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
-    assert_eq!(names, ["image_edit.partial_image", "image_edit.completed"]);
-    assert_eq!(events[0].1["output_format"], "jpeg");
+    assert_eq!(
+        names,
+        [
+            "image_edit.partial_image",
+            "image_edit.partial_image",
+            "image_edit.completed"
+        ]
+    );
+    for (i, (name, v)) in events.iter().enumerate() {
+        assert_eq!(v["type"], *name);
+        assert_eq!(v["output_format"], "jpeg", "{name}");
+        let b64 = v["b64_json"].as_str().unwrap();
+        assert_eq!(sniff(b64), "jpeg", "{name} {i}");
+        assert_eq!(decode_b64_png(b64).dimensions(), (64, 64), "{name} {i}");
+        if i < 2 {
+            assert_eq!(v["partial_image_index"], i, "{v}");
+        } else {
+            assert!(v.get("partial_image_index").is_none(), "{v}");
+        }
+    }
+    // Each partial image is a different state of the forming image.
+    assert_ne!(events[0].1["b64_json"], events[1].1["b64_json"]);
 }
 
 #[test]
@@ -359,6 +444,19 @@ fn streaming_options_that_cannot_work_are_refused() {
         assert_eq!(status, 400, "{body}: {err}");
         assert_eq!(err["error"]["param"], param, "{body}");
     }
+    // Edits take the same rules: one image per stream.
+    let init = std::fs::read(common::repo().join("fixtures/reference/init_64.png")).unwrap();
+    let (ct, body) = multipart(
+        &[("prompt", "x"), ("stream", "true"), ("n", "2")],
+        Some(("image", &init)),
+    );
+    let (status, _, err) = s.send(
+        TestServer::agent().post(&s.url("/v1/images/edits")),
+        &body,
+        &ct,
+    );
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["param"], "n", "{err}");
 }
 
 #[test]
@@ -383,4 +481,17 @@ fn a_client_that_leaves_a_stream_cancels_its_job() {
     }
     assert_eq!(job.state().status, anyaccel_batcher::JobStatus::Cancelled);
     assert!(job.state().step < 150);
+    // /metrics counts it as cancelled (what clients outside the process see).
+    let finished = |status: &str| -> f64 {
+        s.metrics()
+            .lines()
+            .filter(|l| {
+                l.starts_with("anyaccel_jobs_finished_total{")
+                    && l.contains(&format!("status=\"{status}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(finished("cancelled"), 1.0, "{}", s.metrics());
+    assert_eq!(finished("failed"), 0.0, "{}", s.metrics());
 }

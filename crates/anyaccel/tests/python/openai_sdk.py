@@ -21,26 +21,32 @@ def png_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def progress_until_idle(base_url: str, api_key: str) -> int:
-    """Polls A1111's progress until nothing runs; the highest step seen."""
-    import json
-    import time
+def jobs_finished(base_url: str) -> dict[str, float]:
+    """`anyaccel_jobs_finished_total` from /metrics, per status."""
+    import re
     import urllib.request
 
-    highest = 0
+    with urllib.request.urlopen(f"{base_url}/metrics") as r:
+        text = r.read().decode()
+    out = {"completed": 0.0, "failed": 0.0, "cancelled": 0.0}
+    for line in text.splitlines():
+        if line.startswith("anyaccel_jobs_finished_total{"):
+            status = re.search(r'status="([a-z]+)"', line).group(1)
+            out[status] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def wait_for_cancel(base_url: str, before: dict[str, float]) -> dict[str, float]:
+    """Polls /metrics until one more job ended (in any status); the counts then."""
+    import time
+
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        req = urllib.request.Request(
-            f"{base_url}/sdapi/v1/progress?skip_current_image=true",
-            headers={"Authorization": f"Bearer {api_key}"},
-        )
-        with urllib.request.urlopen(req) as r:
-            p = json.load(r)
-        if p["state"]["job_count"] == 0:
-            return highest
-        highest = max(highest, p["state"]["sampling_step"])
-        time.sleep(0.005)
-    raise AssertionError("the run did not stop after the client left")
+        now = jobs_finished(base_url)
+        if sum(now.values()) > sum(before.values()):
+            return now
+        time.sleep(0.02)
+    raise AssertionError(f"no job ended within 30 s of the client leaving: {jobs_finished(base_url)}")
 
 
 def main() -> None:
@@ -101,13 +107,21 @@ def main() -> None:
             prompt="the same scene at night",
             size="64x64",
             stream=True,
-            partial_images=1,
+            partial_images=2,
             extra_body={"strength": 0.8, "steps": 8, "seed": 7, **micro},
         )
-        kinds = [e.type for e in stream]
-    assert kinds == ["image_edit.partial_image", "image_edit.completed"], kinds
+        events = list(stream)
+    kinds = [e.type for e in events]
+    assert kinds == ["image_edit.partial_image"] * 2 + ["image_edit.completed"], kinds
+    assert [e.partial_image_index for e in events[:2]] == [0, 1], events
+    for e in events:
+        assert png_size(base64.b64decode(e.b64_json)) == (64, 64), e.type
+    # The partial images are earlier states, not the final image again.
+    assert events[0].b64_json != events[-1].b64_json
 
-    # Hanging up mid-stream cancels the run: it never reaches its last step.
+    # Hanging up mid-stream cancels the run: the server counts the job as
+    # cancelled, and not as completed.
+    before = jobs_finished(base_url)
     stream = client.images.generate(
         prompt="slow",
         size="128x128",
@@ -118,8 +132,10 @@ def main() -> None:
     first = next(iter(stream))
     assert first.type == "image_generation.partial_image", first
     stream.close()
-    highest = progress_until_idle(base_url, api_key)
-    assert highest < 150, f"the run went on to step {highest} after the client left"
+    after = wait_for_cancel(base_url, before)
+    assert after["cancelled"] == before["cancelled"] + 1, (before, after)
+    assert after["completed"] == before["completed"], (before, after)
+    assert after["failed"] == before["failed"], (before, after)
 
     # An error surfaces as the SDK's typed exception with our message.
     try:
