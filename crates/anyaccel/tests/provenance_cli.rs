@@ -1,7 +1,9 @@
 //! Content Credentials end to end: what a running `serve` returns (PNG, JPEG,
-//! WebP, a streamed preview, the A1111 API) and what `generate` writes is read
-//! back by c2pa-python, an SDK build independent of ours; `/info` says how it
-//! signs; a bad key stops `serve` before it loads the model.
+//! WebP, a streamed preview, a job's result, the A1111 API) and what
+//! `generate` writes (PNG, JPEG, WebP) is read back by c2pa-python, an SDK
+//! build independent of ours; `/info` says how it signs; `--c2pa off` signs
+//! nothing; a bad, mismatched or expired certificate stops `serve` before it
+//! loads the model.
 
 mod common;
 
@@ -104,6 +106,34 @@ fn every_image_serve_returns_is_signed_and_verifies() {
     std::fs::write(&path, b64(partial["b64_json"].as_str().unwrap())).unwrap();
     files.push(("valid", "image/png", path));
 
+    // A job's result, fetched after it completed.
+    let job = post(
+        &format!("{}/v1/jobs", s.base),
+        json!({"prompt": PROMPT, "size": "64x64", "steps": 2, "seed": 10,
+               "output_format": "webp"}),
+    );
+    let id = job["id"].as_str().expect("a job id");
+    // The events stream ends with the job's last event: wait for it, not a timer.
+    let events = ureq::get(&format!("{}/v1/jobs/{id}/events", s.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(events.contains("event: completed"), "{events}");
+    let done: Value = ureq::get(&format!("{}/v1/jobs/{id}", s.base))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(done["result"]["output_format"], "webp", "{done}");
+    let path = dir.path().join("job.webp");
+    std::fs::write(
+        &path,
+        b64(done["result"]["images"][0]["b64_json"].as_str().unwrap()),
+    )
+    .unwrap();
+    files.push(("valid", "image/webp", path));
+
     // The A1111 API: signed, and the `parameters` chunk its clients read survives.
     let r = post(
         &format!("{}/sdapi/v1/txt2img", s.base),
@@ -125,7 +155,7 @@ fn every_image_serve_returns_is_signed_and_verifies() {
     files.push(("tampered", "image/png", path));
 
     let reports = c2pa_python(&files);
-    let seeds = [7, 7, 7, 8, 9];
+    let seeds = [7, 7, 7, 8, 10, 9];
     for (r, seed) in reports.iter().zip(seeds) {
         let what = r["path"].as_str().unwrap();
         assert_eq!(
@@ -203,15 +233,163 @@ fn generate(out: &Path, extra: &[&str]) -> Vec<PathBuf> {
 #[test]
 fn generate_signs_its_files_unless_told_not_to() {
     let dir = tempfile::tempdir().unwrap();
-    let signed = generate(&dir.path().join("on"), &["--format", "jpeg"]);
+    let mut files = Vec::new();
+    for (format, mime) in [
+        ("jpeg", "image/jpeg"),
+        ("webp", "image/webp"),
+        ("png", "image/png"),
+    ] {
+        let written = generate(&dir.path().join(format), &["--format", format]);
+        assert_eq!(written.len(), 1, "{written:?}");
+        files.push(("valid", mime, written[0].clone()));
+    }
     let unsigned = generate(&dir.path().join("off"), &["--c2pa", "off"]);
-    let reports = c2pa_python(&[
-        ("valid", "image/jpeg", signed[0].clone()),
-        ("unsigned", "image/png", unsigned[0].clone()),
-    ]);
-    // Prompts stay out unless the operator opts in.
-    assert_eq!(reports[0]["generation"]["prompt_included"], false);
-    assert!(reports[0]["generation"].get("prompt").is_none());
+    files.push(("unsigned", "image/png", unsigned[0].clone()));
+    let reports = c2pa_python(&files);
+    for r in &reports[..3] {
+        let what = r["path"].as_str().unwrap();
+        assert_eq!(
+            r["created_actions"][0]["digitalSourceType"], TRAINED,
+            "{what}"
+        );
+        // Prompts stay out unless the operator opts in.
+        assert_eq!(r["generation"]["prompt_included"], false, "{what}");
+        assert!(r["generation"].get("prompt").is_none(), "{what}");
+    }
+}
+
+#[test]
+fn serve_with_c2pa_off_returns_unsigned_images() {
+    let s = serve(&["--c2pa", "off"]);
+    let info: Value = ureq::get(&format!("{}/info", s.base))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(info["c2pa"], json!({"enabled": false}), "{}", info["c2pa"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (format, mime) in [("png", "image/png"), ("jpeg", "image/jpeg")] {
+        let r = post(
+            &format!("{}/v1/images/generations", s.base),
+            json!({"prompt": PROMPT, "size": "64x64", "steps": 2, "seed": 7,
+                   "output_format": format}),
+        );
+        let path = dir.path().join(format!("off.{format}"));
+        std::fs::write(&path, b64(r["data"][0]["b64_json"].as_str().unwrap())).unwrap();
+        files.push(("unsigned", mime, path));
+    }
+    c2pa_python(&files);
+}
+
+/// Writes, with Python's `cryptography`, a C2PA-acceptable chain (`chain.pem`:
+/// an ES256 signing certificate under a CA) and its key (`key.pem`), another
+/// key (`other-key.pem`), and the same kind of chain expired yesterday
+/// (`expired.pem`, for `key.pem` too).
+fn write_credentials(dir: &Path) {
+    const SCRIPT: &str = r#"
+import datetime, sys
+from pathlib import Path
+from cryptography import x509
+from cryptography.x509.oid import NameOID, ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+out = Path(sys.argv[1])
+now = datetime.datetime.now(datetime.timezone.utc)
+day = datetime.timedelta(days=1)
+def name(cn):
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "anyaccel tests")])
+def pem(cert):
+    return cert.public_bytes(serialization.Encoding.PEM)
+def key_pem(key):
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+def usage(**on):
+    names = ["digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+             "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"]
+    return x509.KeyUsage(**{n: on.get(n, False) for n in names})
+ca_key = ec.generate_private_key(ec.SECP256R1())
+ca = (x509.CertificateBuilder().subject_name(name("anyaccel test CA")).issuer_name(name("anyaccel test CA"))
+      .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+      .not_valid_before(now - 30 * day).not_valid_after(now + 30 * day)
+      .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+      .add_extension(usage(key_cert_sign=True, crl_sign=True), critical=True)
+      .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+      .sign(ca_key, hashes.SHA256()))
+key = ec.generate_private_key(ec.SECP256R1())
+def leaf(not_before, not_after):
+    return (x509.CertificateBuilder().subject_name(name("anyaccel test signer")).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(not_before).not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(usage(digital_signature=True), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+(out / "chain.pem").write_bytes(pem(leaf(now - day, now + 10 * day)) + pem(ca))
+(out / "expired.pem").write_bytes(pem(leaf(now - 20 * day, now - day)) + pem(ca))
+(out / "key.pem").write_bytes(key_pem(key))
+(out / "other-key.pem").write_bytes(key_pem(ec.generate_private_key(ec.SECP256R1())))
+"#;
+    let o = Command::new(venv_python())
+        .args(["-c", SCRIPT])
+        .arg(dir)
+        .output()
+        .expect("python runs");
+    assert!(
+        o.status.success(),
+        "writing test credentials failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `serve` with these files, of a model that does not exist: it must fail on
+/// the certificate first. Returns stderr.
+fn serve_fails_with(cert_path: &Path, key_path: &Path) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
+        .args([
+            "serve",
+            "--model",
+            "fixtures/models/no-such-model",
+            "--port",
+            "0",
+        ])
+        .arg("--c2pa-cert")
+        .arg(cert_path)
+        .arg("--c2pa-key")
+        .arg(key_path)
+        .current_dir(repo())
+        .stdin(Stdio::null())
+        .output()
+        .expect("binary runs");
+    assert!(!o.status.success());
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn serve_with_a_mismatched_key_or_an_expired_certificate_stops_before_loading_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    write_credentials(dir.path());
+    let err = serve_fails_with(
+        &dir.path().join("chain.pem"),
+        &dir.path().join("other-key.pem"),
+    );
+    assert!(
+        err.contains("other-key.pem")
+            && err.contains("key does not match the certificate in")
+            && err.contains("chain.pem"),
+        "{err}"
+    );
+    let err = serve_fails_with(&dir.path().join("expired.pem"), &dir.path().join("key.pem"));
+    assert!(
+        err.contains("C2PA certificate")
+            && err.contains("expired.pem")
+            && err.contains("expired on"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -223,24 +401,7 @@ fn serve_with_an_unusable_certificate_stops_before_loading_the_model() {
     let key_path = dir.path().join("key.pem");
     std::fs::write(&cert_path, "not a certificate\n").unwrap();
     std::fs::write(&key_path, "not a key\n").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
-        .args([
-            "serve",
-            "--model",
-            "fixtures/models/no-such-model",
-            "--port",
-            "0",
-        ])
-        .arg("--c2pa-cert")
-        .arg(&cert_path)
-        .arg("--c2pa-key")
-        .arg(&key_path)
-        .current_dir(repo())
-        .stdin(Stdio::null())
-        .output()
-        .expect("binary runs");
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = serve_fails_with(&cert_path, &key_path);
     // The C2PA error, not the missing model: signing is checked first.
     assert!(
         err.contains("C2PA certificate") && err.contains("chain.pem"),
