@@ -22,9 +22,14 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 pub fn pipeline(threads: usize) -> Arc<Pipeline> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/tiny-sd15");
-    let model = Model::load_dir("tiny-sd15", &dir).expect("loading the fixture model");
+    pipeline_at("tiny-sd15", &dir, threads)
+}
+
+/// The model in `dir` on ONNX Runtime's CPU provider.
+pub fn pipeline_at(id: &str, dir: &std::path::Path, threads: usize) -> Arc<Pipeline> {
+    let model = Model::load_dir(id, dir).expect("loading the model");
     let exec = OnnxExecutor::load(
-        &dir,
+        dir,
         &model.components(),
         &OnnxConfig {
             device: DeviceRequest::Cpu,
