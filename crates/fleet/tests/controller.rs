@@ -7,7 +7,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use anyaccel_deploy::fleet::{FleetPool, FleetSpec, action_annotation, forward_action};
+use anyaccel_deploy::fleet::{FLEET_SPEC_KEY, FleetSpec, action_annotation, forward_action};
+use anyaccel_deploy::{ClusterConfig, RenderedObject, render};
 use anyaccel_fleet::{Controller, FleetArgs};
 use clap::Parser;
 use serde_json::{Value, json};
@@ -24,29 +25,246 @@ struct Cli {
     fleet: FleetArgs,
 }
 
+/// The fleet the tests run: gpu (600) before cpu (400) in namespace
+/// `anyaccel`. Its spec and RBAC are what `anyaccel-deploy` renders for it.
+const CLUSTER: &str = r#"
+[cluster]
+name = "test"
+namespace = "anyaccel"
+
+[image]
+repository = "registry.example.com/anyaccel"
+[image.tags]
+cpu-amd64 = "1.0"
+nvidia = "1.0-cuda"
+
+[ingress]
+mode = "cost-weighted"
+
+[scaling]
+trigger = "prometheus"
+server_address = "http://prometheus.monitoring:9090"
+
+[[artifacts]]
+name = "sd-fp16"
+target = "onnx-fp16"
+repo = "acme/sd-fp16"
+
+[[artifacts]]
+name = "sd-fp32"
+target = "onnx-fp32"
+repo = "acme/sd-fp32"
+
+[[pools]]
+name = "gpu"
+accelerator = "nvidia"
+instance_families = ["g5"]
+min_replicas = 1
+max_replicas = 10
+artifact = "sd-fp16"
+latency_slo_secs = 10
+weight = 600
+
+[[pools]]
+name = "cpu"
+accelerator = "cpu-amd64"
+instance_families = ["c7i"]
+min_replicas = 1
+max_replicas = 8
+artifact = "sd-fp32"
+latency_slo_secs = 60
+weight = 400
+"#;
+
+fn rendered() -> Vec<RenderedObject> {
+    let cfg = ClusterConfig::from_toml_str(CLUSTER).expect("the test fleet's config");
+    render(&cfg).expect("renders")
+}
+
+/// The spec from the rendered ConfigMap.
 fn spec() -> FleetSpec {
-    let pool = |name: &str, weight| FleetPool {
-        name: name.into(),
-        service: format!("anyaccel-{name}"),
-        deployment: format!("anyaccel-{name}"),
-        scaled_object: format!("anyaccel-{name}"),
-        node_pool: format!("anyaccel-{name}"),
-        weight,
-    };
-    FleetSpec {
-        format_version: 1,
-        namespace: NS.into(),
-        ingress: INGRESS.into(),
-        action: "weighted".into(),
-        // Overridden by --hold-down-secs: the flag must win.
-        hold_down_secs: 300,
-        plan: None,
-        pools: vec![pool("gpu", 600), pool("cpu", 400)],
-    }
+    let objs = rendered();
+    let cm = objs
+        .iter()
+        .find(|o| o.kind() == "ConfigMap" && o.name() == "anyaccel-fleet")
+        .expect("the controller's ConfigMap");
+    let spec = FleetSpec::from_json(cm.value()["data"][FLEET_SPEC_KEY].as_str().expect("spec"))
+        .expect("spec parses");
+    // What the fake and the helpers below assume.
+    assert_eq!(
+        (spec.namespace.as_str(), spec.ingress.as_str()),
+        (NS, INGRESS)
+    );
+    let pools: Vec<(&str, &str, &str, u16)> = spec
+        .pools
+        .iter()
+        .map(|p| {
+            (
+                p.service.as_str(),
+                p.deployment.as_str(),
+                p.node_pool.as_str(),
+                p.weight,
+            )
+        })
+        .collect();
+    assert_eq!(pools, [(GPU, GPU, GPU, 600), (CPU, CPU, CPU, 400)]);
+    spec
 }
 
 fn key() -> String {
-    action_annotation("weighted")
+    action_annotation(&spec().action)
+}
+
+/// An RBAC rule as rendered, with where it applies (`None`: everywhere, from
+/// a ClusterRole bound by a ClusterRoleBinding).
+#[derive(Debug)]
+struct Grant {
+    namespace: Option<String>,
+    groups: Vec<String>,
+    resources: Vec<String>,
+    names: Option<Vec<String>>,
+    verbs: Vec<String>,
+}
+
+/// The rules bound to the controller's ServiceAccount in the rendered
+/// objects, resolved through their RoleBindings and ClusterRoleBindings.
+fn granted() -> Vec<Grant> {
+    let objs = rendered();
+    let deployment = objs
+        .iter()
+        .find(|o| o.kind() == "Deployment" && o.name() == "anyaccel-fleet")
+        .expect("the controller's Deployment");
+    let account = deployment.value()["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("serviceAccountName")
+        .to_string();
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for binding in objs
+        .iter()
+        .filter(|o| matches!(o.kind(), "RoleBinding" | "ClusterRoleBinding"))
+    {
+        let b = binding.value();
+        let ours = b["subjects"].as_array().is_some_and(|subjects| {
+            subjects.iter().any(|s| {
+                s["kind"] == "ServiceAccount"
+                    && s["name"] == account.as_str()
+                    && s["namespace"] == NS
+            })
+        });
+        if !ours {
+            continue;
+        }
+        let (role_kind, role_name) = (
+            b["roleRef"]["kind"].as_str().expect("roleRef.kind"),
+            b["roleRef"]["name"].as_str().expect("roleRef.name"),
+        );
+        // A RoleBinding grants in its namespace (also for a ClusterRole).
+        let scope = (binding.kind() == "RoleBinding").then(|| {
+            binding
+                .namespace()
+                .expect("a RoleBinding is namespaced")
+                .to_string()
+        });
+        let role = objs
+            .iter()
+            .find(|o| {
+                o.kind() == role_kind
+                    && o.name() == role_name
+                    && (role_kind == "ClusterRole" || o.namespace() == scope.as_deref())
+            })
+            .unwrap_or_else(|| panic!("{} binds a missing {role_kind} {role_name}", binding.id()));
+        for rule in role.value()["rules"].as_array().expect("rules") {
+            out.push(Grant {
+                namespace: scope.clone(),
+                groups: strings(&rule["apiGroups"]),
+                resources: strings(&rule["resources"]),
+                names: rule.get("resourceNames").map(strings),
+                verbs: strings(&rule["verbs"]),
+            });
+        }
+    }
+    assert!(!out.is_empty(), "no RBAC bound to {account}");
+    out
+}
+
+/// What a request asks the authorizer: verb, API group, resource,
+/// namespace and name, as the API server derives them from the URL.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Attributes {
+    verb: String,
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn attributes(r: &Request) -> Attributes {
+    let parts: Vec<&str> = r.path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("not an API path: {r}"),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        rest => (None, rest),
+    };
+    let (resource, name) = match rest {
+        [resource] => (*resource, None),
+        [resource, name] => (*resource, Some(name.to_string())),
+        _ => panic!("unexpected API path: {r}"),
+    };
+    let verb = match (r.method.as_str(), &name) {
+        ("GET", Some(_)) => "get",
+        ("GET", None) if r.is_watch() => "watch",
+        ("GET", None) => "list",
+        ("POST", _) => "create",
+        ("PATCH", _) => "patch",
+        ("PUT", _) => "update",
+        ("DELETE", Some(_)) => "delete",
+        (m, _) => panic!("unexpected method {m}: {r}"),
+    };
+    Attributes {
+        verb: verb.into(),
+        group: group.into(),
+        resource: resource.into(),
+        namespace,
+        name,
+    }
+}
+
+fn allows(g: &Grant, a: &Attributes) -> bool {
+    let has = |list: &[String], x: &str| list.iter().any(|v| v == x || v == "*");
+    g.namespace
+        .as_ref()
+        .is_none_or(|ns| a.namespace.as_ref() == Some(ns))
+        && has(&g.groups, &a.group)
+        && has(&g.resources, &a.resource)
+        && has(&g.verbs, &a.verb)
+        && g.names
+            .as_ref()
+            .is_none_or(|names| a.name.as_ref().is_some_and(|n| names.contains(n)))
+}
+
+/// Every request the fake received is allowed by the rendered RBAC.
+fn assert_rbac_allows_every_request(fake: &FakeApi) {
+    let grants = granted();
+    for r in fake.requests() {
+        let a = attributes(&r);
+        assert!(
+            grants.iter().any(|g| allows(g, &a)),
+            "the rendered RBAC does not allow {a:?} ({r}); granted: {grants:#?}"
+        );
+    }
 }
 
 /// The exact PATCH body the controller must send for these weights.
@@ -179,6 +397,7 @@ impl Harness {
     }
 
     async fn stop(mut self) {
+        assert_rbac_allows_every_request(&self.fake);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -258,19 +477,43 @@ async fn a_pool_without_capacity_loses_weight_in_proportion() {
         Some(1.0)
     );
 
-    // Only the API calls the RBAC grants.
-    for request in h.fake.requests() {
-        let allowed = [
-            format!("GET {DEPLOYMENTS}"),
-            format!("GET {SCALED_OBJECTS}"),
-            format!("GET {NODE_CLAIMS}"),
-            format!("GET {EVENTS_DEFAULT}"),
-            format!("GET {EVENTS_FLEET}"),
-            format!("POST {EVENTS_FLEET}"),
-            format!("GET {INGRESS_PATH}"),
-            format!("PATCH {INGRESS_PATH}"),
-        ];
-        assert!(allowed.contains(&request), "unexpected API call {request}");
+    // The rendered RBAC allows every call (checked in `stop`), and every
+    // verb it grants was used: none is granted in excess.
+    let used: Vec<Attributes> = h.fake.requests().iter().map(attributes).collect();
+    for g in granted() {
+        for verb in &g.verbs {
+            for resource in &g.resources {
+                let exercised = used.iter().any(|a| {
+                    &a.verb == verb
+                        && &a.resource == resource
+                        && g.groups.contains(&a.group)
+                        && g.namespace
+                            .as_ref()
+                            .is_none_or(|ns| a.namespace.as_ref() == Some(ns))
+                });
+                assert!(
+                    exercised,
+                    "granted but never called: {verb} {resource} in {:?}",
+                    g.namespace
+                );
+            }
+        }
+    }
+    // The selectors it sends, which the fake applies.
+    for r in h.fake.requests() {
+        let label = r.query.get("labelSelector").map(String::as_str);
+        let field = r.query.get("fieldSelector").map(String::as_str);
+        match r.path.as_str() {
+            NODE_CLAIMS => assert_eq!(
+                label,
+                Some("karpenter.sh/nodepool in (anyaccel-gpu,anyaccel-cpu)"),
+                "{r}"
+            ),
+            EVENTS_DEFAULT | EVENTS_FLEET if r.method == "GET" => {
+                assert_eq!(field, Some("reason=InsufficientCapacityError"), "{r}")
+            }
+            _ => assert_eq!((label, field), (None, None), "{r}"),
+        }
     }
     h.stop().await;
 }
@@ -472,4 +715,133 @@ async fn a_broken_watch_writes_nothing_until_it_lists_again() {
     );
     h.await_ready().await;
     h.stop().await;
+}
+
+/// The fake filters lists and watches by the selectors it is sent, and
+/// refuses malformed ones, as the API server does: a controller sending a
+/// bad selector would never become ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_applies_selectors_like_the_api_server() {
+    let fake = FakeApi::start(json!({"metadata": {"name": INGRESS}})).await;
+    fake.apply(NODE_CLAIMS, node_claim("a", GPU, false));
+    fake.apply(NODE_CLAIMS, node_claim("b", CPU, true));
+    fake.apply(NODE_CLAIMS, node_claim("c", "elsewhere", true));
+    fake.apply(EVENTS_DEFAULT, ice_event("e1", "a", 1, 0.0));
+    let mut other = ice_event("e2", "b", 1, 0.0);
+    other["reason"] = json!("Launched");
+    fake.apply(EVENTS_DEFAULT, other);
+
+    let addr = fake.addr;
+    let list = |path: String| list_names(addr, path);
+    let claims = |q: &str| format!("{NODE_CLAIMS}?labelSelector={q}");
+    for (query, want) in [
+        // What the controller sends, as kube-rs encodes it.
+        (
+            "karpenter.sh%2Fnodepool+in+%28anyaccel-gpu%2Canyaccel-cpu%29",
+            vec!["a", "b"],
+        ),
+        ("karpenter.sh%2Fnodepool%3Danyaccel-cpu", vec!["b"]),
+        ("karpenter.sh%2Fnodepool%3D%3Danyaccel-cpu", vec!["b"]),
+        ("karpenter.sh%2Fnodepool%21%3Danyaccel-cpu", vec!["a", "c"]),
+        (
+            "karpenter.sh%2Fnodepool+notin+%28anyaccel-gpu%2Celsewhere%29",
+            vec!["b"],
+        ),
+        ("karpenter.sh%2Fnodepool", vec!["a", "b", "c"]),
+        ("%21karpenter.sh%2Fnodepool", vec![]),
+    ] {
+        assert_eq!(
+            list(claims(query)).await,
+            (200, want.iter().map(|s| s.to_string()).collect()),
+            "{query}"
+        );
+    }
+    for malformed in [
+        // An unclosed set, a set without parentheses, an empty set, a bad key.
+        "karpenter.sh%2Fnodepool+in+%28anyaccel-gpu",
+        "karpenter.sh%2Fnodepool+in+anyaccel-gpu",
+        "karpenter.sh%2Fnodepool+in+%28%29",
+        "karpenter.sh%2F%2Fnodepool%3Dx",
+        "a%3Db%2C",
+    ] {
+        assert_eq!(list(claims(malformed)).await.0, 400, "{malformed}");
+    }
+    let events = |q: &str| format!("{EVENTS_DEFAULT}?fieldSelector={q}");
+    assert_eq!(
+        list(events("reason%3DInsufficientCapacityError")).await,
+        (200, vec!["e1".to_string()])
+    );
+    assert_eq!(
+        list(events("reason%21%3DInsufficientCapacityError")).await,
+        (200, vec!["e2".to_string()])
+    );
+    assert_eq!(
+        list(events("involvedObject.name%3Db%2Ctype%3DWarning")).await,
+        (200, vec!["e2".to_string()])
+    );
+    // A field Events do not index, and a requirement without an operator.
+    assert_eq!(list(events("message%3Dx")).await.0, 400);
+    assert_eq!(list(events("reason")).await.0, 400);
+    // NodeClaims support only the metadata fields.
+    assert_eq!(
+        list(format!("{NODE_CLAIMS}?fieldSelector=reason%3Dx"))
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        list(format!("{NODE_CLAIMS}?fieldSelector=metadata.name%3Dc")).await,
+        (200, vec!["c".to_string()])
+    );
+
+    // A watch with a selector only streams matching objects.
+    let mut stream = tokio::net::TcpStream::connect(fake.addr)
+        .await
+        .expect("connect");
+    let request = format!(
+        "GET {NODE_CLAIMS}?watch=true&resourceVersion=0&labelSelector=karpenter.sh%2Fnodepool%3D{CPU} HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("write");
+    fake.apply(NODE_CLAIMS, node_claim("d", GPU, true));
+    fake.apply(NODE_CLAIMS, node_claim("e", CPU, true));
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !seen.contains("\"name\":\"e\"") {
+        let n = tokio::time::timeout_at(
+            deadline,
+            tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+        )
+        .await
+        .expect("the watch streams e")
+        .expect("read");
+        assert!(n > 0, "watch closed: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("\"name\":\"b\""), "replayed b: {seen}");
+    for name in ["a", "c", "d"] {
+        assert!(
+            !seen.contains(&format!("\"name\":\"{name}\"")),
+            "{name} does not match: {seen}"
+        );
+    }
+}
+
+/// A list's status and the names of its items.
+async fn list_names(addr: std::net::SocketAddr, path: String) -> (u16, Vec<String>) {
+    let (code, body) = http_get(addr, &path).await;
+    let names = serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v["items"].as_array().map(|items| {
+                items
+                    .iter()
+                    .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    (code, names)
 }

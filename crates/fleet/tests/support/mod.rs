@@ -10,6 +10,12 @@
 //! - GET and (merge) PATCH of the Ingress, each PATCH body sent to the test;
 //! - POST of core/v1 Events, each sent to the test.
 //!
+//! Lists and watches apply the `labelSelector` and `fieldSelector` they are
+//! sent, as the API server does (equality, `!=`, `in`, `notin`, existence;
+//! field selectors only on the fields the API server supports for that
+//! kind); a malformed selector or an unsupported field answers 400, so a
+//! watcher that sends one never becomes ready.
+//!
 //! Failures are injected per collection (lists and watches answer 500, open
 //! watches are cut) and for the Ingress PATCH.
 
@@ -44,8 +50,52 @@ struct Collection {
     items: BTreeMap<String, Value>,
     /// Every change, for watches that resume from a resource version.
     log: Vec<(u64, Value)>,
-    watchers: Vec<mpsc::UnboundedSender<Bytes>>,
+    watchers: Vec<(Selectors, mpsc::UnboundedSender<Bytes>)>,
     failing: bool,
+    /// Fields a field selector may name (beyond `metadata.name` and
+    /// `metadata.namespace`, which every kind supports).
+    fields: &'static [&'static str],
+}
+
+/// Fields the API server's field selectors support on core/v1 Events.
+const EVENT_FIELDS: &[&str] = &[
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
+/// One request as the fake received it, query decoded.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: Method,
+    pub path: String,
+    pub query: HashMap<String, String>,
+}
+
+impl Request {
+    pub fn is_watch(&self) -> bool {
+        self.query.get("watch").map(String::as_str) == Some("true")
+    }
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.path)?;
+        let mut q: Vec<_> = self.query.iter().collect();
+        q.sort();
+        for (i, (k, v)) in q.iter().enumerate() {
+            write!(f, "{}{k}={v}", if i == 0 { "?" } else { "&" })?;
+        }
+        Ok(())
+    }
 }
 
 struct Inner {
@@ -56,7 +106,7 @@ struct Inner {
     patches: mpsc::UnboundedSender<Value>,
     patch_attempts: mpsc::UnboundedSender<Value>,
     events: mpsc::UnboundedSender<Value>,
-    requests: Vec<String>,
+    requests: Vec<Request>,
 }
 
 #[derive(Clone)]
@@ -91,23 +141,27 @@ impl FakeApi {
         let (patches_tx, patches) = mpsc::unbounded_channel();
         let (attempts_tx, patch_attempts) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::unbounded_channel();
-        let collection = |api_version, list_kind| Collection {
+        let collection = |api_version, list_kind, fields| Collection {
             api_version,
             list_kind,
             items: BTreeMap::new(),
             log: Vec::new(),
             watchers: Vec::new(),
             failing: false,
+            fields,
         };
         let collections = HashMap::from([
-            (DEPLOYMENTS, collection("apps/v1", "DeploymentList")),
+            (DEPLOYMENTS, collection("apps/v1", "DeploymentList", &[])),
             (
                 SCALED_OBJECTS,
-                collection("keda.sh/v1alpha1", "ScaledObjectList"),
+                collection("keda.sh/v1alpha1", "ScaledObjectList", &[]),
             ),
-            (NODE_CLAIMS, collection("karpenter.sh/v1", "NodeClaimList")),
-            (EVENTS_DEFAULT, collection("v1", "EventList")),
-            (EVENTS_FLEET, collection("v1", "EventList")),
+            (
+                NODE_CLAIMS,
+                collection("karpenter.sh/v1", "NodeClaimList", &[]),
+            ),
+            (EVENTS_DEFAULT, collection("v1", "EventList", EVENT_FIELDS)),
+            (EVENTS_FLEET, collection("v1", "EventList", EVENT_FIELDS)),
         ]);
         let shared = Shared(Arc::new(Mutex::new(Inner {
             rv: 1,
@@ -181,8 +235,8 @@ impl FakeApi {
             .map(str::to_owned)
     }
 
-    /// Method and path of every request so far.
-    pub fn requests(&self) -> Vec<String> {
+    /// Every request so far.
+    pub fn requests(&self) -> Vec<Request> {
         self.shared.lock().requests.clone()
     }
 }
@@ -210,7 +264,8 @@ fn change(inner: &mut Inner, collection: &'static str, mut object: Value, delete
     let event = json!({"type": kind, "object": object});
     c.log.push((rv, event.clone()));
     let line = Bytes::from(format!("{event}\n"));
-    c.watchers.retain(|w| w.send(line.clone()).is_ok());
+    c.watchers
+        .retain(|(sel, w)| !sel.matches(&event["object"]) || w.send(line.clone()).is_ok());
 }
 
 fn status(code: StatusCode, message: &str) -> Response {
@@ -236,6 +291,31 @@ fn json_response(code: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space).
+pub fn url_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, body: Bytes) -> Response {
     let path = uri.path().to_string();
     let query: HashMap<String, String> = uri
@@ -243,10 +323,14 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, body: By
         .unwrap_or_default()
         .split('&')
         .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (url_decode(k), url_decode(v)))
         .collect();
     let mut inner = shared.lock();
-    inner.requests.push(format!("{method} {path}"));
+    inner.requests.push(Request {
+        method: method.clone(),
+        path: path.clone(),
+        query: query.clone(),
+    });
 
     if path == INGRESS_PATH {
         return match method {
@@ -288,11 +372,19 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, body: By
     if c.failing {
         return status(StatusCode::INTERNAL_SERVER_ERROR, "injected failure");
     }
+    let selectors = match Selectors::parse(
+        query.get("labelSelector").map(String::as_str),
+        query.get("fieldSelector").map(String::as_str),
+        c.fields,
+    ) {
+        Ok(s) => s,
+        Err(message) => return status(StatusCode::BAD_REQUEST, &message),
+    };
     if query.get("watch").map(String::as_str) != Some("true") {
         let list = json!({
             "kind": c.list_kind, "apiVersion": c.api_version,
             "metadata": {"resourceVersion": rv.to_string()},
-            "items": c.items.values().collect::<Vec<_>>(),
+            "items": c.items.values().filter(|o| selectors.matches(o)).collect::<Vec<_>>(),
         });
         return json_response(StatusCode::OK, &list);
     }
@@ -303,9 +395,11 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, body: By
     let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
     // Replay and subscribe under one lock: no change falls in between.
     for (_, event) in c.log.iter().filter(|(v, _)| *v > since) {
-        let _ = tx.send(Bytes::from(format!("{event}\n")));
+        if selectors.matches(&event["object"]) {
+            let _ = tx.send(Bytes::from(format!("{event}\n")));
+        }
     }
-    c.watchers.push(tx);
+    c.watchers.push((selectors, tx));
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|line| (Ok::<_, Infallible>(line), rx))
     });
@@ -314,6 +408,217 @@ async fn handle(State(shared): State<Shared>, method: Method, uri: Uri, body: By
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+/// One requirement of a label or field selector.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Requirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    NotExists(String),
+}
+
+impl Requirement {
+    fn matches(&self, get: impl Fn(&str) -> Option<String>) -> bool {
+        match self {
+            Requirement::Equals(k, v) => get(k).as_deref() == Some(v.as_str()),
+            // As the API server: `!=` and `notin` also match a missing key.
+            Requirement::NotEquals(k, v) => get(k).as_deref() != Some(v.as_str()),
+            Requirement::In(k, vs) => get(k).is_some_and(|x| vs.contains(&x)),
+            Requirement::NotIn(k, vs) => get(k).is_none_or(|x| !vs.contains(&x)),
+            Requirement::Exists(k) => get(k).is_some(),
+            Requirement::NotExists(k) => get(k).is_none(),
+        }
+    }
+}
+
+/// A list or watch's selectors, parsed and checked.
+#[derive(Debug, Clone, Default)]
+pub struct Selectors {
+    pub labels: Vec<Requirement>,
+    pub fields: Vec<Requirement>,
+}
+
+/// A label key: an optional DNS prefix and `/`, then a name of
+/// alphanumerics, `-`, `_` and `.` (at most 63), starting and ending
+/// alphanumeric.
+fn valid_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let dns = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+    };
+    prefix.is_none_or(dns) && valid_label_value(name) && !name.is_empty()
+}
+
+/// A label value: empty, or up to 63 of alphanumerics, `-`, `_`, `.`,
+/// starting and ending alphanumeric.
+fn valid_label_value(v: &str) -> bool {
+    v.is_empty()
+        || (v.len() <= 63
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+/// Splits at commas outside parentheses.
+fn split_top_level(s: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+        if !(0..=1).contains(&depth) {
+            return Err(format!("unbalanced parentheses in {s:?}"));
+        }
+    }
+    if depth != 0 {
+        return Err(format!("unbalanced parentheses in {s:?}"));
+    }
+    out.push(&s[start..]);
+    Ok(out)
+}
+
+/// Parses a label selector as the API server does (`k=v`, `k==v`, `k!=v`,
+/// `k in (a,b)`, `k notin (a,b)`, `k`, `!k`).
+pub fn parse_label_selector(s: &str) -> Result<Vec<Requirement>, String> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = |why: &str| Err(format!("unable to parse requirement {s:?}: {why}"));
+    let key_ok = |k: &str| {
+        if valid_label_key(k) {
+            Ok(k.to_string())
+        } else {
+            Err(format!("invalid label key {k:?} in {s:?}"))
+        }
+    };
+    let value_ok = |v: &str| {
+        if valid_label_value(v) {
+            Ok(v.to_string())
+        } else {
+            Err(format!("invalid label value {v:?} in {s:?}"))
+        }
+    };
+    let mut out = Vec::new();
+    for part in split_top_level(s)? {
+        let part = part.trim();
+        if part.is_empty() {
+            return bad("empty requirement");
+        }
+        let set = |rest: &str| -> Result<Vec<String>, String> {
+            let inner = rest
+                .trim()
+                .strip_prefix('(')
+                .and_then(|r| r.strip_suffix(')'))
+                .ok_or_else(|| format!("expected (values) in {part:?}"))?;
+            let values: Vec<String> = inner
+                .split(',')
+                .map(|v| value_ok(v.trim()))
+                .collect::<Result<_, _>>()?;
+            if values.iter().all(String::is_empty) {
+                return Err(format!("empty value set in {part:?}"));
+            }
+            Ok(values)
+        };
+        let req = if let Some((k, rest)) = part.split_once(" notin ") {
+            Requirement::NotIn(key_ok(k.trim())?, set(rest)?)
+        } else if let Some((k, rest)) = part.split_once(" in ") {
+            Requirement::In(key_ok(k.trim())?, set(rest)?)
+        } else if let Some((k, v)) = part.split_once("!=") {
+            Requirement::NotEquals(key_ok(k.trim())?, value_ok(v.trim())?)
+        } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            Requirement::Equals(key_ok(k.trim())?, value_ok(v.trim())?)
+        } else if let Some(k) = part.strip_prefix('!') {
+            Requirement::NotExists(key_ok(k.trim())?)
+        } else {
+            Requirement::Exists(key_ok(part)?)
+        };
+        out.push(req);
+    }
+    Ok(out)
+}
+
+/// Parses a field selector (`f=v`, `f==v`, `f!=v`, comma-separated) naming
+/// only `metadata.name`, `metadata.namespace` or one of `supported`.
+pub fn parse_field_selector(s: &str, supported: &[&str]) -> Result<Vec<Requirement>, String> {
+    if s.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let (field, value, negated) = if let Some((f, v)) = part.split_once("!=") {
+            (f, v, true)
+        } else if let Some((f, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+            (f, v, false)
+        } else {
+            return Err(format!("invalid field selector requirement {part:?}"));
+        };
+        let field = field.trim();
+        if !(["metadata.name", "metadata.namespace"].contains(&field) || supported.contains(&field))
+        {
+            return Err(format!("field label not supported: {field}"));
+        }
+        let (f, v) = (field.to_string(), value.trim().to_string());
+        out.push(if negated {
+            Requirement::NotEquals(f, v)
+        } else {
+            Requirement::Equals(f, v)
+        });
+    }
+    Ok(out)
+}
+
+impl Selectors {
+    pub fn parse(
+        labels: Option<&str>,
+        fields: Option<&str>,
+        supported_fields: &[&str],
+    ) -> Result<Self, String> {
+        Ok(Self {
+            labels: parse_label_selector(labels.unwrap_or_default())?,
+            fields: parse_field_selector(fields.unwrap_or_default(), supported_fields)?,
+        })
+    }
+
+    pub fn matches(&self, object: &Value) -> bool {
+        let label = |k: &str| object["metadata"]["labels"][k].as_str().map(str::to_owned);
+        // `source` selects on the reporting component.
+        let field = |f: &str| {
+            let pointer = match f {
+                "source" => "/source/component".to_string(),
+                f => format!("/{}", f.replace('.', "/")),
+            };
+            Some(match object.pointer(&pointer) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Null) | None => String::new(),
+                Some(v) => v.to_string(),
+            })
+        };
+        self.labels.iter().all(|r| r.matches(label)) && self.fields.iter().all(|r| r.matches(field))
+    }
 }
 
 /// `now - secs_ago` in RFC 3339 with milliseconds.
