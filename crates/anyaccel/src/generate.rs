@@ -4,13 +4,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyaccel_executor::Executor;
-use anyaccel_executor_onnx::{CpuPrecision, DeviceRequest, OnnxConfig, OnnxExecutor, Optimization};
+use anyaccel_executor_onnx::{
+    ArenaStrategy, ConvSearch, CpuPrecision, CudaOptions, DeviceRequest, OnnxConfig, OnnxExecutor,
+    Optimization,
+};
 use anyaccel_executor_remote::{RemoteConfig, RemoteExecutor, SidecarDevice};
 use anyaccel_pipeline::images::{self, OutputFormat};
 use anyaccel_pipeline::memory::{self, MemoryBudget};
 use anyaccel_pipeline::{Defaults, GenerationParams, Limits, MicroParams, Model, Pipeline};
 use anyhow::{Context, bail};
-use clap::builder::PossibleValue;
 use clap::{Args, ValueEnum};
 
 /// Which executor runs the model components.
@@ -23,12 +25,13 @@ pub enum ExecutorKind {
 }
 
 /// `--device`: every executor's choices. The names are the executors' own
-/// ([`DeviceRequest`], [`SidecarDevice`], which build on `DeviceKind`'s).
+/// ([`DeviceRequest`], [`SidecarDevice`], which build on `DeviceKind`'s);
+/// `cuda:N` picks the GPU of CUDA index N.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
     Auto,
     Cpu,
-    Cuda,
+    Cuda(u32),
     /// The CPU through OpenVINO (ONNX executor only).
     Openvino,
     /// Remote executor only.
@@ -39,7 +42,7 @@ impl Device {
     const ALL: [Device; 5] = [
         Device::Auto,
         Device::Cpu,
-        Device::Cuda,
+        Device::Cuda(0),
         Device::Openvino,
         Device::Neuron,
     ];
@@ -49,7 +52,7 @@ impl Device {
         match self {
             Device::Auto => Ok(DeviceRequest::Auto),
             Device::Cpu => Ok(DeviceRequest::Cpu),
-            Device::Cuda => Ok(DeviceRequest::Cuda),
+            Device::Cuda(index) => Ok(DeviceRequest::Cuda(index)),
             Device::Openvino => Ok(DeviceRequest::OpenVino),
             Device::Neuron => {
                 Err("--device neuron needs --executor remote (Neuron runs in the Python sidecar)")
@@ -62,7 +65,7 @@ impl Device {
         match self {
             Device::Auto => Ok(SidecarDevice::Auto),
             Device::Cpu => Ok(SidecarDevice::Cpu),
-            Device::Cuda => Ok(SidecarDevice::Cuda),
+            Device::Cuda(_) => Ok(SidecarDevice::Cuda),
             Device::Neuron => Ok(SidecarDevice::Neuron),
             Device::Openvino => {
                 Err("--device openvino needs --executor onnx (OpenVINO runs inside ONNX Runtime)")
@@ -79,19 +82,61 @@ impl Device {
     }
 }
 
-impl ValueEnum for Device {
-    fn value_variants<'a>() -> &'a [Self] {
-        &Self::ALL
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(index) = s.strip_prefix("cuda:") {
+            return index.parse().map(Device::Cuda).map_err(|_| {
+                format!("`{s}`: a GPU is cuda or cuda:N, with N its CUDA index (0, 1, ...)")
+            });
+        }
+        Self::ALL
+            .into_iter()
+            .find(|d| d.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown device `{s}`; expected {} (or cuda:N for GPU N)",
+                    anyaccel_executor::list_choices(Self::ALL.map(Self::name))
+                )
+            })
     }
+}
 
-    fn to_possible_value(&self) -> Option<PossibleValue> {
-        let value = PossibleValue::new(self.name());
-        Some(match self {
-            Device::Openvino => {
-                value.help("The CPU through OpenVINO (needs scripts/fetch-onnxruntime.sh openvino)")
-            }
-            _ => value,
-        })
+/// The CUDA execution provider's settings (ONNX executor, `--device cuda`).
+#[derive(Args, Debug, Clone)]
+pub struct CudaArgs {
+    /// cuDNN's convolution algorithm search: exhaustive (time every
+    /// algorithm once per shape, paid at warm-up), heuristic or default.
+    #[arg(long, default_value = "exhaustive", env = "ANYACCEL_CUDA_CONV_SEARCH")]
+    pub cuda_conv_search: ConvSearch,
+    /// Let cuDNN use as much workspace memory as its fastest algorithm wants.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "ANYACCEL_CUDA_CONV_MAX_WORKSPACE")]
+    pub cuda_conv_max_workspace: bool,
+    /// How the CUDA memory arena grows: same-as-requested (holds no more than
+    /// the activations need) or next-power-of-two (ONNX Runtime's default).
+    #[arg(long, default_value = "same-as-requested", env = "ANYACCEL_CUDA_ARENA")]
+    pub cuda_arena: ArenaStrategy,
+    /// NHWC layouts for convolutions on the GPU.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, env = "ANYACCEL_CUDA_PREFER_NHWC")]
+    pub cuda_prefer_nhwc: bool,
+    /// Most memory the CUDA arena may hold (e.g. 20GiB); default: no limit.
+    #[arg(long, value_parser = parse_bytes, env = "ANYACCEL_CUDA_MEMORY_LIMIT")]
+    pub cuda_memory_limit: Option<u64>,
+    /// Bind a batch's text conditioning to the denoiser once (kept on the GPU
+    /// with CUDA) instead of handing it over every step; false only to compare.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "ANYACCEL_IO_BINDING")]
+    pub io_binding: bool,
+}
+
+impl CudaArgs {
+    fn options(&self) -> CudaOptions {
+        CudaOptions {
+            conv_search: self.cuda_conv_search,
+            conv_max_workspace: self.cuda_conv_max_workspace,
+            arena: self.cuda_arena,
+            prefer_nhwc: self.cuda_prefer_nhwc,
+            memory_limit: self.cuda_memory_limit,
+        }
     }
 }
 
@@ -113,11 +158,16 @@ pub struct ModelArgs {
     pub model: String,
     #[arg(long, value_enum, default_value = "onnx", env = "ANYACCEL_EXECUTOR")]
     pub executor: ExecutorKind,
-    /// Where to run: auto picks CUDA when its provider and a GPU are present,
-    /// OpenVINO when the ONNX Runtime loaded is its OpenVINO build (and Neuron,
-    /// with the remote executor, when its SDK and devices are).
-    #[arg(long, value_enum, default_value = "auto", env = "ANYACCEL_DEVICE")]
+    /// Where to run: auto, cpu, cuda (or cuda:N, the GPU of CUDA index N),
+    /// openvino (the CPU through OpenVINO; needs scripts/fetch-onnxruntime.sh
+    /// openvino) or neuron (remote executor). auto picks CUDA when its provider
+    /// and a GPU are present, OpenVINO when the ONNX Runtime loaded is its
+    /// OpenVINO build (and Neuron, with the remote executor, when its SDK and
+    /// devices are).
+    #[arg(long, default_value = "auto", env = "ANYACCEL_DEVICE")]
     pub device: Device,
+    #[command(flatten)]
+    pub cuda: CudaArgs,
     /// Python of the sidecar's environment (remote executor).
     #[arg(long, default_value = ".venv/bin/python", env = "ANYACCEL_PYTHON")]
     pub python: PathBuf,
@@ -241,7 +291,7 @@ impl ModelArgs {
             Some(MemoryLimit::Off) => None,
             Some(MemoryLimit::Bytes(b)) => Some((b, "--memory-limit")),
             // A GPU's memory is not the host's; only --memory-limit checks it.
-            None if self.device == Device::Cuda => None,
+            None if matches!(self.device, Device::Cuda(_)) => None,
             None => memory::host_available(),
         };
         let budget = match available {
@@ -273,6 +323,8 @@ impl ModelArgs {
                     inter_threads: self.inter_threads,
                     library: self.ort_lib.clone(),
                     preview_decoder: self.preview_decoder.clone(),
+                    io_binding: self.cuda.io_binding,
+                    cuda: self.cuda.options(),
                     optimization: self.optimization,
                     cpu_precision: match self.cpu_precision {
                         Precision::Auto => CpuPrecision::Auto,
@@ -296,6 +348,12 @@ impl ModelArgs {
                 let mut config =
                     RemoteConfig::new(&self.python, model.info.root.display().to_string());
                 config.device = self.device.sidecar().map_err(anyhow::Error::msg)?;
+                if let Device::Cuda(index) = self.device {
+                    // torch numbers the GPUs it sees from 0.
+                    config
+                        .env
+                        .push(("CUDA_VISIBLE_DEVICES".into(), index.to_string()));
+                }
                 config.threads = self.threads;
                 // From a checkout, the sidecar package is the repo's python/ folder.
                 let local = PathBuf::from("python");
@@ -465,8 +523,13 @@ mod tests {
             if let (Ok(onnx), Ok(sidecar)) = (d.onnx(), d.sidecar()) {
                 assert_eq!(onnx.as_str(), sidecar.as_str());
             }
-            assert_eq!(Device::from_str(d.name(), false), Ok(d));
+            assert_eq!(d.name().parse(), Ok(d));
         }
+        assert_eq!("cuda:2".parse(), Ok(Device::Cuda(2)));
+        let err = "cuda:x".parse::<Device>().unwrap_err();
+        assert!(err.contains("cuda:N"), "{err}");
+        let err = "tpu".parse::<Device>().unwrap_err();
+        assert!(err.contains("auto, cpu, cuda, openvino or neuron"), "{err}");
     }
 
     #[test]
@@ -476,7 +539,7 @@ mod tests {
             for target in CompileTarget::ALL.into_iter().filter(|&t| accel.can_run(t)) {
                 let device = accel.server_device(target);
                 assert!(
-                    Device::from_str(device, false).is_ok(),
+                    device.parse::<Device>().is_ok(),
                     "{accel} serving {target}: ANYACCEL_DEVICE={device}"
                 );
             }

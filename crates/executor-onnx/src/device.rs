@@ -16,7 +16,8 @@ pub enum DeviceRequest {
     #[default]
     Auto,
     Cpu,
-    Cuda,
+    /// The GPU of this CUDA index (`cuda` is `cuda:0`).
+    Cuda(u32),
     /// The CPU through OpenVINO (the onnxruntime-openvino build of the library),
     /// which has bf16 kernels where ONNX Runtime's own CPU kernels have none.
     OpenVino,
@@ -27,16 +28,17 @@ impl DeviceRequest {
     pub const ALL: [DeviceRequest; 4] = [
         DeviceRequest::Auto,
         DeviceRequest::Cpu,
-        DeviceRequest::Cuda,
+        DeviceRequest::Cuda(0),
         DeviceRequest::OpenVino,
     ];
 
-    /// The `--device` spelling: a [`DeviceKind`]'s name, or `auto` / `openvino`.
+    /// The `--device` name: a [`DeviceKind`]'s, or `auto` / `openvino`
+    /// (without a GPU's index; [`fmt::Display`] adds it).
     pub fn as_str(self) -> &'static str {
         match self {
             DeviceRequest::Auto => "auto",
             DeviceRequest::Cpu => DeviceKind::Cpu.as_str(),
-            DeviceRequest::Cuda => DeviceKind::Cuda.as_str(),
+            DeviceRequest::Cuda(_) => DeviceKind::Cuda.as_str(),
             DeviceRequest::OpenVino => "openvino",
         }
     }
@@ -44,13 +46,21 @@ impl DeviceRequest {
 
 impl fmt::Display for DeviceRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            DeviceRequest::Cuda(index) if *index > 0 => write!(f, "cuda:{index}"),
+            other => f.write_str(other.as_str()),
+        }
     }
 }
 
 impl FromStr for DeviceRequest {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(index) = s.strip_prefix("cuda:") {
+            return index.parse().map(DeviceRequest::Cuda).map_err(|_| {
+                format!("unknown device `{s}`; a GPU is cuda or cuda:N, N its index (0, 1, ...)")
+            });
+        }
         Self::ALL
             .into_iter()
             .find(|d| d.as_str() == s)
@@ -89,11 +99,91 @@ impl FromStr for CpuPrecision {
     }
 }
 
+/// How cuDNN picks a convolution algorithm for each new input shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvSearch {
+    /// Times every algorithm once per shape: the fastest kernels, paid for at
+    /// warm-up (every configured size runs once before the server is ready).
+    #[default]
+    Exhaustive,
+    /// cuDNN's own guess, no timing.
+    Heuristic,
+    /// The default algorithm, no search at all.
+    Default,
+}
+
+/// How ONNX Runtime's CUDA arena grows when it runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArenaStrategy {
+    /// By what was asked for: UNet activations are large and few, and
+    /// doubling would hold up to twice the memory they need.
+    #[default]
+    SameAsRequested,
+    /// By powers of two (ONNX Runtime's own default): fewer, larger blocks.
+    NextPowerOfTwo,
+}
+
+/// Settings of the CUDA execution provider (the GPU itself is chosen by
+/// `--device cuda:N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CudaOptions {
+    pub conv_search: ConvSearch,
+    /// Lets cuDNN use as much workspace as its fastest algorithm wants.
+    pub conv_max_workspace: bool,
+    pub arena: ArenaStrategy,
+    /// NHWC layouts for the convolutions the compile did not already fuse
+    /// into NhwcConv (tensor cores prefer them); off by ONNX Runtime's default
+    /// until the GPU check has measured it.
+    pub prefer_nhwc: bool,
+    /// Bytes the CUDA arena may hold; `None` for no limit.
+    pub memory_limit: Option<u64>,
+}
+
+impl Default for CudaOptions {
+    fn default() -> Self {
+        Self {
+            conv_search: ConvSearch::Exhaustive,
+            conv_max_workspace: true,
+            arena: ArenaStrategy::SameAsRequested,
+            prefer_nhwc: false,
+            memory_limit: None,
+        }
+    }
+}
+
+impl FromStr for ConvSearch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "exhaustive" => Ok(Self::Exhaustive),
+            "heuristic" => Ok(Self::Heuristic),
+            "default" => Ok(Self::Default),
+            other => Err(format!(
+                "unknown convolution search `{other}`; expected exhaustive, heuristic or default"
+            )),
+        }
+    }
+}
+
+impl FromStr for ArenaStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "same-as-requested" => Ok(Self::SameAsRequested),
+            "next-power-of-two" => Ok(Self::NextPowerOfTwo),
+            other => Err(format!(
+                "unknown arena strategy `{other}`; expected same-as-requested or next-power-of-two"
+            )),
+        }
+    }
+}
+
 /// The execution provider sessions are built with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Provider {
     Cpu,
-    Cuda,
+    /// The GPU of this CUDA index.
+    Cuda(u32),
     /// OpenVINO on the CPU; `bf16` once resolved against the CPU's flags.
     OpenVino {
         bf16: bool,
@@ -108,11 +198,26 @@ pub(crate) struct Device {
     pub memory_bytes: Option<u64>,
 }
 
+/// Where a denoise session keeps its conditioning between steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    Host,
+    /// On the GPU of this CUDA index.
+    Cuda(i32),
+}
+
 impl Device {
     pub fn kind(&self) -> DeviceKind {
         match self.provider {
-            Provider::Cuda => DeviceKind::Cuda,
+            Provider::Cuda(_) => DeviceKind::Cuda,
             Provider::Cpu | Provider::OpenVino { .. } => DeviceKind::Cpu,
+        }
+    }
+
+    pub fn placement(&self) -> Placement {
+        match self.provider {
+            Provider::Cuda(index) => Placement::Cuda(index as i32),
+            Provider::Cpu | Provider::OpenVino { .. } => Placement::Host,
         }
     }
 }
@@ -136,7 +241,7 @@ pub enum DeviceError {
 }
 
 /// Why CUDA cannot be used here, or `None` if it can.
-fn cuda_missing(library: &Path) -> Option<String> {
+fn cuda_missing(library: &Path, index: u32) -> Option<String> {
     let provider = library.with_file_name("libonnxruntime_providers_cuda.so");
     if !provider.is_file() {
         return Some(format!(
@@ -145,10 +250,14 @@ fn cuda_missing(library: &Path) -> Option<String> {
             provider.display()
         ));
     }
-    if gpu_names().is_empty() && !Path::new("/dev/nvidia0").exists() {
+    let gpus = gpu_names();
+    if gpus.is_empty() && !Path::new("/dev/nvidia0").exists() {
         return Some(
             "no NVIDIA GPU is visible (no /dev/nvidia0 and no /proc/driver/nvidia/gpus)".into(),
         );
+    }
+    if let Some(why) = index_missing(index, gpus.len()) {
+        return Some(why);
     }
     // The provider loads its CUDA libraries when the first session asks for
     // it; loading them now (from the wheels if need be) turns a bare loader
@@ -210,11 +319,11 @@ pub(crate) fn select(
             tracing::info!("device: cpu (requested)");
             Provider::Cpu
         }
-        DeviceRequest::Cuda => match cuda_missing(library) {
+        DeviceRequest::Cuda(index) => match cuda_missing(library, index) {
             Some(why) => return Err(DeviceError::CudaUnavailable(why).into()),
             None => {
-                tracing::info!("device: cuda (requested)");
-                Provider::Cuda
+                tracing::info!(gpu = index, "device: cuda (requested)");
+                Provider::Cuda(index)
             }
         },
         DeviceRequest::OpenVino => match openvino_missing(library) {
@@ -224,10 +333,10 @@ pub(crate) fn select(
                 openvino(precision)?
             }
         },
-        DeviceRequest::Auto => match (cuda_missing(library), openvino_missing(library)) {
+        DeviceRequest::Auto => match (cuda_missing(library, 0), openvino_missing(library)) {
             (None, _) => {
                 tracing::info!("device: cuda (auto: CUDA provider and a GPU are present)");
-                Provider::Cuda
+                Provider::Cuda(0)
             }
             (Some(_), None) => {
                 tracing::info!("device: cpu through OpenVINO (auto: the OpenVINO build is loaded)");
@@ -243,13 +352,13 @@ pub(crate) fn select(
         return Err(DeviceError::Bf16NeedsOpenVino.into());
     }
     Ok(match provider {
-        Provider::Cuda => Device {
+        Provider::Cuda(index) => Device {
             provider,
             name: gpu_names()
                 .into_iter()
-                .next()
+                .nth(index as usize)
                 .unwrap_or_else(|| "NVIDIA GPU".into()),
-            memory_bytes: None,
+            memory_bytes: crate::gpu_memory::read(index).map(|m| m.total),
         },
         Provider::Cpu => Device {
             provider,
@@ -268,12 +377,30 @@ pub(crate) fn select(
     })
 }
 
+/// Why GPU `index` is not among `visible`, where the count is known.
+fn index_missing(index: u32, visible: usize) -> Option<String> {
+    (visible > 0 && index as usize >= visible).then(|| {
+        format!(
+            "GPU {index} was asked for, but {visible} GPU{} visible (cuda:0{})",
+            if visible == 1 { " is" } else { "s are" },
+            if visible > 1 {
+                format!(" to cuda:{}", visible - 1)
+            } else {
+                String::new()
+            }
+        )
+    })
+}
+
+/// GPU models in PCI bus order, the order CUDA numbers identical GPUs in.
 fn gpu_names() -> Vec<String> {
     let Ok(dirs) = std::fs::read_dir("/proc/driver/nvidia/gpus") else {
         return Vec::new();
     };
-    dirs.flatten()
-        .filter_map(|d| std::fs::read_to_string(d.path().join("information")).ok())
+    let mut dirs: Vec<_> = dirs.flatten().map(|d| d.path()).collect();
+    dirs.sort();
+    dirs.into_iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("information")).ok())
         .filter_map(|info| {
             info.lines()
                 .find_map(|l| l.strip_prefix("Model:").map(|m| m.trim().to_string()))
@@ -329,10 +456,30 @@ mod tests {
         for d in DeviceRequest::ALL {
             assert_eq!(d.as_str().parse(), Ok(d));
         }
+        assert_eq!("cuda:1".parse(), Ok(DeviceRequest::Cuda(1)));
+        assert_eq!("cuda:0".parse(), Ok(DeviceRequest::Cuda(0)));
+        assert_eq!(DeviceRequest::Cuda(3).to_string(), "cuda:3");
+        assert_eq!(DeviceRequest::Cuda(0).to_string(), "cuda");
+        let err = "cuda:one".parse::<DeviceRequest>().unwrap_err();
+        assert!(err.contains("cuda:N"), "{err}");
         assert_eq!("bf16".parse(), Ok(CpuPrecision::Bf16));
         assert_eq!("f32".parse(), Ok(CpuPrecision::F32));
         let err = "fp8".parse::<CpuPrecision>().unwrap_err();
         assert!(err.contains("auto, f32 or bf16"), "{err}");
+    }
+
+    #[test]
+    fn a_gpu_index_past_the_visible_ones_names_the_valid_range() {
+        assert_eq!(index_missing(0, 1), None);
+        assert_eq!(index_missing(5, 0), None, "count unknown: CUDA decides");
+        assert_eq!(
+            index_missing(1, 1).as_deref(),
+            Some("GPU 1 was asked for, but 1 GPU is visible (cuda:0)")
+        );
+        assert_eq!(
+            index_missing(4, 4).as_deref(),
+            Some("GPU 4 was asked for, but 4 GPUs are visible (cuda:0 to cuda:3)")
+        );
     }
 
     #[test]

@@ -6,9 +6,22 @@
 //! The ONNX Runtime shared library is loaded at run time (`ort`'s
 //! `load-dynamic`), so one binary runs with the CPU, CUDA or OpenVINO build of it.
 
+mod bound;
 #[cfg(target_os = "linux")]
 mod cuda_libs;
 mod device;
+#[cfg(target_os = "linux")]
+mod gpu_memory;
+#[cfg(not(target_os = "linux"))]
+mod gpu_memory {
+    pub(crate) struct GpuMemory {
+        pub total: u64,
+        pub used: u64,
+    }
+    pub(crate) fn read(_index: u32) -> Option<GpuMemory> {
+        None
+    }
+}
 mod mapped;
 mod runtime;
 mod session;
@@ -19,11 +32,13 @@ use std::str::FromStr;
 use std::collections::BTreeMap;
 
 use anyaccel_executor::{
-    Capabilities, Component, Conditioning, DenoiseSession, Dtype, Executor, ExecutorError,
-    HiddenLayer, HostSession, Shapes, Tensor, TextEncoding, TokenIds,
+    Capabilities, Component, Conditioning, DenoiseSession, DeviceMemory, Dtype, Executor,
+    ExecutorError, HiddenLayer, HostSession, Shapes, Tensor, TextEncoding, TokenIds,
 };
 
-pub use device::{CpuPrecision, DeviceError, DeviceRequest};
+pub use device::{
+    ArenaStrategy, ConvSearch, CpuPrecision, CudaOptions, DeviceError, DeviceRequest,
+};
 pub use runtime::{RuntimeError, library_path};
 
 use session::ComponentSession;
@@ -56,6 +71,11 @@ pub struct OnnxConfig {
     /// folder holding it. `None` uses the model folder's `preview_decoder/`
     /// when there is one.
     pub preview_decoder: Option<PathBuf>,
+    /// Binds a batch's conditioning to the denoiser once (on the GPU with
+    /// CUDA) instead of handing it over with every step. Off only to compare.
+    pub io_binding: bool,
+    /// The CUDA execution provider's settings (`--device cuda` only).
+    pub cuda: CudaOptions,
 }
 
 impl Default for OnnxConfig {
@@ -71,6 +91,8 @@ impl Default for OnnxConfig {
             prepacking: true,
             cpu_precision: CpuPrecision::Auto,
             preview_decoder: None,
+            io_binding: true,
+            cuda: CudaOptions::default(),
         }
     }
 }
@@ -120,6 +142,10 @@ pub enum OnnxError {
 /// Runs the components of an optimum-layout ONNX model folder.
 pub struct OnnxExecutor {
     capabilities: Capabilities,
+    /// Where denoise sessions bind the conditioning; `None` hands it over per step.
+    binding: Option<device::Placement>,
+    /// The CUDA index of the GPU, where the executor runs on one.
+    gpu: Option<u32>,
     text_encoders: BTreeMap<Component, ComponentSession>,
     denoiser: ComponentSession,
     vae_decoder: ComponentSession,
@@ -227,6 +253,11 @@ impl OnnxExecutor {
         );
         Ok(Self {
             capabilities,
+            binding: config.io_binding.then(|| device.placement()),
+            gpu: match device.provider {
+                device::Provider::Cuda(index) => Some(index),
+                _ => None,
+            },
             text_encoders,
             denoiser,
             vae_decoder,
@@ -318,12 +349,25 @@ impl Executor for OnnxExecutor {
         &'a self,
         conditioning: Conditioning,
     ) -> Result<Box<dyn DenoiseSession + 'a>, ExecutorError> {
-        // ONNX Runtime takes host tensors per run here, so the conditioning stays
-        // on the host; a CUDA executor with I/O binding would keep it on the device.
+        if let Some(placement) = self.binding {
+            return Ok(Box::new(bound::BoundSession::new(
+                &self.denoiser,
+                conditioning,
+                placement,
+            )?));
+        }
         let session = HostSession::new(conditioning, |c: &Conditioning, x: &Tensor, t: &[f32]| {
             self.denoiser.denoise(c, x, t)
         })?;
         Ok(Box::new(session))
+    }
+
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        let index = self.gpu?;
+        gpu_memory::read(index).map(|m| DeviceMemory {
+            total_bytes: m.total,
+            used_bytes: m.used,
+        })
     }
 
     fn vae_decode(&self, latents: &Tensor) -> Result<Tensor, ExecutorError> {
@@ -410,5 +454,64 @@ mod tests {
             .vae_decode(&Tensor::zeros(vec![1, 4, 8, 8]))
             .unwrap_err();
         assert!(err.is_unavailable(), "{err}");
+    }
+
+    /// Deterministic values in [-1, 1) (no RNG crate needed).
+    fn wave(shape: Vec<usize>, phase: f32) -> Tensor {
+        let n = shape.iter().product::<usize>();
+        let data = (0..n).map(|i| ((i as f32) * 0.37 + phase).sin()).collect();
+        Tensor::new(shape, data).unwrap()
+    }
+
+    #[test]
+    fn bound_conditioning_gives_the_outputs_of_handing_it_over_per_step() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/models/tiny-sd15");
+        let components = [Component::TextEncoder, Component::Unet, Component::VaeDecoder];
+        let config = OnnxConfig {
+            device: DeviceRequest::Cpu,
+            intra_threads: Some(1),
+            ..OnnxConfig::default()
+        };
+        let exec = OnnxExecutor::load(&dir, &components, &config).expect("tiny model loads");
+        assert_eq!(exec.binding, Some(device::Placement::Host), "binding is the default");
+        let ids = TokenIds {
+            batch: 2,
+            len: 77,
+            ids: (0..154).map(|i| (i * 7 % 1000) as i64).collect(),
+        };
+        let text = exec
+            .encode_text(Component::TextEncoder, &ids, HiddenLayer::Last)
+            .unwrap();
+        let conditioning = Conditioning::text(text.hidden);
+        let run = |c: &Conditioning, x: &Tensor, t: &[f32]| exec.denoiser.denoise(c, x, t);
+        let mut host = HostSession::new(conditioning.clone(), run).unwrap();
+        let mut bound =
+            bound::BoundSession::new(&exec.denoiser, conditioning.clone(), device::Placement::Host)
+                .unwrap();
+        // Steps that reuse the binding (the fixture takes one timestep per call).
+        for (step, timesteps) in [[999.0, 999.0], [801.0, 801.0], [601.0, 601.0]]
+            .iter()
+            .enumerate()
+        {
+            let x = wave(vec![2, 4, 8, 8], step as f32);
+            let want = host.step(&x, timesteps).unwrap();
+            let got = bound.step(&x, timesteps).unwrap();
+            assert_eq!(got.shape(), &[2, 4, 8, 8]);
+            assert_eq!(got.data(), want.data(), "step {step}");
+        }
+        // Another sample gives another output: the comparison above could fail.
+        let a = bound.step(&wave(vec![2, 4, 8, 8], 0.0), &[999.0, 999.0]).unwrap();
+        let b = bound.step(&wave(vec![2, 4, 8, 8], 5.0), &[999.0, 999.0]).unwrap();
+        assert_ne!(a.data(), b.data());
+        // The first image leaves the batch: the binding follows.
+        host.select(&[1]).unwrap();
+        bound.select(&[1]).unwrap();
+        assert_eq!(bound.rows(), 1);
+        let x = wave(vec![1, 4, 8, 8], 9.0);
+        let want = host.step(&x, &[201.0]).unwrap();
+        assert_eq!(bound.step(&x, &[201.0]).unwrap().data(), want.data());
+        let err = bound.step(&wave(vec![2, 4, 8, 8], 0.0), &[1.0, 1.0]).unwrap_err();
+        assert!(matches!(err, ExecutorError::Invalid { .. }), "{err}");
     }
 }

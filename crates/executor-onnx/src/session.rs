@@ -10,11 +10,12 @@ use anyaccel_executor::{
 };
 use half::f16;
 use ort::ep::{self, ExecutionProvider};
-use ort::session::Session;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{DynValue, TensorElementType, ValueType};
+use ort::value::{DynTensorValueType, DynValue, TensorElementType, ValueType};
 
-use crate::device::{Device, Provider};
+use crate::device::{ArenaStrategy, ConvSearch, CudaOptions, Device, Placement, Provider};
 use crate::{OnnxConfig, OnnxError, Optimization};
 
 pub(crate) struct ComponentSession {
@@ -51,6 +52,29 @@ fn openvino(bf16: bool, threads: Option<usize>) -> ep::OpenVINO {
             "load_config",
             format!(r#"{{"CPU": {{"INFERENCE_PRECISION_HINT": "{hint}"}}}}"#),
         )
+}
+
+/// The CUDA execution provider on GPU `index`, as `options` say.
+fn cuda(index: u32, options: &CudaOptions) -> ep::CUDA {
+    let search = match options.conv_search {
+        ConvSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
+        ConvSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
+        ConvSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
+    };
+    let arena = match options.arena {
+        ArenaStrategy::SameAsRequested => ep::ArenaExtendStrategy::SameAsRequested,
+        ArenaStrategy::NextPowerOfTwo => ep::ArenaExtendStrategy::NextPowerOfTwo,
+    };
+    let provider = ep::CUDA::default()
+        .with_device_id(index as i32)
+        .with_conv_algorithm_search(search)
+        .with_conv_max_workspace(options.conv_max_workspace)
+        .with_arena_extend_strategy(arena)
+        .with_prefer_nhwc(options.prefer_nhwc);
+    match options.memory_limit {
+        Some(bytes) => provider.with_memory_limit(usize::try_from(bytes).unwrap_or(usize::MAX)),
+        None => provider,
+    }
 }
 
 fn element_type(ty: &ValueType) -> Option<TensorElementType> {
@@ -105,10 +129,12 @@ impl ComponentSession {
         }
         match device.provider {
             Provider::Cpu => {}
-            Provider::Cuda => {
-                ep::CUDA::default().register(&mut builder).map_err(|e| {
-                    load(format!("could not enable the CUDA execution provider: {e}"))
-                })?;
+            Provider::Cuda(index) => {
+                cuda(index, &config.cuda)
+                    .register(&mut builder)
+                    .map_err(|e| {
+                        load(format!("could not enable the CUDA execution provider: {e}"))
+                    })?;
             }
             Provider::OpenVino { bf16 } => {
                 openvino(bf16, config.intra_threads)
@@ -369,12 +395,7 @@ impl ComponentSession {
         inputs: Vec<(&str, DynValue)>,
         wanted: &[&str],
     ) -> Result<Vec<Tensor>, ExecutorError> {
-        let mut session = self.session.lock().map_err(|_| {
-            ExecutorError::Unavailable(format!(
-                "{}: the session was poisoned by an earlier panic",
-                self.component
-            ))
-        })?;
+        let mut session = self.lock()?;
         let named: Vec<(
             std::borrow::Cow<'_, str>,
             ort::session::SessionInputValue<'_>,
@@ -383,33 +404,48 @@ impl ComponentSession {
             .map(|(n, v)| (std::borrow::Cow::Borrowed(n), v.into()))
             .collect();
         let outputs = session.run(named).map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(wanted.len());
+        for name in wanted {
+            let value = outputs.get(name).ok_or_else(|| ExecutorError::BadOutput {
+                component: self.component,
+                message: format!("no output named {name}"),
+            })?;
+            out.push(self.host_tensor(value)?);
+        }
+        Ok(out)
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Session>, ExecutorError> {
+        self.session.lock().map_err(|_| {
+            ExecutorError::Unavailable(format!(
+                "{}: the session was poisoned by an earlier panic",
+                self.component
+            ))
+        })
+    }
+
+    /// A host-memory float output as an f32 tensor.
+    fn host_tensor(&self, value: &DynValue) -> Result<Tensor, ExecutorError> {
         let bad = |message: String| ExecutorError::BadOutput {
             component: self.component,
             message,
         };
-        let mut out = Vec::with_capacity(wanted.len());
-        for name in wanted {
-            let value = outputs
-                .get(name)
-                .ok_or_else(|| bad(format!("no output named {name}")))?;
-            let (shape, data) = match value.dtype().tensor_type() {
-                Some(TensorElementType::Float16) => {
-                    let (shape, data) = value
-                        .try_extract_tensor::<f16>()
-                        .map_err(|e| bad(e.to_string()))?;
-                    (shape.to_vec(), data.iter().map(|x| x.to_f32()).collect())
-                }
-                _ => {
-                    let (shape, data) = value
-                        .try_extract_tensor::<f32>()
-                        .map_err(|e| bad(e.to_string()))?;
-                    (shape.to_vec(), data.to_vec())
-                }
-            };
-            let shape = shape.iter().map(|&d| d.max(0) as usize).collect();
-            out.push(Tensor::new(shape, data)?);
-        }
-        Ok(out)
+        let (shape, data) = match value.dtype().tensor_type() {
+            Some(TensorElementType::Float16) => {
+                let (shape, data) = value
+                    .try_extract_tensor::<f16>()
+                    .map_err(|e| bad(e.to_string()))?;
+                (shape.to_vec(), data.iter().map(|x| x.to_f32()).collect())
+            }
+            _ => {
+                let (shape, data) = value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| bad(e.to_string()))?;
+                (shape.to_vec(), data.to_vec())
+            }
+        };
+        let shape = shape.iter().map(|&d| d.max(0) as usize).collect();
+        Ok(Tensor::new(shape, data)?)
     }
 
     /// The first output (the only one the denoiser and VAE halves have).
@@ -483,28 +519,32 @@ impl ComponentSession {
         })
     }
 
-    /// One denoiser evaluation with the batch's conditioning.
+    /// One denoiser evaluation with the batch's conditioning, all inputs
+    /// handed over for this run alone.
     pub(crate) fn denoise(
         &self,
         conditioning: &Conditioning,
         sample: &Tensor,
         timesteps: &[f32],
     ) -> Result<Tensor, ExecutorError> {
-        let latents = self.latent_input();
-        let mut inputs = vec![
-            (
-                latents,
-                self.float_value(latents, sample.shape(), sample.data())?,
-            ),
-            (
+        let mut inputs = self.conditioning_values(conditioning)?;
+        inputs.extend(self.step_values(sample, timesteps)?);
+        self.run_one(inputs)
+    }
+
+    /// The denoiser's inputs that stay the same for a whole batch.
+    fn conditioning_values(
+        &self,
+        conditioning: &Conditioning,
+    ) -> Result<Vec<(&'static str, DynValue)>, ExecutorError> {
+        let mut inputs = vec![(
+            "encoder_hidden_states",
+            self.float_value(
                 "encoder_hidden_states",
-                self.float_value(
-                    "encoder_hidden_states",
-                    conditioning.encoder_hidden_states.shape(),
-                    conditioning.encoder_hidden_states.data(),
-                )?,
-            ),
-        ];
+                conditioning.encoder_hidden_states.shape(),
+                conditioning.encoder_hidden_states.data(),
+            )?,
+        )];
         // UNets name the pooled text `text_embeds`, DiTs `pooled_projections`.
         let pooled = if self.component == Component::Transformer {
             "pooled_projections"
@@ -534,6 +574,17 @@ impl ComponentSession {
                 (false, _) => {}
             }
         }
+        Ok(inputs)
+    }
+
+    /// The denoiser's inputs that change every step: latents and timesteps.
+    fn step_values(
+        &self,
+        sample: &Tensor,
+        timesteps: &[f32],
+    ) -> Result<Vec<(&'static str, DynValue)>, ExecutorError> {
+        let latents = self.latent_input();
+        let sample = self.float_value(latents, sample.shape(), sample.data())?;
         let values: Vec<f32> = if self.per_sample_timesteps {
             timesteps.to_vec()
         } else {
@@ -557,8 +608,62 @@ impl ComponentSession {
             }
             _ => self.float_value("timestep", &shape, &values)?,
         };
-        inputs.push(("timestep", timestep));
-        self.run_one(inputs)
+        Ok(vec![(latents, sample), ("timestep", timestep)])
+    }
+
+    /// An I/O binding holding `conditioning` where `placement` says, for
+    /// [`ComponentSession::run_bound`] to run steps with; the output is bound
+    /// to host memory, so each step copies its result back once.
+    pub(crate) fn bind(
+        &self,
+        conditioning: &Conditioning,
+        placement: Placement,
+    ) -> Result<IoBinding, ExecutorError> {
+        conditioning.check()?;
+        let values = self.conditioning_values(conditioning)?;
+        let mut binding = self.lock()?.create_binding().map_err(|e| self.err(e))?;
+        for (name, value) in values {
+            let value = match placement {
+                Placement::Host => value,
+                Placement::Cuda(id) => value
+                    .downcast::<DynTensorValueType>()
+                    .and_then(|t| t.to(AllocationDevice::CUDA, id))
+                    .map(|t| t.into_dyn())
+                    .map_err(|e| self.err(format!("copying `{name}` to the GPU: {e}")))?,
+            };
+            binding.bind_input(name, &value).map_err(|e| self.err(e))?;
+        }
+        let host = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(|e| self.err(e))?;
+        binding
+            .bind_output_to_device(self.outputs[0].as_str(), &host)
+            .map_err(|e| self.err(e))?;
+        Ok(binding)
+    }
+
+    /// One denoiser step on a binding made by [`ComponentSession::bind`].
+    pub(crate) fn run_bound(
+        &self,
+        binding: &mut IoBinding,
+        sample: &Tensor,
+        timesteps: &[f32],
+    ) -> Result<Tensor, ExecutorError> {
+        for (name, value) in self.step_values(sample, timesteps)? {
+            binding.bind_input(name, &value).map_err(|e| self.err(e))?;
+        }
+        let mut session = self.lock()?;
+        let outputs = session.run_binding(binding).map_err(|e| self.err(e))?;
+        let name = self.outputs[0].as_str();
+        let value = outputs.get(name).ok_or_else(|| ExecutorError::BadOutput {
+            component: self.component,
+            message: format!("no output named {name}"),
+        })?;
+        self.host_tensor(value)
     }
 
     /// Components with one float input (the VAE halves).

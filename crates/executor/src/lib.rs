@@ -213,6 +213,13 @@ pub struct Capabilities {
     pub timestep: TimestepInput,
 }
 
+/// An accelerator's memory now (all processes' use, as its driver counts it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DeviceMemory {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+}
+
 /// Token ids for one text encoder: `batch` rows of `len` ids.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenIds {
@@ -389,6 +396,12 @@ pub trait Executor: Send + Sync {
         true
     }
 
+    /// The device's memory now, where the executor can read it (GPUs);
+    /// `/info` and the metrics report it.
+    fn device_memory(&self) -> Option<DeviceMemory> {
+        None
+    }
+
     /// `[batch, len]` token ids through text encoder `encoder`.
     fn encode_text(
         &self,
@@ -472,19 +485,25 @@ where
     }
 
     fn step(&mut self, sample: &Tensor, timesteps: &[f32]) -> Result<Tensor, ExecutorError> {
-        let rows = self.conditioning.rows();
-        if sample.batch() != rows || timesteps.len() != rows {
-            return Err(ExecutorError::Invalid {
-                component: None,
-                message: format!(
-                    "step got {} sample rows and {} timesteps for {rows} conditioning rows",
-                    sample.batch(),
-                    timesteps.len()
-                ),
-            });
-        }
+        check_step(self.conditioning.rows(), sample, timesteps)?;
         (self.run)(&self.conditioning, sample, timesteps)
     }
+}
+
+/// What every [`DenoiseSession::step`] checks first: one sample row and one
+/// timestep per conditioning row.
+pub fn check_step(rows: usize, sample: &Tensor, timesteps: &[f32]) -> Result<(), ExecutorError> {
+    if sample.batch() != rows || timesteps.len() != rows {
+        return Err(ExecutorError::Invalid {
+            component: None,
+            message: format!(
+                "step got {} sample rows and {} timesteps for {rows} conditioning rows",
+                sample.batch(),
+                timesteps.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -57,6 +57,11 @@ pub const RESULTS_HELD: &str = "anyaccel_results_held";
 pub const RESULTS_EVICTED_TOTAL: &str = "anyaccel_results_evicted_total";
 /// Panics caught in the pipeline; after one the server reports not ready.
 pub const PIPELINE_PANICS_TOTAL: &str = "anyaccel_pipeline_panics_total";
+/// The accelerator's memory in use, all processes (GPUs; absent where the
+/// executor cannot read it).
+pub const DEVICE_MEMORY_USED_BYTES: &str = "anyaccel_device_memory_used_bytes";
+/// The accelerator's memory (GPUs; absent where the executor cannot read it).
+pub const DEVICE_MEMORY_TOTAL_BYTES: &str = "anyaccel_device_memory_total_bytes";
 
 /// The fleet's shared job queue (Redis), when `--redis-url` is set.
 pub mod queue {

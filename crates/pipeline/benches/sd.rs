@@ -27,6 +27,7 @@
 //! | `ANYACCEL_BENCH_ARENA` | `1` | CPU memory arena on (1) or off (0) |
 //! | `ANYACCEL_BENCH_PATTERN` | `0` | ONNX Runtime memory pattern on (1) or off (0) |
 //! | `ANYACCEL_BENCH_PREPACK` | `1` | weight prepacking on (1) or off (0) |
+//! | `ANYACCEL_BENCH_IO_BINDING` | `1` | conditioning bound once per batch (1) or handed over per step (0) |
 //! | `ANYACCEL_BENCH_GLIBC_DEFAULT` | `0` | 1: keep glibc's dynamic mmap threshold (see `release_large_frees_to_os`) |
 //! | `ANYACCEL_BENCH_JSON` | (none) | also write the results to this file as JSON |
 //! | `ANYACCEL_BENCH_SAVE` | (none) | save the whole-image case's image to this PNG path |
@@ -330,6 +331,8 @@ fn main() {
             .parse()
             .expect("ANYACCEL_BENCH_PRECISION"),
         preview_decoder: None,
+        io_binding: env_flag("ANYACCEL_BENCH_IO_BINDING", true),
+        cuda: Default::default(),
     };
     eprintln!(
         "anyaccel sd bench: {} ({config:?}, cases={groups:?}, reps={reps})",
@@ -390,6 +393,7 @@ fn main() {
                 "optimization": opt_name,
                 "memory_arena": config.memory_arena,
                 "memory_pattern": config.memory_pattern,
+                "io_binding": config.io_binding,
                 "prepacking": config.prepacking,
                 "reps": reps,
             },

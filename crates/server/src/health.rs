@@ -114,6 +114,12 @@ pub struct InfoMemory {
 }
 
 #[derive(Serialize, ToSchema)]
+pub struct InfoDeviceMemory {
+    pub total_bytes: u64,
+    pub used_bytes: u64,
+}
+
+#[derive(Serialize, ToSchema)]
 pub struct Info {
     /// C2PA signing: `enabled`, and with it the algorithm, certificate
     /// subject, issuer, expiry, whether it is a development certificate, and
@@ -150,6 +156,9 @@ pub struct Info {
     pub limits: InfoLimits,
     pub defaults: InfoDefaults,
     pub memory: Option<InfoMemory>,
+    /// The accelerator's memory now (GPUs: total and in use by all
+    /// processes); absent where the executor cannot read it (CPUs).
+    pub device_memory: Option<InfoDeviceMemory>,
     /// Where async jobs live: `{"backend": "memory"}`, or the shared queue
     /// (`backend: redis`, queue and stream names, this replica's consumer
     /// name, whether Redis answers and why not).
@@ -254,6 +263,13 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
             scheduler: m.default_scheduler.to_string(),
             max_sequence_length: p.t5_len(),
         },
+        device_memory: p
+            .executor()
+            .device_memory()
+            .map(|d| InfoDeviceMemory {
+                total_bytes: d.total_bytes,
+                used_bytes: d.used_bytes,
+            }),
         memory: p.memory().map(|b| InfoMemory {
             weights_bytes: b.weights_bytes,
             available_bytes: b.available_bytes,
@@ -270,7 +286,8 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
 /// Prometheus text exposition (see docs/metrics.md).
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state.metrics.render(&state.batcher.stats());
+    let device = state.pipeline().executor().device_memory();
+    let body = state.metrics.render(&state.batcher.stats(), device);
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

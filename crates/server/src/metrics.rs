@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyaccel_batcher::{JobStatus, QueueStats, Telemetry};
+use anyaccel_executor::DeviceMemory;
 use anyaccel_metrics as names;
 use anyaccel_pipeline::Timings;
 use anyaccel_queue::QueueTelemetry;
@@ -41,6 +42,9 @@ pub struct StatusLabels {
 pub struct StageLabels {
     pub stage: &'static str,
 }
+
+/// A series with only the registry's own labels (model, accelerator, pool).
+type NoLabels = Vec<(&'static str, &'static str)>;
 
 /// Requests take 0.1 s (tiny models, GPUs) to minutes (big images on CPUs).
 const REQUEST_BUCKETS: [f64; 15] = [
@@ -81,6 +85,10 @@ pub struct Metrics {
     results_held: Gauge,
     results_evicted: Counter,
     panics: Counter,
+    // Registered only once an executor reports its device memory, so a CPU
+    // server has no such series instead of a misleading 0.
+    device_memory_used: Family<NoLabels, Gauge>,
+    device_memory_total: Family<NoLabels, Gauge>,
     queue_claimed: Counter,
     queue_steps_saved: Counter,
     queue_handed_back: Counter,
@@ -139,6 +147,8 @@ impl Metrics {
             results_held: Gauge::default(),
             results_evicted: Counter::default(),
             panics: Counter::default(),
+            device_memory_used: Family::default(),
+            device_memory_total: Family::default(),
             queue_claimed: Counter::default(),
             queue_steps_saved: Counter::default(),
             queue_handed_back: Counter::default(),
@@ -224,6 +234,16 @@ impl Metrics {
             counter_name(names::PIPELINE_PANICS_TOTAL),
             "Panics caught in the pipeline (the server then reports not ready)",
             m.panics.clone(),
+        );
+        registry.register(
+            names::DEVICE_MEMORY_USED_BYTES,
+            "Accelerator memory in use (all processes), where the executor can read it",
+            m.device_memory_used.clone(),
+        );
+        registry.register(
+            names::DEVICE_MEMORY_TOTAL_BYTES,
+            "Accelerator memory, where the executor can read it",
+            m.device_memory_total.clone(),
         );
         m.register_queue(&mut registry);
         Self { registry, ..m }
@@ -319,8 +339,18 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Renders the text exposition, refreshing gauges from the queue first.
-    pub fn render(&self, stats: &QueueStats) -> String {
+    /// Renders the text exposition, refreshing gauges from the queue and the
+    /// device's memory first.
+    pub fn render(&self, stats: &QueueStats, device: Option<DeviceMemory>) -> String {
+        if let Some(d) = device {
+            let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+            self.device_memory_used
+                .get_or_create(&NoLabels::new())
+                .set(bytes(d.used_bytes));
+            self.device_memory_total
+                .get_or_create(&NoLabels::new())
+                .set(bytes(d.total_bytes));
+        }
         self.queue_depth.set(stats.queued as i64);
         self.backlog.set(stats.backlog_seconds());
         self.result_bytes
@@ -395,5 +425,35 @@ impl QueueTelemetry for Metrics {
             self.redis_errors.get_or_create(&labels).inc();
         }
         self.redis_up.set(i64::from(ok));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        text.lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+    }
+
+    #[test]
+    fn device_memory_is_reported_only_where_the_executor_reads_it() {
+        let m = Metrics::new("tiny", "cuda", "gpu");
+        let stats = QueueStats::default();
+        let cpu = m.render(&stats, None);
+        assert_eq!(series(&cpu, names::DEVICE_MEMORY_USED_BYTES), None, "{cpu}");
+        let gpu = m.render(
+            &stats,
+            Some(DeviceMemory {
+                total_bytes: 150_000_000_000,
+                used_bytes: 4_500_000_000,
+            }),
+        );
+        let used = series(&gpu, names::DEVICE_MEMORY_USED_BYTES).expect("used series");
+        assert!(used.ends_with(" 4500000000"), "{used}");
+        assert!(used.contains(r#"accelerator="cuda""#), "{used}");
+        let total = series(&gpu, names::DEVICE_MEMORY_TOTAL_BYTES).expect("total series");
+        assert!(total.ends_with(" 150000000000"), "{total}");
     }
 }
