@@ -220,16 +220,93 @@ fn bench_plan_render_validate() {
         assert_eq!(so["spec"]["maxReplicaCount"], p.max_replicas, "{}", p.name);
         let np = find("NodePool", &format!("anyaccel-loop-{}", p.name));
         assert_eq!(np["spec"]["weight"], p.node_pool_weight, "{}", p.name);
-    }
-    for o in &objects {
-        assert_eq!(
-            o["metadata"]["annotations"]["anyaccel.io/plan-sha256"],
-            plan.stamp().sha256.as_str(),
-            "{}/{}",
-            o["kind"],
-            o["metadata"]["name"]
+        // KEDA scales each pool on the backlog target the plan derived from
+        // its measured latency.
+        let trigger = &so["spec"]["triggers"][0];
+        let threshold: f64 = trigger["metadata"]["threshold"]
+            .as_str()
+            .expect("threshold is a string")
+            .parse()
+            .expect("threshold is a number");
+        assert!(
+            p.target_backlog_secs > 0.0 && (threshold - p.target_backlog_secs).abs() < 1e-9,
+            "{}: KEDA threshold {threshold}, plan target_backlog_secs {}",
+            p.name,
+            p.target_backlog_secs
         );
     }
+    for o in &objects {
+        let a = &o["metadata"]["annotations"];
+        let id = format!("{}/{}", o["kind"], o["metadata"]["name"]);
+        assert_eq!(
+            a["anyaccel.io/plan-sha256"],
+            plan.stamp().sha256.as_str(),
+            "{id}"
+        );
+        assert_eq!(
+            a["anyaccel.io/plan-generated-at"],
+            plan.file().plan.generated_at.as_str(),
+            "{id}"
+        );
+    }
+
+    // The fleet controller gets the plan's fallback order and weights.
+    let cm = find("ConfigMap", "anyaccel-fleet");
+    let spec = anyaccel_deploy::fleet::FleetSpec::from_json(
+        cm["data"][anyaccel_deploy::fleet::FLEET_SPEC_KEY]
+            .as_str()
+            .expect("fleet.json"),
+    )
+    .expect("the controller's spec parses");
+    let order: Vec<&str> = spec.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(order, plan.file().plan.fallback_order);
+    for p in &spec.pools {
+        let planned = plan.pool(&p.name).expect("a planned pool");
+        assert_eq!(u32::from(p.weight), planned.weight, "{}", p.name);
+    }
+    assert_eq!(spec.plan.as_ref(), Some(plan.stamp()));
+    assert_eq!(spec.hold_down_secs, 120);
+
+    // The same plan in another format version: the real binary refuses it,
+    // naming the file and both versions, and writes nothing.
+    let old_plan = dir.join("plan-v1.toml");
+    let text = std::fs::read_to_string(&plan_path).expect("plan.toml");
+    let current = format!(
+        "format_version = {}",
+        anyaccel_deploy::plan::PLAN_FILE_VERSION
+    );
+    assert!(text.contains(&current), "{text}");
+    std::fs::write(&old_plan, text.replace(&current, "format_version = 1")).expect("old plan");
+    let refused_out = dir.join("rendered-v1");
+    let refused = Command::new(env!("CARGO_BIN_EXE_anyaccel"))
+        .args([
+            "deploy",
+            "render",
+            "--config",
+            cluster.to_str().expect("utf-8"),
+            "--plan",
+            old_plan.to_str().expect("utf-8"),
+            "--out",
+            refused_out.to_str().expect("utf-8"),
+        ])
+        .current_dir(repo())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("anyaccel runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains(old_plan.to_str().expect("utf-8"))
+            && stderr.contains(&format!(
+                "plan format_version 1, but this build reads {}",
+                anyaccel_deploy::plan::PLAN_FILE_VERSION
+            )),
+        "{stderr}"
+    );
+    assert!(
+        !refused_out.exists(),
+        "nothing rendered from a refused plan"
+    );
 
     // Valid as a cluster would see it: custom resources against the pinned
     // CRDs (structural schema and CEL), built-in kinds with
