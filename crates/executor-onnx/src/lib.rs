@@ -467,14 +467,22 @@ mod tests {
     fn bound_conditioning_gives_the_outputs_of_handing_it_over_per_step() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../fixtures/models/tiny-sd15");
-        let components = [Component::TextEncoder, Component::Unet, Component::VaeDecoder];
+        let components = [
+            Component::TextEncoder,
+            Component::Unet,
+            Component::VaeDecoder,
+        ];
         let config = OnnxConfig {
             device: DeviceRequest::Cpu,
             intra_threads: Some(1),
             ..OnnxConfig::default()
         };
         let exec = OnnxExecutor::load(&dir, &components, &config).expect("tiny model loads");
-        assert_eq!(exec.binding, Some(device::Placement::Host), "binding is the default");
+        assert_eq!(
+            exec.binding,
+            Some(device::Placement::Host),
+            "binding is the default"
+        );
         let ids = TokenIds {
             batch: 2,
             len: 77,
@@ -486,9 +494,12 @@ mod tests {
         let conditioning = Conditioning::text(text.hidden);
         let run = |c: &Conditioning, x: &Tensor, t: &[f32]| exec.denoiser.denoise(c, x, t);
         let mut host = HostSession::new(conditioning.clone(), run).unwrap();
-        let mut bound =
-            bound::BoundSession::new(&exec.denoiser, conditioning.clone(), device::Placement::Host)
-                .unwrap();
+        let mut bound = bound::BoundSession::new(
+            &exec.denoiser,
+            conditioning.clone(),
+            device::Placement::Host,
+        )
+        .unwrap();
         // Steps that reuse the binding (the fixture takes one timestep per call).
         for (step, timesteps) in [[999.0, 999.0], [801.0, 801.0], [601.0, 601.0]]
             .iter()
@@ -501,8 +512,12 @@ mod tests {
             assert_eq!(got.data(), want.data(), "step {step}");
         }
         // Another sample gives another output: the comparison above could fail.
-        let a = bound.step(&wave(vec![2, 4, 8, 8], 0.0), &[999.0, 999.0]).unwrap();
-        let b = bound.step(&wave(vec![2, 4, 8, 8], 5.0), &[999.0, 999.0]).unwrap();
+        let a = bound
+            .step(&wave(vec![2, 4, 8, 8], 0.0), &[999.0, 999.0])
+            .unwrap();
+        let b = bound
+            .step(&wave(vec![2, 4, 8, 8], 5.0), &[999.0, 999.0])
+            .unwrap();
         assert_ne!(a.data(), b.data());
         // The first image leaves the batch: the binding follows.
         host.select(&[1]).unwrap();
@@ -511,7 +526,9 @@ mod tests {
         let x = wave(vec![1, 4, 8, 8], 9.0);
         let want = host.step(&x, &[201.0]).unwrap();
         assert_eq!(bound.step(&x, &[201.0]).unwrap().data(), want.data());
-        let err = bound.step(&wave(vec![2, 4, 8, 8], 0.0), &[1.0, 1.0]).unwrap_err();
+        let err = bound
+            .step(&wave(vec![2, 4, 8, 8], 0.0), &[1.0, 1.0])
+            .unwrap_err();
         assert!(matches!(err, ExecutorError::Invalid { .. }), "{err}");
     }
 }

@@ -11,8 +11,8 @@ use anyaccel_executor::{
 use half::f16;
 use ort::ep::{self, ExecutionProvider};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{IoBinding, Session};
 use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{IoBinding, Session};
 use ort::value::{DynTensorValueType, DynValue, TensorElementType, ValueType};
 
 use crate::device::{ArenaStrategy, ConvSearch, CudaOptions, Device, Placement, Provider};

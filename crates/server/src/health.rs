@@ -263,13 +263,10 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
             scheduler: m.default_scheduler.to_string(),
             max_sequence_length: p.t5_len(),
         },
-        device_memory: p
-            .executor()
-            .device_memory()
-            .map(|d| InfoDeviceMemory {
-                total_bytes: d.total_bytes,
-                used_bytes: d.used_bytes,
-            }),
+        device_memory: p.executor().device_memory().map(|d| InfoDeviceMemory {
+            total_bytes: d.total_bytes,
+            used_bytes: d.used_bytes,
+        }),
         memory: p.memory().map(|b| InfoMemory {
             weights_bytes: b.weights_bytes,
             available_bytes: b.available_bytes,
