@@ -345,6 +345,30 @@ fn a_lone_pool_weighs_999_because_one_target_group_takes_no_more() {
 }
 
 #[test]
+fn the_plan_sets_the_ceiling_and_min_replicas_stays_the_configs() {
+    // MINIMAL's gpu pool (the second) with a floor of 3; the plan's ceiling is 12.
+    let floor = |min: u32| {
+        let config = minimal_for_plan();
+        let (cpu, gpu) = config.split_once("name = \"gpu\"").expect("gpu pool");
+        format!(
+            "{cpu}name = \"gpu\"{}",
+            gpu.replacen("min_replicas = 1", &format!("min_replicas = {min}"), 1)
+        )
+    };
+    let cfg = with_plan(&floor(3), TWO_POOLS).expect("a floor below the plan's ceiling");
+    let gpu = cfg.pools().iter().find(|p| p.name() == "gpu").expect("gpu");
+    assert_eq!((gpu.min_replicas(), gpu.max_replicas()), (3, 12));
+    let e = with_plan(&floor(13), TWO_POOLS).expect_err("floor above the ceiling");
+    assert!(
+        e.problems()
+            .iter()
+            .any(|p| p.contains("max_replicas (12) is below min_replicas (13)")),
+        "{:#?}",
+        e.problems()
+    );
+}
+
+#[test]
 fn settings_the_plan_cannot_honour_are_contradictions() {
     for (edit, want) in [
         (
