@@ -432,8 +432,8 @@ pub(crate) fn dtype_of(ty: ort::value::TensorElementType) -> Option<Dtype> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_poisoned_session_makes_the_executor_not_ready_and_unavailable() {
+    /// The tiny SD 1.5 fixture on the CPU, one thread.
+    fn tiny_sd15() -> OnnxExecutor {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../fixtures/models/tiny-sd15");
         let components = [
@@ -446,7 +446,12 @@ mod tests {
             intra_threads: Some(1),
             ..OnnxConfig::default()
         };
-        let exec = OnnxExecutor::load(&dir, &components, &config).expect("tiny model loads");
+        OnnxExecutor::load(&dir, &components, &config).expect("tiny model loads")
+    }
+
+    #[test]
+    fn a_poisoned_session_makes_the_executor_not_ready_and_unavailable() {
+        let exec = tiny_sd15();
         assert!(exec.is_ready());
         exec.vae_decoder.poison();
         assert!(!exec.is_ready());
@@ -465,19 +470,7 @@ mod tests {
 
     #[test]
     fn bound_conditioning_gives_the_outputs_of_handing_it_over_per_step() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/models/tiny-sd15");
-        let components = [
-            Component::TextEncoder,
-            Component::Unet,
-            Component::VaeDecoder,
-        ];
-        let config = OnnxConfig {
-            device: DeviceRequest::Cpu,
-            intra_threads: Some(1),
-            ..OnnxConfig::default()
-        };
-        let exec = OnnxExecutor::load(&dir, &components, &config).expect("tiny model loads");
+        let exec = tiny_sd15();
         assert_eq!(
             exec.binding,
             Some(device::Placement::Host),
