@@ -539,30 +539,39 @@ class Check:
             if name not in self.artifacts:
                 errors.append(f"{name}: not compiled")
                 continue
-            try:
-                got[big] = self.serve_and_bench(big, self.artifacts[name])
-            except Exception as e:  # noqa: BLE001
-                errors.append(f"{big}: {e}")
-                with open(self.log_path, "a") as f:
-                    f.write(traceback.format_exc())
+            runs = [(big, False)] + ([(f"{big}_graphs", True)] if big == "sd15" else [])
+            for label, graphs in runs:
+                try:
+                    got[label] = self.serve_and_bench(big, self.artifacts[name], graphs=graphs)
+                except Exception as e:  # noqa: BLE001
+                    errors.append(f"{label}: {e}")
+                    with open(self.log_path, "a") as f:
+                        f.write(traceback.format_exc())
         if errors:
             rec["models"] = got
             raise StepError("; ".join(errors))
         return {"models": got}
 
-    def serve_and_bench(self, big: str, artifact: Path) -> dict:
+    def serve_and_bench(self, big: str, artifact: Path, graphs: bool = False) -> dict:
+        """One server, `anyaccel bench` at each level. `graphs`: a second server with
+        the denoiser captured as CUDA graphs, at batch 1 only (the latency goals). The
+        CPU has no CUDA graphs, so a dry run starts that server without the flag."""
         w, h = self.plan.sdxl_size if big == "sdxl" else self.plan.big_size
         steps = self.plan.sdxl_steps if big == "sdxl" else self.plan.big_steps
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        max_batch = max([1] + self.plan.batches) if big == "sd15" else 1
+        max_batch = max([1] + self.plan.batches) if big == "sd15" and not graphs else 1
         argv = [self.bin, "serve", "--model", artifact, "--device", self.plan.device, "--host", "127.0.0.1",
                 "--port", port, "--sizes", f"{w}x{h}", "--max-batch", max_batch, "--max-images", max_batch,
                 "--batch-delay-ms", "0", "--c2pa", "off"]
+        if graphs and not self.dry:
+            argv += ["--cuda-graphs", "4"]
+        name = f"serve-{big}" + ("-graphs" if graphs else "")
         sampler = MemorySampler(self.dry)
         base = sampler.total_used()
-        proc, log = self.spawn(f"serve-{big}", argv)
-        result = {"url": url, "server_argv": " ".join(map(str, argv)), "gpu_memory_used_before_bytes": base}
+        proc, log = self.spawn(name, argv)
+        result = {"url": url, "server_argv": " ".join(map(str, argv)), "gpu_memory_used_before_bytes": base,
+                  "cuda_graphs": graphs and not self.dry}
         try:
             t = time.time()
             wait_ready(url, proc, timeout=min(300, self.cap("anyaccel_timing")))
@@ -571,11 +580,12 @@ class Check:
             levels = [("b1", 1, steps, 7.5)]
             if big == "sd15":
                 levels.append(("turbo", 1, 1, 0.0))
-                levels += [(f"b{n}", n, steps, 7.5) for n in self.plan.batches]
+                if not graphs:
+                    levels += [(f"b{n}", n, steps, 7.5) for n in self.plan.batches]
             for label, n, st, g in levels:
-                out = self.work / f"bench-{big}-{label}"
+                out = self.work / f"bench-{name}-{label}"
                 shutil.rmtree(out, ignore_errors=True)
-                self.run(f"bench-{big}-{label}", [
+                self.run(f"bench-{name}-{label}", [
                     self.bin, "bench", "--url", url, "--concurrency", "1", "--duration", self.plan.bench_secs,
                     "--size", f"{w}x{h}", "--steps", st, "--n", n, "--guidance-scale", g, "--scheduler", "euler",
                     "--prompt", PROMPT, "--warmup", "1", "--pause", "0", "--timeout", "300",
@@ -596,13 +606,13 @@ class Check:
                 if label == "b1":
                     entry["memory"] = sampler.peak()
                 result[label] = entry
-                self.log(f"anyaccel {big} {label}: p50 {entry['p50_s']}s, {entry['images_per_s']} images/s")
+                self.log(f"anyaccel {name} {label}: p50 {entry['p50_s']}s, {entry['images_per_s']} images/s")
             result["memory_after_all_levels"] = sampler.peak()
         finally:
             sampler.stop()
             _kill(proc)
             proc.wait()
-            self._tail(f"serve-{big}", log, lines=30)
+            self._tail(name, log, lines=30)
         return result
 
     # report ----------------------------------------------------------------
@@ -851,6 +861,13 @@ def goals(results: dict, dry: bool) -> list:
     turbo = _get(ours, "sd15", "turbo", "p50_s")
     goal("SD-Turbo-sized 512x512, 1 step, no CFG: anyaccel latency", turbo, "<= 0.030",
          turbo is not None and turbo <= 0.030, "s")
+    graphs = "" if dry else " with --cuda-graphs"
+    b1g = _get(ours, "sd15_graphs", "b1", "p50_s")
+    goal(f"SD 1.5 512x512, 50 steps, CFG, batch 1{graphs}: anyaccel latency", b1g, "<= 0.45",
+         b1g is not None and b1g <= 0.45, "s")
+    tg = _get(ours, "sd15_graphs", "turbo", "p50_s")
+    goal(f"SD-Turbo-sized 512x512, 1 step{graphs}: anyaccel latency", tg, "<= 0.030",
+         tg is not None and tg <= 0.030, "s")
     mem = _get(ours, "sd15", "b1", "memory", "process_peak_bytes")
     goal("SD 1.5 batch 1: anyaccel server's device memory" + (" (peak RSS on the CPU)" if dry else ""),
          None if mem is None else round(mem / GOALS_GB, 3), "<= 5", mem is not None and mem <= 5 * GOALS_GB, "GB")
@@ -900,12 +917,13 @@ def markdown(r: dict) -> str:
                          f"| {big} | {case} ({c['steps']} steps, n={c['images']}) | {_fmt(c['median_s'])} | "
                          f"{_fmt(c['images_per_s'])} | {_fmt(None if mem is None else round(mem / 1e9, 3), 'GB alloc')} |")
     for big, m in (_get(r, "steps", "anyaccel_timing", "models") or {}).items():
+        engine = "anyaccel serve + bench" + (" (--cuda-graphs)" if m.get("cuda_graphs") else "")
         for case in ("b1", "turbo", "b4", "b8"):
             c = m.get(case)
             if not c:
                 continue
             mem = _get(c, "memory", "process_peak_bytes")
-            lines.append(f"| anyaccel serve + bench | {big} | {case} ({c['steps']} steps, n={c['images']}) | "
+            lines.append(f"| {engine} | {big} | {case} ({c['steps']} steps, n={c['images']}) | "
                          f"{_fmt(c['p50_s'])} (server {_fmt(c['server_inference_p50_s'])}) | {_fmt(c['images_per_s'])} | "
                          f"{_fmt(None if mem is None else round(mem / 1e9, 3), 'GB')} |")
     lines += ["", "## Goals" + (" (dry run: CPU numbers, not the goals' hardware)" if r["mode"] != "gpu" else ""), "",

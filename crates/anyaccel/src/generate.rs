@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyaccel_executor::Executor;
 use anyaccel_executor_onnx::{
-    ArenaStrategy, ConvSearch, CpuPrecision, CudaOptions, DeviceRequest, OnnxConfig, OnnxExecutor,
+    ArenaStrategy, Binding, ConvSearch, CpuPrecision, CudaOptions, DeviceRequest, OnnxConfig, OnnxExecutor,
     Optimization,
 };
 use anyaccel_executor_remote::{RemoteConfig, RemoteExecutor, SidecarDevice};
@@ -126,9 +126,26 @@ pub struct CudaArgs {
     /// with CUDA) instead of handing it over every step; false only to compare.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "ANYACCEL_IO_BINDING")]
     pub io_binding: bool,
+    /// Capture the denoiser's step as a CUDA graph for up to N input shapes
+    /// (rows × size × prompt length) and replay it; 0 (the default) captures
+    /// none. Each captured shape keeps its activation memory.
+    #[arg(long, default_value_t = 0, env = "ANYACCEL_CUDA_GRAPHS", value_name = "N")]
+    pub cuda_graphs: usize,
 }
 
 impl CudaArgs {
+    /// `--io-binding` and `--cuda-graphs` together.
+    fn binding(&self) -> anyhow::Result<Binding> {
+        match (self.io_binding, self.cuda_graphs) {
+            (false, 0) => Ok(Binding::PerStep),
+            (false, _) => anyhow::bail!(
+                "--cuda-graphs needs --io-binding true: a captured graph reads its inputs from bound buffers"
+            ),
+            (true, 0) => Ok(Binding::Conditioning),
+            (true, n) => Ok(Binding::CudaGraphs { max_shapes: n }),
+        }
+    }
+
     fn options(&self) -> CudaOptions {
         CudaOptions {
             conv_search: self.cuda_conv_search,
@@ -323,7 +340,7 @@ impl ModelArgs {
                     inter_threads: self.inter_threads,
                     library: self.ort_lib.clone(),
                     preview_decoder: self.preview_decoder.clone(),
-                    io_binding: self.cuda.io_binding,
+                    binding: self.cuda.binding()?,
                     cuda: self.cuda.options(),
                     optimization: self.optimization,
                     cpu_precision: match self.cpu_precision {

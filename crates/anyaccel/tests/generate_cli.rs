@@ -123,6 +123,14 @@ fn bad_input_names_the_flag() {
         ),
         (&["--strength", "0.5"], "--strength needs --init-image"),
         (&["--device", "cuda"], "--device cuda was requested but"),
+        (
+            &["--cuda-graphs", "4", "--io-binding", "false"],
+            "--cuda-graphs needs --io-binding true",
+        ),
+        (
+            &["--cuda-graphs", "4", "--device", "cpu"],
+            "CUDA graphs need the CUDA execution provider, and this executor runs on cpu",
+        ),
     ];
     for (extra, expected) in cases {
         let mut args = vec![

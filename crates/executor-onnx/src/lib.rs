@@ -10,6 +10,7 @@ mod bound;
 #[cfg(target_os = "linux")]
 mod cuda_libs;
 mod device;
+mod graphed;
 #[cfg(target_os = "linux")]
 mod gpu_memory;
 #[cfg(not(target_os = "linux"))]
@@ -32,7 +33,7 @@ use std::str::FromStr;
 use std::collections::BTreeMap;
 
 use anyaccel_executor::{
-    Capabilities, Component, Conditioning, DenoiseSession, DeviceMemory, Dtype, Executor,
+    Capabilities, Component, Conditioning, DenoiseSession, DeviceKind, DeviceMemory, Dtype, Executor,
     ExecutorError, HiddenLayer, HostSession, Shapes, Tensor, TextEncoding, TokenIds,
 };
 
@@ -71,9 +72,8 @@ pub struct OnnxConfig {
     /// folder holding it. `None` uses the model folder's `preview_decoder/`
     /// when there is one.
     pub preview_decoder: Option<PathBuf>,
-    /// Binds a batch's conditioning to the denoiser once (on the GPU with
-    /// CUDA) instead of handing it over with every step. Off only to compare.
-    pub io_binding: bool,
+    /// How the denoiser's inputs reach it each step.
+    pub binding: Binding,
     /// The CUDA execution provider's settings (`--device cuda` only).
     pub cuda: CudaOptions,
 }
@@ -91,10 +91,26 @@ impl Default for OnnxConfig {
             prepacking: true,
             cpu_precision: CpuPrecision::Auto,
             preview_decoder: None,
-            io_binding: true,
+            binding: Binding::Conditioning,
             cuda: CudaOptions::default(),
         }
     }
+}
+
+/// How the denoiser's inputs reach it each step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binding {
+    /// Every input is handed over with each step; only to compare.
+    PerStep,
+    /// A batch's conditioning is bound once (on the GPU with CUDA); each
+    /// step copies the latents in and the output out.
+    Conditioning,
+    /// As `Conditioning`, in buffers kept per input shape, so that ONNX
+    /// Runtime captures each shape's step as a CUDA graph once and replays
+    /// it. At most `max_shapes` shapes are captured (a captured graph holds
+    /// its memory until the executor goes); others run uncaptured.
+    /// `--device cuda` only.
+    CudaGraphs { max_shapes: usize },
 }
 
 /// ONNX Runtime graph optimisation level.
@@ -131,6 +147,11 @@ pub enum OnnxError {
     Load { path: PathBuf, message: String },
     #[error("{path} is missing; expected the ONNX model of the {component} component")]
     MissingFile { path: PathBuf, component: Component },
+    #[error(
+        "CUDA graphs need the CUDA execution provider, and this executor runs on {0} \
+         (use --device cuda, or leave --cuda-graphs at 0)"
+    )]
+    GraphsNeedCuda(DeviceKind),
     #[error("{component} ({path}): {message}")]
     Signature {
         component: Component,
@@ -142,8 +163,7 @@ pub enum OnnxError {
 /// Runs the components of an optimum-layout ONNX model folder.
 pub struct OnnxExecutor {
     capabilities: Capabilities,
-    /// Where denoise sessions bind the conditioning; `None` hands it over per step.
-    binding: Option<device::Placement>,
+    denoise_path: DenoisePath,
     /// The CUDA index of the GPU, where the executor runs on one.
     gpu: Option<u32>,
     text_encoders: BTreeMap<Component, ComponentSession>,
@@ -151,6 +171,13 @@ pub struct OnnxExecutor {
     vae_decoder: ComponentSession,
     vae_encoder: Option<ComponentSession>,
     preview_decoder: Option<PreviewDecoder>,
+}
+
+/// Where [`OnnxExecutor::denoise`]'s sessions keep the denoiser's inputs.
+enum DenoisePath {
+    PerStep,
+    Bound(device::Placement),
+    Graphed(graphed::GraphPool),
 }
 
 /// A tiny decoder with a VAE decoder's interface (`latent_sample` in,
@@ -172,6 +199,16 @@ impl OnnxExecutor {
     ) -> Result<Self, OnnxError> {
         runtime::ensure_loaded(config.library.as_deref(), config.device)?;
         let device = device::select(config.device, config.cpu_precision)?;
+        let denoise_path = match config.binding {
+            Binding::PerStep => DenoisePath::PerStep,
+            Binding::Conditioning => DenoisePath::Bound(device.placement()),
+            Binding::CudaGraphs { .. } if device.kind() != DeviceKind::Cuda => {
+                return Err(OnnxError::GraphsNeedCuda(device.kind()));
+            }
+            Binding::CudaGraphs { max_shapes } => {
+                DenoisePath::Graphed(graphed::GraphPool::new(device.placement(), max_shapes))
+            }
+        };
         let open = |component: Component| -> Result<ComponentSession, OnnxError> {
             let path = model_dir.join(component.folder()).join("model.onnx");
             if !path.is_file() {
@@ -253,7 +290,7 @@ impl OnnxExecutor {
         );
         Ok(Self {
             capabilities,
-            binding: config.io_binding.then(|| device.placement()),
+            denoise_path,
             gpu: match device.provider {
                 device::Provider::Cuda(index) => Some(index),
                 _ => None,
@@ -349,17 +386,22 @@ impl Executor for OnnxExecutor {
         &'a self,
         conditioning: Conditioning,
     ) -> Result<Box<dyn DenoiseSession + 'a>, ExecutorError> {
-        if let Some(placement) = self.binding {
-            return Ok(Box::new(bound::BoundSession::new(
+        Ok(match &self.denoise_path {
+            DenoisePath::PerStep => Box::new(HostSession::new(
+                conditioning,
+                |c: &Conditioning, x: &Tensor, t: &[f32]| self.denoiser.denoise(c, x, t),
+            )?),
+            DenoisePath::Bound(placement) => Box::new(bound::BoundSession::new(
                 &self.denoiser,
                 conditioning,
-                placement,
-            )?));
-        }
-        let session = HostSession::new(conditioning, |c: &Conditioning, x: &Tensor, t: &[f32]| {
-            self.denoiser.denoise(c, x, t)
-        })?;
-        Ok(Box::new(session))
+                *placement,
+            )?),
+            DenoisePath::Graphed(pool) => Box::new(graphed::GraphedSession::new(
+                &self.denoiser,
+                pool,
+                conditioning,
+            )?),
+        })
     }
 
     fn device_memory(&self) -> Option<DeviceMemory> {
@@ -471,9 +513,8 @@ mod tests {
     #[test]
     fn bound_conditioning_gives_the_outputs_of_handing_it_over_per_step() {
         let exec = tiny_sd15();
-        assert_eq!(
-            exec.binding,
-            Some(device::Placement::Host),
+        assert!(
+            matches!(exec.denoise_path, DenoisePath::Bound(device::Placement::Host)),
             "binding is the default"
         );
         let ids = TokenIds {
@@ -523,5 +564,87 @@ mod tests {
             .step(&wave(vec![2, 4, 8, 8], 0.0), &[1.0, 1.0])
             .unwrap_err();
         assert!(matches!(err, ExecutorError::Invalid { .. }), "{err}");
+    }
+
+    /// The CUDA graph path on the CPU: no graph is captured there, but the
+    /// buffers, their reuse across steps and sessions, and the cap on shapes
+    /// are the ones a GPU replays with.
+    #[test]
+    fn fixed_buffers_give_the_per_step_outputs_and_stay_put() {
+        let exec = tiny_sd15();
+        let encode = |seed: i64, rows: usize| {
+            let ids = TokenIds {
+                batch: rows,
+                len: 77,
+                ids: (0..77 * rows as i64).map(|i| i * seed % 1000).collect(),
+            };
+            let text = exec
+                .encode_text(Component::TextEncoder, &ids, HiddenLayer::Last)
+                .unwrap();
+            Conditioning::text(text.hidden)
+        };
+        let run = |c: &Conditioning, x: &Tensor, t: &[f32]| exec.denoiser.denoise(c, x, t);
+        let pool = graphed::GraphPool::new(device::Placement::Host, 2);
+        let (ca, cb) = (encode(7, 2), encode(11, 2));
+        let mut host_a = HostSession::new(ca.clone(), run).unwrap();
+        let mut host_b = HostSession::new(cb.clone(), run).unwrap();
+        let mut a = graphed::GraphedSession::new(&exec.denoiser, &pool, ca).unwrap();
+        let mut b = graphed::GraphedSession::new(&exec.denoiser, &pool, cb).unwrap();
+        // Two sessions of one shape take turns in the same buffers.
+        let mut first = None;
+        for (step, t) in [999.0f32, 801.0, 601.0].into_iter().enumerate() {
+            let x = wave(vec![2, 4, 8, 8], step as f32);
+            let got_a = a.step(&x, &[t, t]).unwrap();
+            let got_b = b.step(&x, &[t, t]).unwrap();
+            assert_eq!(got_a.data(), host_a.step(&x, &[t, t]).unwrap().data(), "a, step {step}");
+            assert_eq!(got_b.data(), host_b.step(&x, &[t, t]).unwrap().data(), "b, step {step}");
+            assert_ne!(got_a.data(), got_b.data(), "the prompts differ");
+            let addresses = pool.addresses();
+            assert_eq!(addresses.len(), 1, "one shape, one set of buffers");
+            assert_eq!(*first.get_or_insert(addresses.clone()), addresses, "step {step}");
+        }
+        // A row leaves: a second shape gets its own buffers.
+        a.select(&[1]).unwrap();
+        host_a.select(&[1]).unwrap();
+        let x = wave(vec![1, 4, 8, 8], 3.0);
+        assert_eq!(
+            a.step(&x, &[401.0]).unwrap().data(),
+            host_a.step(&x, &[401.0]).unwrap().data()
+        );
+        assert_eq!(pool.addresses().len(), 2);
+        // Past the cap a shape runs uncaptured, with the same result.
+        let cc = encode(13, 3);
+        let mut host_c = HostSession::new(cc.clone(), run).unwrap();
+        let mut c = graphed::GraphedSession::new(&exec.denoiser, &pool, cc).unwrap();
+        let x = wave(vec![3, 4, 8, 8], 4.0);
+        let t = [201.0; 3];
+        assert_eq!(c.step(&x, &t).unwrap().data(), host_c.step(&x, &t).unwrap().data());
+        let addresses = pool.addresses();
+        assert_eq!(addresses.len(), 2, "the cap holds");
+        assert_eq!(addresses[0], first.unwrap()[0], "the first shape's buffers never moved");
+        // Back to the first shape after other sessions wrote there.
+        let x = wave(vec![2, 4, 8, 8], 6.0);
+        assert_eq!(
+            b.step(&x, &[101.0, 101.0]).unwrap().data(),
+            host_b.step(&x, &[101.0, 101.0]).unwrap().data()
+        );
+        let err = b.step(&wave(vec![1, 4, 8, 8], 0.0), &[1.0]).unwrap_err();
+        assert!(matches!(err, ExecutorError::Invalid { .. }), "{err}");
+    }
+
+    #[test]
+    fn cuda_graphs_on_the_cpu_are_refused_by_name() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/models/tiny-sd15");
+        let config = OnnxConfig {
+            device: DeviceRequest::Cpu,
+            binding: Binding::CudaGraphs { max_shapes: 4 },
+            ..OnnxConfig::default()
+        };
+        let err = OnnxExecutor::load(&dir, &[Component::Unet], &config)
+            .err()
+            .expect("refused");
+        let msg = err.to_string();
+        assert!(msg.contains("CUDA graphs") && msg.contains("cpu"), "{msg}");
     }
 }

@@ -12,8 +12,12 @@ use half::f16;
 use ort::ep::{self, ExecutionProvider};
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{IoBinding, Session};
-use ort::value::{DynTensorValueType, DynValue, TensorElementType, ValueType};
+use ort::memory::Allocator;
+use ort::session::{IoBinding, RunOptions, Session, SessionInputValue};
+use ort::value::{
+    DynTensor, DynTensorValueType, DynValue, TensorElementType, TensorValueTypeMarker, Value,
+    ValueType,
+};
 
 use crate::device::{ArenaStrategy, ConvSearch, CudaOptions, Device, Placement, Provider};
 use crate::{OnnxConfig, OnnxError, Optimization};
@@ -33,6 +37,12 @@ pub(crate) struct ComponentSession {
     per_sample_timesteps: bool,
     /// Output names, in the graph's order.
     outputs: Vec<String>,
+    /// Element type of the first output.
+    output_type: TensorElementType,
+    /// Options of every run outside a captured CUDA graph. A session that
+    /// captures graphs would capture its default graph on a run without a
+    /// graph id, so there they name none (-1).
+    run_options: RunOptions,
 }
 
 /// OpenVINO on the CPU. The precision is always stated: OpenVINO's own default is
@@ -54,8 +64,9 @@ fn openvino(bf16: bool, threads: Option<usize>) -> ep::OpenVINO {
         )
 }
 
-/// The CUDA execution provider on GPU `index`, as `options` say.
-fn cuda(index: u32, options: &CudaOptions) -> ep::CUDA {
+/// The CUDA execution provider on GPU `index`, as `options` say, capturing
+/// CUDA graphs if `graphs`.
+fn cuda(index: u32, options: &CudaOptions, graphs: bool) -> ep::CUDA {
     let search = match options.conv_search {
         ConvSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
         ConvSearch::Heuristic => ep::cuda::ConvAlgorithmSearch::Heuristic,
@@ -70,7 +81,8 @@ fn cuda(index: u32, options: &CudaOptions) -> ep::CUDA {
         .with_conv_algorithm_search(search)
         .with_conv_max_workspace(options.conv_max_workspace)
         .with_arena_extend_strategy(arena)
-        .with_prefer_nhwc(options.prefer_nhwc);
+        .with_prefer_nhwc(options.prefer_nhwc)
+        .with_cuda_graph(graphs);
     match options.memory_limit {
         Some(bytes) => provider.with_memory_limit(usize::try_from(bytes).unwrap_or(usize::MAX)),
         None => provider,
@@ -92,6 +104,10 @@ impl ComponentSession {
             path: path.to_path_buf(),
             message,
         };
+        // Only the denoiser runs step after step at the same shapes.
+        let graphs = component.is_denoiser()
+            && matches!(config.binding, crate::Binding::CudaGraphs { .. })
+            && matches!(device.provider, Provider::Cuda(_));
         let env = crate::runtime::environment()
             .ok_or_else(|| load("ONNX Runtime is not loaded".into()))?;
         let level = match config.optimization {
@@ -130,7 +146,7 @@ impl ComponentSession {
         match device.provider {
             Provider::Cpu => {}
             Provider::Cuda(index) => {
-                cuda(index, &config.cuda)
+                cuda(index, &config.cuda, graphs)
                     .register(&mut builder)
                     .map_err(|e| {
                         load(format!("could not enable the CUDA execution provider: {e}"))
@@ -185,6 +201,17 @@ impl ComponentSession {
         if outputs.is_empty() {
             return Err(load("the graph declares no outputs".into()));
         }
+        let output_type = session
+            .outputs()
+            .first()
+            .and_then(|o| element_type(o.dtype()))
+            .unwrap_or(TensorElementType::Float32);
+        let mut run_options = RunOptions::new().map_err(|e| load(e.to_string()))?;
+        if graphs {
+            run_options
+                .set("gpu_graph_id", "-1")
+                .map_err(|e| load(e.to_string()))?;
+        }
         let this = Self {
             component,
             session: Mutex::new(session),
@@ -193,6 +220,8 @@ impl ComponentSession {
             timestep_rank,
             per_sample_timesteps,
             outputs,
+            output_type,
+            run_options,
         };
         this.check_signature(path)?;
         tracing::debug!(%component, inputs = ?this.inputs, outputs = ?this.outputs, "session ready");
@@ -312,7 +341,7 @@ impl ComponentSession {
 
     /// The denoiser's latent input: diffusers names it `sample` in UNets and
     /// `hidden_states` in DiTs.
-    fn latent_input(&self) -> &'static str {
+    pub(crate) fn latent_input(&self) -> &'static str {
         if self.component == Component::Transformer {
             "hidden_states"
         } else {
@@ -390,20 +419,19 @@ impl ComponentSession {
     }
 
     /// Runs the graph and returns the outputs named `wanted`, in that order.
-    fn run(
+    fn run<'v>(
         &self,
-        inputs: Vec<(&str, DynValue)>,
+        inputs: Vec<(&str, SessionInputValue<'v>)>,
         wanted: &[&str],
     ) -> Result<Vec<Tensor>, ExecutorError> {
         let mut session = self.lock()?;
-        let named: Vec<(
-            std::borrow::Cow<'_, str>,
-            ort::session::SessionInputValue<'_>,
-        )> = inputs
+        let named: Vec<(std::borrow::Cow<'_, str>, SessionInputValue<'v>)> = inputs
             .into_iter()
-            .map(|(n, v)| (std::borrow::Cow::Borrowed(n), v.into()))
+            .map(|(n, v)| (std::borrow::Cow::Borrowed(n), v))
             .collect();
-        let outputs = session.run(named).map_err(|e| self.err(e))?;
+        let outputs = session
+            .run_with_options(named, &self.run_options)
+            .map_err(|e| self.err(e))?;
         let mut out = Vec::with_capacity(wanted.len());
         for name in wanted {
             let value = outputs.get(name).ok_or_else(|| ExecutorError::BadOutput {
@@ -425,7 +453,10 @@ impl ComponentSession {
     }
 
     /// A host-memory float output as an f32 tensor.
-    fn host_tensor(&self, value: &DynValue) -> Result<Tensor, ExecutorError> {
+    fn host_tensor<T: TensorValueTypeMarker + ?Sized>(
+        &self,
+        value: &Value<T>,
+    ) -> Result<Tensor, ExecutorError> {
         let bad = |message: String| ExecutorError::BadOutput {
             component: self.component,
             message,
@@ -449,7 +480,7 @@ impl ComponentSession {
     }
 
     /// The first output (the only one the denoiser and VAE halves have).
-    fn run_one(&self, inputs: Vec<(&str, DynValue)>) -> Result<Tensor, ExecutorError> {
+    fn run_one(&self, inputs: Vec<(&str, SessionInputValue<'_>)>) -> Result<Tensor, ExecutorError> {
         let first = self.outputs[0].clone();
         let mut out = self.run(inputs, &[&first])?;
         out.pop().ok_or_else(|| ExecutorError::BadOutput {
@@ -511,7 +542,9 @@ impl ComponentSession {
             .find(|n| self.outputs.iter().any(|o| o == n));
         let mut wanted = vec![hidden.as_str()];
         wanted.extend(pooled);
-        let mut out = self.run(vec![("input_ids", value)], &wanted)?.into_iter();
+        let mut out = self
+            .run(vec![("input_ids", value.into())], &wanted)?
+            .into_iter();
         let hidden = out.next().ok_or_else(|| self.err("no hidden state"))?;
         Ok(TextEncoding {
             hidden,
@@ -527,13 +560,26 @@ impl ComponentSession {
         sample: &Tensor,
         timesteps: &[f32],
     ) -> Result<Tensor, ExecutorError> {
-        let mut inputs = self.conditioning_values(conditioning)?;
-        inputs.extend(self.step_values(sample, timesteps)?);
+        let inputs = self.conditioning_values(conditioning)?;
+        self.run_uncaptured(&inputs, self.step_values(sample, timesteps)?)
+    }
+
+    /// One denoiser evaluation from inputs already in the graph's dtypes.
+    pub(crate) fn run_uncaptured(
+        &self,
+        conditioning: &[(&'static str, DynValue)],
+        step: Vec<(&'static str, DynValue)>,
+    ) -> Result<Tensor, ExecutorError> {
+        let inputs = conditioning
+            .iter()
+            .map(|(n, v)| (*n, SessionInputValue::from(v)))
+            .chain(step.into_iter().map(|(n, v)| (n, v.into())))
+            .collect();
         self.run_one(inputs)
     }
 
     /// The denoiser's inputs that stay the same for a whole batch.
-    fn conditioning_values(
+    pub(crate) fn conditioning_values(
         &self,
         conditioning: &Conditioning,
     ) -> Result<Vec<(&'static str, DynValue)>, ExecutorError> {
@@ -578,7 +624,7 @@ impl ComponentSession {
     }
 
     /// The denoiser's inputs that change every step: latents and timesteps.
-    fn step_values(
+    pub(crate) fn step_values(
         &self,
         sample: &Tensor,
         timesteps: &[f32],
@@ -657,7 +703,9 @@ impl ComponentSession {
             binding.bind_input(name, &value).map_err(|e| self.err(e))?;
         }
         let mut session = self.lock()?;
-        let outputs = session.run_binding(binding).map_err(|e| self.err(e))?;
+        let outputs = session
+            .run_binding_with_options(binding, &self.run_options)
+            .map_err(|e| self.err(e))?;
         let name = self.outputs[0].as_str();
         let value = outputs.get(name).ok_or_else(|| ExecutorError::BadOutput {
             component: self.component,
@@ -673,6 +721,79 @@ impl ComponentSession {
             _ => "sample",
         };
         let value = self.float_value(name, x.shape(), x.data())?;
-        self.run_one(vec![(name, value)])
+        self.run_one(vec![(name, value.into())])
+    }
+
+    pub(crate) fn component(&self) -> Component {
+        self.component
+    }
+
+    pub(crate) fn output_name(&self) -> &str {
+        &self.outputs[0]
+    }
+
+    pub(crate) fn output_type(&self) -> TensorElementType {
+        self.output_type
+    }
+
+    pub(crate) fn create_binding(&self) -> Result<IoBinding, ExecutorError> {
+        self.lock()?.create_binding().map_err(|e| self.err(e))
+    }
+
+    /// An uninitialised tensor where `placement` says, from the session's
+    /// allocator for the GPU.
+    pub(crate) fn allocate(
+        &self,
+        placement: Placement,
+        dtype: TensorElementType,
+        shape: &[i64],
+    ) -> Result<DynTensor, ExecutorError> {
+        let shape = shape.to_vec();
+        let tensor = match placement {
+            Placement::Host => DynTensor::new(&Allocator::default(), dtype, shape),
+            Placement::Cuda(id) => {
+                let session = self.lock()?;
+                MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    id,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )
+                .and_then(|info| Allocator::new(&session, info))
+                .and_then(|alloc| DynTensor::new(&alloc, dtype, shape))
+            }
+        };
+        tensor.map_err(|e| self.err(format!("allocating a buffer: {e}")))
+    }
+
+    /// One run of a binding whose inputs and output stay put, under the
+    /// options that select its CUDA graph.
+    pub(crate) fn run_graph(
+        &self,
+        binding: &IoBinding,
+        options: &RunOptions,
+    ) -> Result<(), ExecutorError> {
+        let mut session = self.lock()?;
+        session
+            .run_binding_with_options(binding, options)
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// A buffer's contents as an f32 host tensor.
+    pub(crate) fn read_output(
+        &self,
+        buffer: &DynTensor,
+        placement: Placement,
+    ) -> Result<Tensor, ExecutorError> {
+        match placement {
+            Placement::Host => self.host_tensor(buffer),
+            Placement::Cuda(_) => {
+                let host = buffer
+                    .to(AllocationDevice::CPU, 0)
+                    .map_err(|e| self.err(format!("copying the output to the host: {e}")))?;
+                self.host_tensor(&host)
+            }
+        }
     }
 }

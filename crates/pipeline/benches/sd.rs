@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyaccel_executor::{Conditioning, Executor, Tensor, TokenIds};
-use anyaccel_executor_onnx::{DeviceRequest, OnnxConfig, OnnxExecutor, Optimization};
+use anyaccel_executor_onnx::{Binding, DeviceRequest, OnnxConfig, OnnxExecutor, Optimization};
 use anyaccel_pipeline::{Defaults, GenerationParams, Limits, Model, Outcome, Pipeline, Quiet};
 
 const TOKENS: usize = 77;
@@ -331,7 +331,10 @@ fn main() {
             .parse()
             .expect("ANYACCEL_BENCH_PRECISION"),
         preview_decoder: None,
-        io_binding: env_flag("ANYACCEL_BENCH_IO_BINDING", true),
+        binding: match env_flag("ANYACCEL_BENCH_IO_BINDING", true) {
+            true => Binding::Conditioning,
+            false => Binding::PerStep,
+        },
         cuda: Default::default(),
     };
     eprintln!(
@@ -393,7 +396,7 @@ fn main() {
                 "optimization": opt_name,
                 "memory_arena": config.memory_arena,
                 "memory_pattern": config.memory_pattern,
-                "io_binding": config.io_binding,
+                "io_binding": config.binding != Binding::PerStep,
                 "prepacking": config.prepacking,
                 "reps": reps,
             },
