@@ -70,9 +70,15 @@ def test_dry_run_times_every_engine_and_writes_the_table(dry_run):
     for level in ("b1", "turbo", "b4", "b8"):
         assert ours[level]["p50_s"] > 0 and ours[level]["images_per_s"] > 0, level
     assert ours["b1"]["memory"]["process_peak_bytes"] > 0
+    graphed = results["steps"]["anyaccel_timing"]["models"]["sd15_graphs"]
+    assert {"b1", "turbo"} <= set(graphed) and "b4" not in graphed
+    assert graphed["cuda_graphs"] is False  # the CPU has no CUDA graphs
+    assert graphed["b1"]["p50_s"] > 0 and graphed["turbo"]["p50_s"] > 0
     goals = {g["goal"]: g for g in results["goals"]}
     assert goals["SD 1.5 batch 1: diffusers + torch.compile time / anyaccel time"]["measured"] > 0
     assert all(g["dry_run"] for g in results["goals"])
+    assert len(goals) == len(results["goals"]), "goal names must be unique"
+    assert goals["SD 1.5 512x512, 50 steps, CFG, batch 1 with --cuda-graphs (off on the CPU): anyaccel latency"]["measured"] > 0
     md = (out / "gpu-check.md").read_text()
     for heading in ("## Steps", "## Checks", "## Timings", "## Goals"):
         assert heading in md
@@ -118,3 +124,4 @@ def test_goals_from_measurements():
     assert g["SD-Turbo-sized 512x512, 1 step, no CFG: anyaccel latency"]["met"] is False
     assert g["SDXL 1024x1024, 30 steps, CFG, batch 1: anyaccel latency"]["met"] is None
     assert g["SD 1.5 batch 1: anyaccel server's device memory"]["met"] is True
+    assert g["SD 1.5 512x512, 50 steps, CFG, batch 1 with --cuda-graphs: anyaccel latency"]["met"] is None
