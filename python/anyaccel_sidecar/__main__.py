@@ -26,6 +26,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--model", required=True, help="diffusers folder or Hub id (cpu/cuda); optimum-neuron compiled folder (neuron)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "neuron"])
     ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="torch backends only")
+    ap.add_argument(
+        "--compile", default="off", choices=["off", "default", "reduce-overhead", "max-autotune"],
+        help="torch only: torch.compile the denoiser in this mode (reduce-overhead: CUDA graphs); each input shape compiles on first use",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument(
         "--static-batch", type=int, default=None,
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    if not service.load(lambda: load(args.model, args.device, args.dtype, args.threads, static)):
+    if not service.load(lambda: load(args.model, args.device, args.dtype, args.threads, static, args.compile)):
         # let a Health poll see FAILED and its message before the socket goes away
         stopping.wait(1.0)
         server.stop(grace=None)

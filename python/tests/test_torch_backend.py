@@ -186,3 +186,23 @@ def test_unsupported_pipelines_are_refused_at_load(tmp_path, name, index, unet, 
         load(_variant(tmp_path, name, index, unet), "cpu")
     if "supported:" in str(e.value):
         assert "StableDiffusionXLPipeline" in str(e.value), "the message lists what is supported"
+
+
+def test_compiled_denoiser_equals_eager(backend):
+    # torch.compile on the CPU (Inductor's C++ codegen) stands in for the CUDA modes
+    # the GPU check times; the wrapped call must give the eager model's numbers.
+    compiled = load(str(TINY_DIFFUSERS), "cpu", threads=1, compile="default")
+    assert compiled.denoise is not compiled.denoiser_model
+    assert compiled.capabilities().runtime.endswith("/ torch.compile default")
+    rng = np.random.default_rng(3)
+    hidden = rng.standard_normal((2, 77, 32), dtype=np.float32)
+    sample = rng.standard_normal((2, 4, 8, 8), dtype=np.float32)
+    got = step(compiled, Conditioning(hidden), sample, [801.0, 11.0])
+    want = step(backend, Conditioning(hidden), sample, [801.0, 11.0])
+    assert not np.array_equal(got[0], got[1])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_unknown_compile_mode_is_a_load_error():
+    with pytest.raises(LoadError, match="unknown compile mode 'fast'; expected off, default, reduce-overhead, max-autotune"):
+        load(str(TINY_DIFFUSERS), "cpu", compile="fast")

@@ -8,7 +8,7 @@ use anyaccel_executor_onnx::{
     ArenaStrategy, Binding, ConvSearch, CpuPrecision, CudaOptions, DeviceRequest, OnnxConfig, OnnxExecutor,
     Optimization,
 };
-use anyaccel_executor_remote::{RemoteConfig, RemoteExecutor, SidecarDevice};
+use anyaccel_executor_remote::{RemoteConfig, RemoteExecutor, SidecarDevice, TorchCompile};
 use anyaccel_pipeline::images::{self, OutputFormat};
 use anyaccel_pipeline::memory::{self, MemoryBudget};
 use anyaccel_pipeline::{Defaults, GenerationParams, Limits, MicroParams, Model, Pipeline};
@@ -138,7 +138,7 @@ impl CudaArgs {
     fn binding(&self) -> anyhow::Result<Binding> {
         match (self.io_binding, self.cuda_graphs) {
             (false, 0) => Ok(Binding::PerStep),
-            (false, _) => anyhow::bail!(
+            (false, _) => bail!(
                 "--cuda-graphs needs --io-binding true: a captured graph reads its inputs from bound buffers"
             ),
             (true, 0) => Ok(Binding::Conditioning),
@@ -188,6 +188,15 @@ pub struct ModelArgs {
     /// Python of the sidecar's environment (remote executor).
     #[arg(long, default_value = ".venv/bin/python", env = "ANYACCEL_PYTHON")]
     pub python: PathBuf,
+    /// The torch sidecar's precision (remote executor): fp32, fp16 or bf16;
+    /// default fp16 on CUDA, fp32 on the CPU.
+    #[arg(long, value_parser = ["fp32", "fp16", "bf16"], env = "ANYACCEL_SIDECAR_DTYPE")]
+    pub sidecar_dtype: Option<String>,
+    /// torch.compile the torch sidecar's denoiser (remote executor): off,
+    /// default, reduce-overhead (CUDA graphs) or max-autotune. Each size and
+    /// batch compiles on its first call; the warm-up pays it for --sizes.
+    #[arg(long, default_value = "off", env = "ANYACCEL_SIDECAR_COMPILE")]
+    pub sidecar_compile: TorchCompile,
     /// Threads per operator (default: all cores).
     #[arg(long, env = "ANYACCEL_THREADS")]
     pub threads: Option<usize>,
@@ -333,6 +342,11 @@ impl ModelArgs {
         let limits = plan.limits;
         let executor: Arc<dyn Executor> = match self.executor {
             ExecutorKind::Onnx => {
+                if self.sidecar_dtype.is_some() || self.sidecar_compile != TorchCompile::Off {
+                    bail!(
+                        "--sidecar-dtype and --sidecar-compile need --executor remote (they set the torch sidecar)"
+                    );
+                }
                 let device = self.device.onnx().map_err(anyhow::Error::msg)?;
                 let config = OnnxConfig {
                     device,
@@ -372,6 +386,8 @@ impl ModelArgs {
                         .push(("CUDA_VISIBLE_DEVICES".into(), index.to_string()));
                 }
                 config.threads = self.threads;
+                config.dtype = self.sidecar_dtype.clone();
+                config.compile = self.sidecar_compile;
                 // From a checkout, the sidecar package is the repo's python/ folder.
                 let local = PathBuf::from("python");
                 if local.join("anyaccel_sidecar").is_dir() {

@@ -131,6 +131,14 @@ fn bad_input_names_the_flag() {
             &["--cuda-graphs", "4", "--device", "cpu"],
             "CUDA graphs need the CUDA execution provider, and this executor runs on cpu",
         ),
+        (
+            &["--sidecar-compile", "reduce-overhead"],
+            "--sidecar-dtype and --sidecar-compile need --executor remote",
+        ),
+        (
+            &["--sidecar-compile", "fast", "--executor", "remote"],
+            "unknown torch.compile mode `fast`; expected off, default, reduce-overhead or max-autotune",
+        ),
     ];
     for (extra, expected) in cases {
         let mut args = vec![

@@ -64,6 +64,61 @@ impl FromStr for SidecarDevice {
     }
 }
 
+/// `torch.compile` for a torch sidecar's denoiser. Each mode compiles once per
+/// input shape, on the first call at it (the server's warm-up, for its sizes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TorchCompile {
+    /// Eager PyTorch.
+    #[default]
+    Off,
+    /// Inductor's kernels.
+    Default,
+    /// Inductor plus CUDA graph replay (what small batches gain most from).
+    ReduceOverhead,
+    /// Inductor with autotuned matmuls and convolutions (the longest compile).
+    MaxAutotune,
+}
+
+impl TorchCompile {
+    pub const ALL: [TorchCompile; 4] = [
+        TorchCompile::Off,
+        TorchCompile::Default,
+        TorchCompile::ReduceOverhead,
+        TorchCompile::MaxAutotune,
+    ];
+
+    /// The sidecar's `--compile` spelling (torch.compile's mode names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TorchCompile::Off => "off",
+            TorchCompile::Default => "default",
+            TorchCompile::ReduceOverhead => "reduce-overhead",
+            TorchCompile::MaxAutotune => "max-autotune",
+        }
+    }
+}
+
+impl fmt::Display for TorchCompile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TorchCompile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown torch.compile mode `{s}`; expected {}",
+                    list_choices(Self::ALL.map(Self::as_str))
+                )
+            })
+    }
+}
+
 /// Restart delays: `initial`, doubling per consecutive failure up to `max`. A
 /// sidecar that served for at least `reset_after` starts the count again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +162,8 @@ pub struct RemoteConfig {
     pub dtype: Option<String>,
     /// torch intra-op threads; `None` leaves torch's default.
     pub threads: Option<usize>,
+    /// torch backends only; a Neuron sidecar refuses anything but `Off`.
+    pub compile: TorchCompile,
     /// Unix socket path; `None` picks one in the temp dir.
     pub socket: Option<PathBuf>,
     /// How long a start may take until the model is served (Neuron loads take minutes).
@@ -137,6 +194,7 @@ impl RemoteConfig {
             device: SidecarDevice::Auto,
             dtype: None,
             threads: None,
+            compile: TorchCompile::Off,
             socket: None,
             startup_timeout: Duration::from_secs(900),
             health_interval: Duration::from_secs(5),

@@ -48,7 +48,7 @@ use anyaccel_executor::{
 };
 use tokio::sync::oneshot;
 
-pub use config::{Backoff, RemoteConfig, SidecarDevice};
+pub use config::{Backoff, RemoteConfig, SidecarDevice, TorchCompile};
 
 use batching::Chunk;
 use supervisor::{Client, Shared};

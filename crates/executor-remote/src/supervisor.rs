@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::RemoteError;
-use crate::config::RemoteConfig;
+use crate::config::{RemoteConfig, TorchCompile};
 use crate::proto::sidecar_client::SidecarClient;
 use crate::proto::{CapabilitiesRequest, CapabilitiesResponse, HealthRequest, health_response};
 
@@ -310,6 +310,9 @@ fn command(cfg: &RemoteConfig, socket: &Path) -> Command {
     }
     if let Some(n) = cfg.threads {
         cmd.arg("--threads").arg(n.to_string());
+    }
+    if cfg.compile != TorchCompile::Off {
+        cmd.arg("--compile").arg(cfg.compile.as_str());
     }
     cmd.args(&cfg.extra_args);
     if let Some(p) = &cfg.python_path {

@@ -16,6 +16,7 @@ mod common;
 use std::path::Path;
 
 use anyaccel_executor::{Component, Executor, Shapes, TimestepInput};
+use anyaccel_executor_remote::TorchCompile;
 use anyaccel_pipeline::request::MicroParams;
 use anyaccel_pipeline::{GenerationParams, Pipeline};
 use common::*;
@@ -209,6 +210,28 @@ fn sdxl_images_match_the_onnx_executor() {
         &tiny_sdxl_onnx(),
         10,
     );
+}
+
+/// `--sidecar-compile`: the sidecar wraps its UNet in torch.compile (Inductor's
+/// C++ kernels on the CPU; the CUDA modes are timed by the GPU check) and
+/// draws the eager sidecar's images.
+#[test]
+fn a_compiled_denoiser_draws_the_eager_images() {
+    let mut cfg = remote_config();
+    cfg.compile = TorchCompile::Default;
+    let compiled = spawn(cfg);
+    assert!(
+        compiled.runtime_info().ends_with("/ torch.compile default"),
+        "{}",
+        compiled.runtime_info()
+    );
+    let eager = spawn(remote_config());
+    let p = params("a lighthouse at dusk", 5, 1, 3, "euler");
+    let a = generate(&pipeline(compiled.clone()), &p);
+    let b = generate(&pipeline(eager.clone()), &p);
+    let (max, mean) = diff(&a[0], &b[0]);
+    println!("compiled vs eager sidecar: max {max} mean {mean:.4}");
+    assert!(max <= 1 && mean < 0.01, "max {max}, mean {mean}");
 }
 
 /// A torch sidecar told to behave like a Neuron model compiled for batch 2 at

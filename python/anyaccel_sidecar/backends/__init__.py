@@ -35,9 +35,11 @@ def load(
     dtype: str = "auto",
     threads: int | None = None,
     static: tuple[int, int, int] | None = None,
+    compile: str = "off",
 ) -> Backend:
     """Loads `model` for `device` (cpu, cuda, neuron or auto). `static` = (batch,
-    width, height) makes a torch backend enforce fixed shapes like a Neuron model."""
+    width, height) makes a torch backend enforce fixed shapes like a Neuron model;
+    `compile` is a torch.compile mode for a torch backend's denoiser."""
     device = resolve_device(device)
     layout = _layout(model)
     if layout == "onnx":
@@ -58,6 +60,8 @@ def load(
             )
         if static is not None:
             raise LoadError("--static-batch/--static-size emulate Neuron on torch; a Neuron model has its own shapes")
+        if compile != "off":
+            raise LoadError("--compile is for the torch backends; a Neuron model is compiled ahead of time")
         from .neuron_backend import NeuronBackend
 
         return NeuronBackend(model)
@@ -67,7 +71,7 @@ def load(
         raise LoadError(f"{model} holds Neuron-compiled components (*.neuron); run it with --device neuron")
     from .torch_backend import TorchBackend
 
-    return TorchBackend(model, device=device, dtype=dtype, threads=threads, static=static)
+    return TorchBackend(model, device=device, dtype=dtype, threads=threads, static=static, compile=compile)
 
 
 def _layout(model: str) -> str:

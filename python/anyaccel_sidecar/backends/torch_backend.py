@@ -25,6 +25,10 @@ from .base import Backend, Capabilities, Conditioning, Prepared, TextEncoding, c
 log = logging.getLogger("anyaccel_sidecar.torch")
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# --compile: torch.compile's modes for the denoiser (the model's one hot loop).
+# reduce-overhead replays CUDA graphs; every mode compiles once per input shape,
+# paid by the first call at that shape (the server's warm-up, for its sizes).
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 # T5 has relative positions (no fixed length); diffusers' SD3 and Flux pipelines refuse
 # max_sequence_length above 512, so that is the most this backend takes
 T5_MAX_TOKENS = 512
@@ -38,6 +42,7 @@ class TorchBackend(Backend):
         dtype: str = "auto",
         threads: int | None = None,
         static: tuple[int, int, int] | None = None,
+        compile: str = "off",
     ):
         super().__init__()
         import torch
@@ -55,6 +60,8 @@ class TorchBackend(Backend):
             dtype = "fp16" if device == "cuda" else "fp32"
         if dtype not in DTYPES:
             raise LoadError(f"unknown dtype {dtype!r}; expected fp32, fp16 or bf16")
+        if compile not in COMPILE_MODES:
+            raise LoadError(f"unknown compile mode {compile!r}; expected {', '.join(COMPILE_MODES)}")
         self.torch = torch
         self.device = torch.device(device)
         self.dtype_name = dtype
@@ -90,6 +97,7 @@ class TorchBackend(Backend):
             self.vae.to(torch.float32)
         for m in (*self.text_encoders.values(), self.denoiser_model, self.vae):
             m.to(self.device).eval().requires_grad_(False)
+        self.denoise = self._compiled(compile) if compile != "off" else self.denoiser_model
         self.scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.text_lens = {name: _max_tokens(m) for name, m in self.text_encoders.items()}
         self.max_text_len = self.text_lens["text_encoder"]
@@ -110,7 +118,8 @@ class TorchBackend(Backend):
                 torch.cuda.get_device_properties(self.device).total_memory if device == "cuda" else host_memory()
             ),
             vae_encoder=True,
-            runtime=f"torch {torch.__version__} / diffusers {diffusers.__version__} / transformers {transformers.__version__}",
+            runtime=f"torch {torch.__version__} / diffusers {diffusers.__version__} / transformers {transformers.__version__}"
+            + ("" if compile == "off" else f" / torch.compile {compile}"),
             model=model,
             max_text_len=self.max_text_len,
             # diffusers' UNets and transformers embed a [batch] timestep tensor row by row
@@ -141,6 +150,18 @@ class TorchBackend(Backend):
             dtype,
             f", static {static}" if static else "",
         )
+        if compile != "off":
+            log.info("denoiser wrapped in torch.compile (mode %s): each new input shape compiles on its first call", compile)
+
+    def _compiled(self, mode: str):
+        torch = self.torch
+        if not self.family.transformer and self.device.type == "cuda":
+            # cuDNN's fastest convolutions on tensor cores are NHWC
+            self.denoiser_model.to(memory_format=torch.channels_last)
+        # One compile per (rows, size, prompt length) the server sees; past dynamo's
+        # limit it would run eagerly (correct, slow), so allow a server's worth.
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        return torch.compile(self.denoiser_model, mode=None if mode == "default" else mode)
 
     def _check(self, component: str, batch: int, pixels: tuple[int, int] | None = None) -> None:
         want = self.batches.get(component)
@@ -230,7 +251,7 @@ class TorchBackend(Backend):
             t = self.torch.from_numpy(np.ascontiguousarray(timesteps, dtype=np.float32)).to(self.device)
             x = self._in(sample)
             if self.family.name == "sd3":
-                out = self.denoiser_model(
+                out = self.denoise(
                     hidden_states=x,
                     encoder_hidden_states=state.encoder_hidden_states,
                     pooled_projections=state.pooled,
@@ -239,7 +260,7 @@ class TorchBackend(Backend):
                 )[0]
             elif self.family.packed:
                 extra = {"guidance": state.guidance} if self.guidance_embeds else {}
-                out = self.denoiser_model(
+                out = self.denoise(
                     hidden_states=x,
                     encoder_hidden_states=state.encoder_hidden_states,
                     pooled_projections=state.pooled,
@@ -253,7 +274,7 @@ class TorchBackend(Backend):
                 extra = {}
                 if self.family.sdxl:
                     extra["added_cond_kwargs"] = {"text_embeds": state.pooled, "time_ids": state.time_ids}
-                out = self.denoiser_model(
+                out = self.denoise(
                     x, t, encoder_hidden_states=state.encoder_hidden_states, return_dict=False, **extra
                 )[0]
             return self._out(out)
