@@ -466,8 +466,38 @@ class Check:
                 entry["reference_error"] = ref.get("error", "no reference")
                 self.check("images", f"{name}: diffusers reference", False, entry["reference_error"], "made")
             cmp[name] = entry
+        for name in ("tiny-sd15", "tiny-sdxl"):
+            cmp[name]["sidecar"] = self.sidecar_image(name, cases, refs)
         return {"reference": {k: refs.get(k) for k in ("device", "dtype", "vae_dtype", "torch")},
                 "cases": cmp}
+
+    def sidecar_image(self, name: str, cases: list, refs: dict) -> dict:
+        """The torch sidecar (`--executor remote`) on the diffusers weights, the GPU
+        fallback: its image against the same diffusers reference. Its VAE decodes in
+        the model's dtype (fp16 for SD 1.5 on CUDA, SDXL upcasts), the reference in fp32."""
+        import numpy as np
+        from PIL import Image
+
+        case = next(c for c in cases if c["name"] == name)
+        gen_dir = self.work / "sidecar-images" / name
+        shutil.rmtree(gen_dir, ignore_errors=True)
+        self.run(f"sidecar-{name}", [
+            self.bin, "generate", "--executor", "remote", "--python", self.python, "--model", case["model"],
+            "--device", self.plan.device, "--prompt", case["prompt"], "--steps", case["steps"],
+            "--guidance", case["guidance"], "--seed", case["seed"], "--size", "64x64", "--scheduler", "euler",
+            "--c2pa", "off", "--out", gen_dir], timeout=min(150, self.cap("images")))
+        pngs = sorted(gen_dir.glob("*.png"))
+        if not pngs:
+            raise StepError(f"the torch sidecar wrote no image for {name}")
+        ours = np.asarray(Image.open(pngs[0]).convert("RGB")).astype(np.int16)
+        entry = {"png": str(pngs[0])}
+        ref = refs["cases"].get(name, {})
+        if ref.get("ok"):
+            theirs = np.asarray(Image.open(ref["png"]).convert("RGB")).astype(np.int16)
+            entry.update(compare(ours, theirs))
+            self.check("images", f"{name}: max |torch sidecar - diffusers| pixel", entry["max_abs"] <= TOLERANCE,
+                       entry["max_abs"], f"<= {TOLERANCE}", f"mean {entry['mean_abs']:.3f}")
+        return entry
 
     # torch timing ----------------------------------------------------------
 

@@ -58,6 +58,9 @@ def test_dry_run_compares_images_within_tolerance(dry_run):
     for model in cases:
         assert f"{model}: max |anyaccel - diffusers| pixel" in names
         assert f"{model}: anyaccel image not black/flat" in names
+    for model in ("tiny-sd15", "tiny-sdxl"):
+        assert f"{model}: max |torch sidecar - diffusers| pixel" in names
+        assert cases[model]["sidecar"]["max_abs"] <= check.TOLERANCE
     assert all(c["ok"] for c in results["checks"])
 
 
