@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyaccel_executor::Executor;
 use anyaccel_executor_onnx::{
-    ArenaStrategy, Binding, ConvSearch, CpuPrecision, CudaOptions, DeviceRequest, OnnxConfig, OnnxExecutor,
-    Optimization,
+    ArenaStrategy, Binding, ConvSearch, CpuPrecision, CudaOptions, DeviceRequest, OnnxConfig,
+    OnnxExecutor, Optimization,
 };
 use anyaccel_executor_remote::{RemoteConfig, RemoteExecutor, SidecarDevice, TorchCompile};
 use anyaccel_pipeline::images::{self, OutputFormat};
@@ -129,7 +129,12 @@ pub struct CudaArgs {
     /// Capture the denoiser's step as a CUDA graph for up to N input shapes
     /// (rows × size × prompt length) and replay it; 0 (the default) captures
     /// none. Each captured shape keeps its activation memory.
-    #[arg(long, default_value_t = 0, env = "ANYACCEL_CUDA_GRAPHS", value_name = "N")]
+    #[arg(
+        long,
+        default_value_t = 0,
+        env = "ANYACCEL_CUDA_GRAPHS",
+        value_name = "N"
+    )]
     pub cuda_graphs: usize,
 }
 

@@ -110,10 +110,13 @@ impl GraphPool {
         let mut inputs = Vec::with_capacity(values.len());
         for entry in values {
             let (name, value) = (entry.0, &entry.1);
-            let dtype = value.dtype().tensor_type().ok_or_else(|| ExecutorError::Run {
-                component: denoiser.component(),
-                message: format!("`{name}` is not a tensor"),
-            })?;
+            let dtype = value
+                .dtype()
+                .tensor_type()
+                .ok_or_else(|| ExecutorError::Run {
+                    component: denoiser.component(),
+                    message: format!("`{name}` is not a tensor"),
+                })?;
             let shape: Vec<i64> = value
                 .dtype()
                 .tensor_shape()
@@ -256,8 +259,7 @@ impl DenoiseSession for GraphedSession<'_> {
             slot.holder = Some(self.ticket);
         }
         upload(self.denoiser, &step, latents)?;
-        self.denoiser
-            .run_graph(&slot.binding, &slot.run_options)?;
+        self.denoiser.run_graph(&slot.binding, &slot.run_options)?;
         self.denoiser.read_output(&slot.output, self.pool.placement)
     }
 }

@@ -10,9 +10,9 @@ mod bound;
 #[cfg(target_os = "linux")]
 mod cuda_libs;
 mod device;
-mod graphed;
 #[cfg(target_os = "linux")]
 mod gpu_memory;
+mod graphed;
 #[cfg(not(target_os = "linux"))]
 mod gpu_memory {
     pub(crate) struct GpuMemory {
@@ -33,8 +33,8 @@ use std::str::FromStr;
 use std::collections::BTreeMap;
 
 use anyaccel_executor::{
-    Capabilities, Component, Conditioning, DenoiseSession, DeviceKind, DeviceMemory, Dtype, Executor,
-    ExecutorError, HiddenLayer, HostSession, Shapes, Tensor, TextEncoding, TokenIds,
+    Capabilities, Component, Conditioning, DenoiseSession, DeviceKind, DeviceMemory, Dtype,
+    Executor, ExecutorError, HiddenLayer, HostSession, Shapes, Tensor, TextEncoding, TokenIds,
 };
 
 pub use device::{
@@ -514,7 +514,10 @@ mod tests {
     fn bound_conditioning_gives_the_outputs_of_handing_it_over_per_step() {
         let exec = tiny_sd15();
         assert!(
-            matches!(exec.denoise_path, DenoisePath::Bound(device::Placement::Host)),
+            matches!(
+                exec.denoise_path,
+                DenoisePath::Bound(device::Placement::Host)
+            ),
             "binding is the default"
         );
         let ids = TokenIds {
@@ -596,12 +599,24 @@ mod tests {
             let x = wave(vec![2, 4, 8, 8], step as f32);
             let got_a = a.step(&x, &[t, t]).unwrap();
             let got_b = b.step(&x, &[t, t]).unwrap();
-            assert_eq!(got_a.data(), host_a.step(&x, &[t, t]).unwrap().data(), "a, step {step}");
-            assert_eq!(got_b.data(), host_b.step(&x, &[t, t]).unwrap().data(), "b, step {step}");
+            assert_eq!(
+                got_a.data(),
+                host_a.step(&x, &[t, t]).unwrap().data(),
+                "a, step {step}"
+            );
+            assert_eq!(
+                got_b.data(),
+                host_b.step(&x, &[t, t]).unwrap().data(),
+                "b, step {step}"
+            );
             assert_ne!(got_a.data(), got_b.data(), "the prompts differ");
             let addresses = pool.addresses();
             assert_eq!(addresses.len(), 1, "one shape, one set of buffers");
-            assert_eq!(*first.get_or_insert(addresses.clone()), addresses, "step {step}");
+            assert_eq!(
+                *first.get_or_insert(addresses.clone()),
+                addresses,
+                "step {step}"
+            );
         }
         // A row leaves: a second shape gets its own buffers.
         a.select(&[1]).unwrap();
@@ -618,10 +633,17 @@ mod tests {
         let mut c = graphed::GraphedSession::new(&exec.denoiser, &pool, cc).unwrap();
         let x = wave(vec![3, 4, 8, 8], 4.0);
         let t = [201.0; 3];
-        assert_eq!(c.step(&x, &t).unwrap().data(), host_c.step(&x, &t).unwrap().data());
+        assert_eq!(
+            c.step(&x, &t).unwrap().data(),
+            host_c.step(&x, &t).unwrap().data()
+        );
         let addresses = pool.addresses();
         assert_eq!(addresses.len(), 2, "the cap holds");
-        assert_eq!(addresses[0], first.unwrap()[0], "the first shape's buffers never moved");
+        assert_eq!(
+            addresses[0],
+            first.unwrap()[0],
+            "the first shape's buffers never moved"
+        );
         // Back to the first shape after other sessions wrote there.
         let x = wave(vec![2, 4, 8, 8], 6.0);
         assert_eq!(

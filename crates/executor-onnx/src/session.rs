@@ -10,9 +10,9 @@ use anyaccel_executor::{
 };
 use half::f16;
 use ort::ep::{self, ExecutionProvider};
+use ort::memory::Allocator;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::memory::Allocator;
 use ort::session::{IoBinding, RunOptions, Session, SessionInputValue};
 use ort::value::{
     DynTensor, DynTensorValueType, DynValue, TensorElementType, TensorValueTypeMarker, Value,
