@@ -77,15 +77,20 @@ def test_dry_run_times_every_engine_and_writes_the_table(dry_run):
     assert {"b1", "turbo"} <= set(graphed) and "b4" not in graphed
     assert graphed["cuda_graphs"] is False  # the CPU has no CUDA graphs
     assert graphed["b1"]["p50_s"] > 0 and graphed["turbo"]["p50_s"] > 0
+    sidecar = results["steps"]["anyaccel_timing"]["models"]["sd15_sidecar"]
+    assert "--executor remote" in sidecar["server_argv"] and "tiny-sd15-diffusers" in sidecar["server_argv"]
+    assert sidecar["b1"]["p50_s"] > 0 and sidecar["turbo"]["p50_s"] > 0 and "b4" not in sidecar
     goals = {g["goal"]: g for g in results["goals"]}
     assert goals["SD 1.5 batch 1: diffusers + torch.compile time / anyaccel time"]["measured"] > 0
     assert all(g["dry_run"] for g in results["goals"])
     assert len(goals) == len(results["goals"]), "goal names must be unique"
     assert goals["SD 1.5 512x512, 50 steps, CFG, batch 1 with --cuda-graphs (off on the CPU): anyaccel latency"]["measured"] > 0
+    assert goals["SD 1.5 batch 1: torch sidecar (eager) time / anyaccel ONNX time"]["measured"] > 0
     md = (out / "gpu-check.md").read_text()
     for heading in ("## Steps", "## Checks", "## Timings", "## Goals"):
         assert heading in md
     assert "| anyaccel serve + bench | sd15 | b1" in md
+    assert "| anyaccel serve + bench (torch sidecar) | sd15_sidecar | b1" in md
     assert (out / "gpu-check.log").stat().st_size > 0
     assert (out / "gpu-check-images.png").is_file()
 
@@ -128,3 +133,13 @@ def test_goals_from_measurements():
     assert g["SDXL 1024x1024, 30 steps, CFG, batch 1: anyaccel latency"]["met"] is None
     assert g["SD 1.5 batch 1: anyaccel server's device memory"]["met"] is True
     assert g["SD 1.5 512x512, 50 steps, CFG, batch 1 with --cuda-graphs: anyaccel latency"]["met"] is None
+
+
+def test_extra_servers_that_failed_or_were_skipped_are_in_the_table():
+    results = {"mode": "gpu", "started_at": "now", "budget_s": 540, "big_models": ["sd15"], "checks": [], "goals": [],
+               "failed_steps": [], "steps": {"anyaccel_timing": {"status": "ok", "seconds": 1.0, "models": {
+                   "sd15_graphs": {"variant": "graphs", "failed": "session creation: not all nodes on CUDA"},
+                   "sd15_sidecar": {"skipped": "90 s left, under 180 s"}}}}}
+    md = check.markdown(results)
+    assert "| sd15_graphs | failed: session creation: not all nodes on CUDA |" in md
+    assert "| sd15_sidecar | skipped: 90 s left, under 180 s |" in md
