@@ -78,6 +78,7 @@ impl Fake {
                 vae_encoder: true,
                 preview_decoder: false,
                 timestep: TimestepInput::PerSample,
+                runtime: "test".into(),
             },
             gate: Gate {
                 permits: Mutex::new(None),

@@ -72,6 +72,10 @@ impl GraphPool {
         }
     }
 
+    pub(crate) fn max_shapes(&self) -> usize {
+        self.max_shapes
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Slots>, ExecutorError> {
         self.slots.lock().map_err(|_| {
             ExecutorError::Unavailable("the CUDA graph buffers were poisoned by a panic".into())

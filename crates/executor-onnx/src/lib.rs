@@ -180,6 +180,19 @@ enum DenoisePath {
     Graphed(graphed::GraphPool),
 }
 
+impl DenoisePath {
+    fn describe(&self) -> String {
+        match self {
+            DenoisePath::PerStep => "denoiser inputs handed over every step".into(),
+            DenoisePath::Bound(_) => "conditioning bound once per batch".into(),
+            DenoisePath::Graphed(pool) => format!(
+                "conditioning bound once per batch; CUDA graphs for up to {} input shapes",
+                pool.max_shapes()
+            ),
+        }
+    }
+}
+
 /// A tiny decoder with a VAE decoder's interface (`latent_sample` in,
 /// `sample` in `[-1, 1]` out) and the latent scaling of its `config.json`.
 struct PreviewDecoder {
@@ -278,6 +291,11 @@ impl OnnxExecutor {
             vae_encoder: vae_encoder.is_some(),
             preview_decoder: preview_decoder.is_some(),
             timestep: denoiser.timestep_input(),
+            runtime: format!(
+                "onnxruntime on {}; {}",
+                device.kind(),
+                denoise_path.describe()
+            ),
         };
         tracing::info!(
             device = %capabilities.device,

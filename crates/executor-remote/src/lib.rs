@@ -755,6 +755,7 @@ fn convert_capabilities(c: &proto::CapabilitiesResponse) -> Result<Converted, Re
         } else {
             TimestepInput::Scalar
         },
+        runtime: format!("python sidecar: {}", c.runtime),
     };
     Ok(Converted {
         capabilities,

@@ -225,6 +225,10 @@ fn a_compiled_denoiser_draws_the_eager_images() {
         "{}",
         compiled.runtime_info()
     );
+    assert_eq!(
+        compiled.capabilities().runtime,
+        format!("python sidecar: {}", compiled.runtime_info())
+    );
     let eager = spawn(remote_config());
     let p = params("a lighthouse at dusk", 5, 1, 3, "euler");
     let a = generate(&pipeline(compiled.clone()), &p);

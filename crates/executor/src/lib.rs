@@ -211,6 +211,10 @@ pub struct Capabilities {
     /// Whether a tiny preview decoder is loaded ([`Executor::preview_decode`]).
     pub preview_decoder: bool,
     pub timestep: TimestepInput,
+    /// How the model runs, for operators (`/info`): the runtime and the
+    /// settings that change speed, e.g. `onnxruntime on cuda; CUDA graphs for
+    /// up to 4 input shapes`.
+    pub runtime: String,
 }
 
 /// An accelerator's memory now (all processes' use, as its driver counts it).

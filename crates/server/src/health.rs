@@ -137,6 +137,10 @@ pub struct Info {
     /// The diffusers pipeline class of the model folder.
     pub pipeline_class: String,
     pub executor: String,
+    /// How the model runs: the runtime and the settings that change speed
+    /// (I/O binding, CUDA graphs; the sidecar's torch, diffusers and
+    /// torch.compile mode).
+    pub runtime: String,
     /// cpu, cuda or neuron.
     pub accelerator: String,
     pub device: String,
@@ -224,6 +228,7 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
         .to_string(),
         pipeline_class: m.class_name.clone(),
         executor: caps.executor.to_string(),
+        runtime: caps.runtime.clone(),
         accelerator: caps.device.to_string(),
         device: caps.device_name.clone(),
         dtype: caps.dtype.to_string(),

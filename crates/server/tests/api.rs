@@ -309,6 +309,10 @@ fn health_info_metrics_and_docs() {
     let (_, info) = s.get("/info");
     assert_eq!(info["sizes"], json!(["64x64", "128x128"]));
     assert_eq!(info["executor"], "onnx");
+    assert_eq!(
+        info["runtime"], "onnxruntime on cpu; conditioning bound once per batch",
+        "the default binding, as /info tells operators"
+    );
     assert_eq!(info["dtype"], "fp32");
     assert_eq!(info["limits"]["max_batch_images"], 4);
     s.post_json(
