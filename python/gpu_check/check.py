@@ -630,6 +630,11 @@ class Check:
             t = time.time()
             wait_ready(url, proc, timeout=min(300, self.cap("anyaccel_timing")))
             result["load_s"] = round(time.time() - t, 2)
+            with urllib.request.urlopen(url + "/info", timeout=10) as r:
+                info = json.loads(r.read())
+            # what the server says it runs (binding mode, CUDA graphs, the sidecar's torch.compile)
+            result["runtime"] = info.get("runtime")
+            result["device_memory_after_warmup"] = info.get("device_memory")
             sampler.start(proc.pid)
             levels = [("b1", 1, steps, 7.5)]
             if big == "sd15":
@@ -989,6 +994,10 @@ def markdown(r: dict) -> str:
             lines.append(f"| {engine} | {big} | {case} ({c['steps']} steps, n={c['images']}) | "
                          f"{_fmt(c['p50_s'])} (server {_fmt(c['server_inference_p50_s'])}) | {_fmt(c['images_per_s'])} | "
                          f"{_fmt(None if mem is None else round(mem / 1e9, 3), 'GB')} |")
+    servers = [(big, m["runtime"]) for big, m in (_get(r, "steps", "anyaccel_timing", "models") or {}).items()
+               if m.get("runtime")]
+    if servers:
+        lines += ["", "Each anyaccel server's `/info` `runtime`:", ""] + [f"- {big}: {rt}" for big, rt in servers]
     lines += ["", "## Goals" + (" (dry run: CPU numbers, not the goals' hardware)" if r["mode"] != "gpu" else ""), "",
               "| goal | measured | target | met |", "|---|---:|---|---|"]
     for g in r["goals"]:

@@ -78,6 +78,8 @@ def test_dry_run_times_every_engine_and_writes_the_table(dry_run):
     assert graphed["cuda_graphs"] is False  # the CPU has no CUDA graphs
     assert graphed["b1"]["p50_s"] > 0 and graphed["turbo"]["p50_s"] > 0
     sidecar = results["steps"]["anyaccel_timing"]["models"]["sd15_sidecar"]
+    assert ours["runtime"] == "onnxruntime on cpu; conditioning bound once per batch"
+    assert sidecar["runtime"].startswith("python sidecar: torch ")
     assert "--executor remote" in sidecar["server_argv"] and "tiny-sd15-diffusers" in sidecar["server_argv"]
     assert sidecar["b1"]["p50_s"] > 0 and sidecar["turbo"]["p50_s"] > 0 and "b4" not in sidecar
     goals = {g["goal"]: g for g in results["goals"]}
@@ -91,6 +93,7 @@ def test_dry_run_times_every_engine_and_writes_the_table(dry_run):
         assert heading in md
     assert "| anyaccel serve + bench | sd15 | b1" in md
     assert "| anyaccel serve + bench (torch sidecar) | sd15_sidecar | b1" in md
+    assert "- sd15: onnxruntime on cpu; conditioning bound once per batch" in md
     assert (out / "gpu-check.log").stat().st_size > 0
     assert (out / "gpu-check-images.png").is_file()
 
