@@ -201,6 +201,12 @@ def test_compiled_denoiser_equals_eager(backend):
     want = step(backend, Conditioning(hidden), sample, [801.0, 11.0])
     assert not np.array_equal(got[0], got[1])
     np.testing.assert_allclose(got, want, atol=1e-4)
+    # the gRPC server calls from any of its threads; the compiled code runs on its own one
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as other:
+        again = other.submit(step, compiled, Conditioning(hidden), sample, [801.0, 11.0]).result()
+    np.testing.assert_array_equal(again, got)
 
 
 def test_unknown_compile_mode_is_a_load_error():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,12 @@ class TorchBackend(Backend):
             self.vae.to(torch.float32)
         for m in (*self.text_encoders.values(), self.denoiser_model, self.vae):
             m.to(self.device).eval().requires_grad_(False)
+        self.compile_mode = compile
         self.denoise = self._compiled(compile) if compile != "off" else self.denoiser_model
+        # The gRPC server calls from a pool of threads (one at a time); compiled code,
+        # and reduce-overhead's CUDA graphs above all, are kept per thread, so every
+        # compiled call runs on one thread of its own
+        self._compiled_thread = ThreadPoolExecutor(1, "denoiser") if compile != "off" else None
         self.scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.text_lens = {name: _max_tokens(m) for name, m in self.text_encoders.items()}
         self.max_text_len = self.text_lens["text_encoder"]
@@ -162,6 +168,19 @@ class TorchBackend(Backend):
         # limit it would run eagerly (correct, slow), so allow a server's worth.
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         return torch.compile(self.denoiser_model, mode=None if mode == "default" else mode)
+
+    def _denoise(self, *args, **kwargs):
+        if self._compiled_thread is None:
+            return self.denoise(*args, **kwargs)
+
+        def call():
+            with self.torch.inference_mode():
+                if self.compile_mode == "reduce-overhead":
+                    # the previous step's outputs were copied to the host: their graph memory may be reused
+                    self.torch.compiler.cudagraph_mark_step_begin()
+                return self.denoise(*args, **kwargs)
+
+        return self._compiled_thread.submit(call).result()
 
     def _check(self, component: str, batch: int, pixels: tuple[int, int] | None = None) -> None:
         want = self.batches.get(component)
@@ -251,7 +270,7 @@ class TorchBackend(Backend):
             t = self.torch.from_numpy(np.ascontiguousarray(timesteps, dtype=np.float32)).to(self.device)
             x = self._in(sample)
             if self.family.name == "sd3":
-                out = self.denoise(
+                out = self._denoise(
                     hidden_states=x,
                     encoder_hidden_states=state.encoder_hidden_states,
                     pooled_projections=state.pooled,
@@ -260,7 +279,7 @@ class TorchBackend(Backend):
                 )[0]
             elif self.family.packed:
                 extra = {"guidance": state.guidance} if self.guidance_embeds else {}
-                out = self.denoise(
+                out = self._denoise(
                     hidden_states=x,
                     encoder_hidden_states=state.encoder_hidden_states,
                     pooled_projections=state.pooled,
@@ -274,7 +293,7 @@ class TorchBackend(Backend):
                 extra = {}
                 if self.family.sdxl:
                     extra["added_cond_kwargs"] = {"text_embeds": state.pooled, "time_ids": state.time_ids}
-                out = self.denoise(
+                out = self._denoise(
                     x, t, encoder_hidden_states=state.encoder_hidden_states, return_dict=False, **extra
                 )[0]
             return self._out(out)
