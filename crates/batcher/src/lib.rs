@@ -154,7 +154,11 @@ struct State {
     seconds_per_work: Option<f64>,
     /// Set when the pipeline panicked: its state can no longer be trusted.
     broken: Option<String>,
+    /// Run by the worker before the next batch ([`Batcher::on_worker`]).
+    tasks: VecDeque<Task>,
 }
+
+type Task = Box<dyn FnOnce() + Send>;
 
 impl State {
     fn stats(&self) -> QueueStats {
@@ -274,6 +278,7 @@ impl Batcher {
                 shutdown: false,
                 seconds_per_work: None,
                 broken: None,
+                tasks: VecDeque::new(),
             }),
             config,
             wake: Condvar::new(),
@@ -300,6 +305,32 @@ impl Batcher {
     pub fn record_throughput(&self, work: u64, elapsed: Duration) {
         let mut st = self.inner.lock();
         st.seconds_per_work = Some(elapsed.as_secs_f64() / work.max(1) as f64);
+    }
+
+    /// Runs `task` on the worker thread between batches and waits for it;
+    /// `None` if the worker is gone or the task panicked. Executors keep
+    /// per-thread state (ONNX Runtime's CUDA handles and captured CUDA
+    /// graphs live with the thread that ran), so warm-up runs here, where
+    /// batches will.
+    pub fn on_worker<T: Send + 'static>(
+        &self,
+        task: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (done, result) = std::sync::mpsc::sync_channel(1);
+        let task: Task = Box::new(move || {
+            let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
+            // The caller may have stopped waiting; nothing to do then.
+            let _ = done.send(out.ok());
+        });
+        {
+            let mut st = self.inner.lock();
+            if st.shutdown {
+                return None;
+            }
+            st.tasks.push_back(task);
+        }
+        self.inner.wake.notify_all();
+        result.recv().ok().flatten()
     }
 
     /// Queues a validated request. With an idempotency key already seen, returns that job.
@@ -572,6 +603,8 @@ impl Batcher {
         }
         st.queued_work = 0;
         st.shutdown = true;
+        // Dropping a task drops its sender: whoever waits on it gets `None`.
+        st.tasks.clear();
         drop(st);
         self.inner.wake.notify_all();
         clean

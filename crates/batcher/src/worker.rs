@@ -12,23 +12,33 @@ use crate::{
     ErrorCode, Inner, Job, JobError, JobEvent, JobResult, JobStatus, Preview, publish_positions,
 };
 
+enum Work {
+    Task(crate::Task),
+    Batch(Vec<Arc<Job>>),
+}
+
 impl Inner {
     pub(crate) fn run(self: Arc<Self>) {
         loop {
-            let Some(batch) = self.next_batch() else {
-                return;
-            };
-            self.execute(batch);
+            match self.next_work() {
+                None => return,
+                Some(Work::Task(task)) => task(),
+                Some(Work::Batch(batch)) => self.execute(batch),
+            }
         }
     }
 
-    /// Waits for work and assembles a batch; `None` on shutdown.
-    fn next_batch(&self) -> Option<Vec<Arc<Job>>> {
+    /// Waits for work: a task handed to the worker, else a batch assembled
+    /// from the queue; `None` on shutdown.
+    fn next_work(&self) -> Option<Work> {
         let mut st = self.lock();
         let first = loop {
             st.expire(self.telemetry.as_ref());
             if st.shutdown {
                 return None;
+            }
+            if let Some(task) = st.tasks.pop_front() {
+                return Some(Work::Task(task));
             }
             match st.queue.pop_front() {
                 Some(j) if j.cancel_requested() => {
@@ -102,7 +112,7 @@ impl Inner {
         st.running_work = work;
         st.running = batch.clone();
         publish_positions(&st);
-        Some(batch)
+        Some(Work::Batch(batch))
     }
 
     fn execute(&self, batch: Vec<Arc<Job>>) {

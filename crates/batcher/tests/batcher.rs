@@ -481,3 +481,28 @@ async fn drain_past_its_deadline_fails_what_is_left_as_shutting_down() {
     }
     r.fake.gate.set(None);
 }
+
+/// Warm-up runs on the worker's thread (executors keep per-thread state:
+/// ONNX Runtime's CUDA graphs), and only between batches.
+#[tokio::test]
+async fn tasks_run_on_the_worker_thread_between_batches() {
+    let r = rig(config());
+    let thread = r
+        .batcher
+        .on_worker(|| std::thread::current().name().map(String::from));
+    assert_eq!(thread, Some(Some("anyaccel-batcher".into())));
+
+    let (running, queued) = r.running_and_queued(2).await;
+    let batcher = r.batcher.clone();
+    let task = std::thread::spawn(move || batcher.on_worker(|| 7));
+    // The task waits for the running batch, which the gate holds.
+    r.fake.gate.set(None);
+    assert_eq!(task.join().unwrap(), Some(7));
+    assert_eq!(status(&running).await, JobStatus::Completed);
+    assert_eq!(status(&queued).await, JobStatus::Completed);
+
+    // A task that panics leaves the worker running.
+    assert_eq!(r.batcher.on_worker(|| -> u8 { panic!("in a task") }), None);
+    let after = r.submit("after", 1, 2);
+    assert_eq!(status(&after).await, JobStatus::Completed);
+}

@@ -148,7 +148,8 @@ impl AppState {
     }
 
     /// Runs one short generation per configured size (with guidance, so the
-    /// UNet sees a batch of two), then marks the server ready.
+    /// UNet sees a batch of two) on the batcher's thread, where requests will
+    /// run, then marks the server ready.
     pub fn warm_up(&self) {
         if self.config.warmup {
             for &(w, h) in &self.config.sizes {
@@ -156,29 +157,35 @@ impl AppState {
                     prompt: "warm-up".into(),
                     width: Some(w),
                     height: Some(h),
-                    steps: Some(2),
+                    // ONNX Runtime captures a CUDA graph on the third run of a shape
+                    steps: Some(3),
                     guidance_scale: Some(7.5),
                     seed: Some(0),
                     ..GenerationParams::default()
                 };
-                let started = Instant::now();
+                let pipeline = self.pipeline().clone();
                 let result = self
-                    .pipeline()
-                    .validate(params)
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| {
-                        self.pipeline()
-                            .generate(&r)
-                            .map(|_| r.work())
+                    .batcher
+                    .on_worker(move || {
+                        let started = Instant::now();
+                        pipeline
+                            .validate(params)
                             .map_err(|e| e.to_string())
-                    });
+                            .and_then(|r| {
+                                pipeline
+                                    .generate(&r)
+                                    .map(|_| (r.work(), started.elapsed()))
+                                    .map_err(|e| e.to_string())
+                            })
+                    })
+                    .unwrap_or_else(|| Err("the batcher's worker stopped or panicked".into()));
                 match result {
-                    Ok(work) => {
-                        self.batcher.record_throughput(work, started.elapsed());
+                    Ok((work, elapsed)) => {
+                        self.batcher.record_throughput(work, elapsed);
                         tracing::info!(
                             width = w,
                             height = h,
-                            seconds = started.elapsed().as_secs_f64(),
+                            seconds = elapsed.as_secs_f64(),
                             "warmed up"
                         );
                     }
