@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use anyaccel_executor::{Conditioning, DenoiseSession, ExecutorError, Tensor, check_step};
 use ort::session::{IoBinding, RunOptions};
-use ort::value::{DynTensor, DynTensorValueType, DynValue};
+use ort::value::{DynTensor, DynTensorValueType, DynValue, TensorElementType};
 
 use crate::device::Placement;
 use crate::session::ComponentSession;
@@ -34,7 +34,7 @@ struct Slots {
 /// One input shape's buffers and graph id.
 struct Slot {
     /// Name, dtype and shape of every input, in binding order.
-    key: Vec<(&'static str, String, Vec<i64>)>,
+    key: Vec<InputKey>,
     inputs: Vec<DynTensor>,
     output: DynTensor,
     binding: IoBinding,
@@ -44,22 +44,20 @@ struct Slot {
     holder: Option<u64>,
 }
 
-fn key_of<'v>(
-    values: impl Iterator<Item = &'v (&'static str, DynValue)>,
-) -> Vec<(&'static str, String, Vec<i64>)> {
+/// An input's name, element type (`None`: not a tensor) and shape.
+type InputKey = (&'static str, Option<TensorElementType>, Vec<i64>);
+
+fn shape_of(value: &DynValue) -> Vec<i64> {
+    value
+        .dtype()
+        .tensor_shape()
+        .map(|s| s.iter().copied().collect())
+        .unwrap_or_default()
+}
+
+fn key_of<'v>(values: impl Iterator<Item = &'v (&'static str, DynValue)>) -> Vec<InputKey> {
     values
-        .map(|(name, v)| {
-            let dtype = v
-                .dtype()
-                .tensor_type()
-                .map_or_else(String::new, |t| format!("{t:?}"));
-            let shape = v
-                .dtype()
-                .tensor_shape()
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default();
-            (*name, dtype, shape)
-        })
+        .map(|(name, v)| (*name, v.dtype().tensor_type(), shape_of(v)))
         .collect()
 }
 
@@ -98,12 +96,11 @@ impl GraphPool {
             .collect()
     }
 
-    /// A new slot for the shapes of `values`, bound to fresh buffers.
+    /// A new slot for the inputs `key` describes, bound to fresh buffers.
     fn slot(
         &self,
         denoiser: &ComponentSession,
-        values: &[&(&'static str, DynValue)],
-        key: Vec<(&'static str, String, Vec<i64>)>,
+        key: Vec<InputKey>,
         id: usize,
     ) -> Result<Slot, ExecutorError> {
         let err = |e: ort::Error| ExecutorError::Run {
@@ -111,41 +108,26 @@ impl GraphPool {
             message: format!("CUDA graph buffers: {e}"),
         };
         let mut binding = denoiser.create_binding()?;
-        let mut inputs = Vec::with_capacity(values.len());
-        for entry in values {
-            let (name, value) = (entry.0, &entry.1);
-            let dtype = value
-                .dtype()
-                .tensor_type()
-                .ok_or_else(|| ExecutorError::Run {
-                    component: denoiser.component(),
-                    message: format!("`{name}` is not a tensor"),
-                })?;
-            let shape: Vec<i64> = value
-                .dtype()
-                .tensor_shape()
-                .map(|s| s.iter().copied().collect())
-                .unwrap_or_default();
-            let buffer = denoiser.allocate(self.placement, dtype, &shape)?;
-            binding.bind_input(name, &buffer).map_err(err)?;
+        let mut inputs = Vec::with_capacity(key.len());
+        for (name, dtype, shape) in &key {
+            let dtype = dtype.ok_or_else(|| ExecutorError::Run {
+                component: denoiser.component(),
+                message: format!("`{name}` is not a tensor"),
+            })?;
+            let buffer = denoiser.allocate(self.placement, dtype, shape)?;
+            binding.bind_input(*name, &buffer).map_err(err)?;
             inputs.push(buffer);
         }
         // The output has the latents' shape (UNets and DiTs predict noise or
         // velocity of the same shape).
-        let latents = values
+        let (_, _, shape) = key
             .iter()
-            .find(|e| e.0 == denoiser.latent_input())
+            .find(|(name, ..)| *name == denoiser.latent_input())
             .ok_or_else(|| ExecutorError::Run {
                 component: denoiser.component(),
                 message: "no latent input".into(),
             })?;
-        let shape: Vec<i64> = latents
-            .1
-            .dtype()
-            .tensor_shape()
-            .map(|s| s.iter().copied().collect())
-            .unwrap_or_default();
-        let mut output = denoiser.allocate(self.placement, denoiser.output_type(), &shape)?;
+        let mut output = denoiser.allocate(self.placement, denoiser.output_type(), shape)?;
         binding
             .bind_output(denoiser.output_name(), &mut output)
             .map_err(err)?;
@@ -245,8 +227,7 @@ impl DenoiseSession for GraphedSession<'_> {
             None if slots.list.len() < self.pool.max_shapes => {
                 let id = slots.list.len() + 1;
                 tracing::debug!(graph_id = id, shape = ?key, "new CUDA graph shape");
-                let all: Vec<_> = self.values.iter().chain(&step).collect();
-                let slot = self.pool.slot(self.denoiser, &all, key, id)?;
+                let slot = self.pool.slot(self.denoiser, key, id)?;
                 slots.list.push(slot);
                 id - 1
             }
